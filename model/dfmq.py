@@ -1,0 +1,176 @@
+"""The DFMQ-MC network: encoders, quality-driven weight predictor, residual text fusion, heads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.config import DFMQConfig
+
+
+@dataclass
+class Encoded:
+    text: Tensor  # (B, W) pooled text representation
+    audio: Tensor  # (B, W) zero where the sample has no audio
+    video: Tensor  # (B, W) zero where the sample has no video
+    presence: Tensor  # (B, 2) float: audio present, video present
+
+
+@dataclass
+class ForwardOutput:
+    logits: Tensor  # (B, C) fused classifier
+    weights: Tensor  # (B, 2) audio, video fusion weights
+    fused: Tensor  # (B, W) fused representation
+    text_logits: Tensor
+    audio_logits: Tensor
+    video_logits: Tensor
+    encoded: Encoded
+
+
+class SequenceEncoder(nn.Module):
+    """A padded feature sequence -> one vector of the text width (masked mean of a transformer)."""
+
+    def __init__(self, in_dim: int, width: int, layers: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.inp = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, width))
+        layer = nn.TransformerEncoderLayer(
+            width, heads, dim_feedforward=2 * width, dropout=dropout, batch_first=True, norm_first=True
+        )
+        # Nested tensors change numerics and do not export to ONNX.
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.out = nn.Linear(width, width)
+
+    def forward(self, seq: Tensor, mask: Tensor) -> Tensor:
+        # An all-padding row makes attention softmax NaN, so position 0 always stays visible;
+        # the pooled vector of such a row is zeroed below by the real mask.
+        first = torch.arange(seq.shape[1], device=seq.device).unsqueeze(0) == 0
+        attend = mask | first
+        hidden = self.encoder(self.inp(seq), src_key_padding_mask=~attend)
+        weights = mask.to(hidden.dtype).unsqueeze(-1)
+        pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return self.out(pooled) * mask.any(dim=1, keepdim=True).to(hidden.dtype)
+
+
+class WeightPredictor(nn.Module):
+    """Quality vector (3) -> hidden -> 2 logits; softmax over (audio, video) happens at fusion."""
+
+    def __init__(self, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(3, hidden)
+        self.fc2 = nn.Linear(hidden, 2)
+
+    def forward(self, quality: Tensor) -> Tensor:
+        return self.fc2(F.relu(self.fc1(quality)))
+
+
+def masked_weights(logits: Tensor, presence: Tensor) -> Tensor:
+    """Softmax over the present modalities; a missing modality gets weight 0 (both missing: 0, 0)."""
+    shifted = logits - logits.max(dim=-1, keepdim=True).values
+    expo = torch.exp(shifted) * presence
+    return expo / expo.sum(dim=-1, keepdim=True).clamp(min=1e-12)
+
+
+class DFMQMC(nn.Module):
+    def __init__(self, config: DFMQConfig, text_encoder: nn.Module) -> None:
+        super().__init__()
+        self.config = config
+        width = config.text_width
+        self.text_encoder = text_encoder
+        self.audio_encoder = SequenceEncoder(
+            config.audio_dim, width, config.nonverbal_layers, config.nonverbal_heads, config.dropout
+        )
+        self.video_encoder = SequenceEncoder(
+            config.video_dim, width, config.nonverbal_layers, config.nonverbal_heads, config.dropout
+        )
+        self.predictor = WeightPredictor(config.predictor_hidden)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(width, config.num_labels)
+        self.text_head = nn.Linear(width, config.num_labels)
+        self.audio_head = nn.Linear(width, config.num_labels)
+        self.video_head = nn.Linear(width, config.num_labels)
+        self.contrast_proj = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 128))
+
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+    def encode(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        audio: Tensor,
+        audio_mask: Tensor,
+        video: Tensor,
+        video_mask: Tensor,
+    ) -> Encoded:
+        presence = torch.stack([audio_mask.any(dim=1), video_mask.any(dim=1)], dim=1).to(audio.dtype)
+        return Encoded(
+            text=self.encode_text(input_ids, attention_mask),
+            audio=self.audio_encoder(audio, audio_mask),
+            video=self.video_encoder(video, video_mask),
+            presence=presence,
+        )
+
+    def fusion_weights(self, quality: Tensor, presence: Tensor) -> Tensor:
+        if self.config.fusion == "equal":
+            return 0.5 * presence
+        if not self.config.use_quality:
+            # The ablation: the predictor still runs, but on a constant instead of the scores.
+            quality = torch.ones_like(quality)
+        return masked_weights(self.predictor(quality), presence)
+
+    def fuse(self, encoded: Encoded, weights: Tensor) -> Tensor:
+        return encoded.text + weights[:, :1] * encoded.audio + weights[:, 1:] * encoded.video
+
+    def forward_all(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        audio: Tensor,
+        audio_mask: Tensor,
+        video: Tensor,
+        video_mask: Tensor,
+        quality: Tensor,
+    ) -> ForwardOutput:
+        encoded = self.encode(input_ids, attention_mask, audio, audio_mask, video, video_mask)
+        weights = self.fusion_weights(quality, encoded.presence)
+        fused = self.fuse(encoded, weights)
+        return ForwardOutput(
+            logits=self.classifier(self.dropout(fused)),
+            weights=weights,
+            fused=fused,
+            text_logits=self.text_head(self.dropout(encoded.text)),
+            audio_logits=self.audio_head(self.dropout(encoded.audio)),
+            video_logits=self.video_head(self.dropout(encoded.video)),
+            encoded=encoded,
+        )
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        audio: Tensor,
+        audio_mask: Tensor,
+        video: Tensor,
+        video_mask: Tensor,
+        quality: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Inference signature shared by every engine: logits, probabilities, fusion weights."""
+        out = self.forward_all(input_ids, attention_mask, audio, audio_mask, video, video_mask, quality)
+        return out.logits, torch.softmax(out.logits, dim=-1), out.weights
+
+
+def build_text_encoder(folder: Path, pretrained: bool) -> tuple[nn.Module, int]:
+    """A BERT-family encoder from a local folder; `pretrained=False` rebuilds only its shape."""
+    from transformers import AutoConfig, AutoModel
+
+    if pretrained:
+        encoder = AutoModel.from_pretrained(str(folder), local_files_only=True)
+    else:
+        encoder = AutoModel.from_config(AutoConfig.from_pretrained(str(folder), local_files_only=True))
+    return encoder, int(encoder.config.hidden_size)

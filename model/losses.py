@@ -1,0 +1,140 @@
+"""Training objectives: classification, supervised contrastive, text-anchored consistency, FOMAML."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from model.config import ReferenceStats
+from model.dfmq import DFMQMC, ForwardOutput, masked_weights
+from model.quality import audio_stats, quality_vector, video_stats
+
+
+def supervised_contrastive(features: Tensor, labels: Tensor, temperature: float) -> Tensor:
+    """Khosla et al. SupCon on L2-normalised features; anchors without a positive are skipped."""
+    z = F.normalize(features, dim=-1)
+    sim = z @ z.T / temperature
+    n = z.shape[0]
+    self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
+    sim = sim.masked_fill(self_mask, float("-inf"))
+    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    positives = (labels.unsqueeze(0) == labels.unsqueeze(1)) & ~self_mask
+    counts = positives.sum(dim=1)
+    has_pos = counts > 0
+    if not bool(has_pos.any()):
+        return features.sum() * 0.0
+    pos_log_prob = log_prob.masked_fill(~positives, 0.0).sum(dim=1)
+    return -(pos_log_prob[has_pos] / counts[has_pos]).mean()
+
+
+def consistency_loss(out: ForwardOutput) -> Tensor:
+    """KL(p_t || p_a) + KL(p_t || p_v) with p_t detached: text pulls, it is never pulled."""
+    p_text = torch.softmax(out.text_logits, dim=-1).detach()
+    total = out.logits.sum() * 0.0
+    for logits, present in (
+        (out.audio_logits, out.encoded.presence[:, 0]),
+        (out.video_logits, out.encoded.presence[:, 1]),
+    ):
+        keep = present > 0
+        if bool(keep.any()):
+            kl = F.kl_div(torch.log_softmax(logits[keep], dim=-1), p_text[keep], reduction="batchmean")
+            total = total + kl
+    return total
+
+
+def perturb(seq: Tensor, mask: Tensor, kind: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Degrade non-verbal sequences per sample; `kind` (N,) picks the perturbation of each row.
+
+    0 clean, 1 Gaussian noise, 2 temporal blur (frozen-looking), 3 dropped frames, 4 silence/darkness.
+    Same label, different quality: the raw material of the per-sample meta tasks.
+    """
+    scale = seq.std(dim=(1, 2), keepdim=True).clamp(min=1e-3)
+    noise = torch.randn(seq.shape, generator=generator, device=seq.device) * scale * 1.5
+    blurred = seq.mean(dim=1, keepdim=True).expand_as(seq) + 0.02 * (seq - seq.mean(dim=1, keepdim=True))
+    keep = torch.rand(mask.shape, generator=generator, device=seq.device) > 0.6
+    k = kind.view(-1, 1, 1)
+    out = torch.where(k == 1, seq + noise, seq)
+    out = torch.where(k == 2, blurred, out)
+    out = torch.where(k == 4, seq * 0.02, out)
+    new_mask = torch.where(kind.view(-1, 1) == 3, mask & keep, mask)
+    return out, new_mask
+
+
+def _batched_predictor(params: list[Tensor], quality: Tensor) -> Tensor:
+    """The weight predictor with one parameter set per task: quality (B, K, 3) -> logits (B, K, 2)."""
+    w1, b1, w2, b2 = params
+    hidden = F.relu(torch.einsum("bkq,bhq->bkh", quality, w1) + b1.unsqueeze(1))
+    return torch.einsum("bkh,boh->bko", hidden, w2) + b2.unsqueeze(1)
+
+
+def fomaml_loss(
+    model: DFMQMC,
+    out: ForwardOutput,
+    audio: Tensor,
+    audio_mask: Tensor,
+    video: Tensor,
+    video_mask: Tensor,
+    attention_mask: Tensor,
+    labels: Tensor,
+    reference: ReferenceStats,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """First-order MAML for the weight predictor, each training sample its own task.
+
+    Support and query sets are perturbed copies of the sample's audio/video (same label, other
+    qualities). A per-task copy of the predictor takes `maml_inner_steps` SGD steps on the support
+    loss; the query loss is then evaluated at the adapted weights written as
+    `init + (adapted - init).detach()`, so its gradient reaches the shared initialisation as the
+    gradient at the adapted point, with no second derivatives (first order).
+    """
+    cfg = model.config
+    presence = out.encoded.presence
+    if cfg.fusion == "equal" or not bool(presence.any()):
+        return out.logits.sum() * 0.0
+    batch = labels.shape[0]
+    n_support, n_query = cfg.maml_support_size, cfg.maml_query_size
+    copies = n_support + n_query
+    device = audio.device
+
+    # Perturbed copies: encoders are not trained by the meta loss, so no graph is kept for them.
+    with torch.no_grad():
+        kinds_a = torch.randint(0, 5, (batch * copies,), generator=generator, device=device)
+        kinds_v = torch.randint(0, 5, (batch * copies,), generator=generator, device=device)
+        rep_a, rep_am = audio.repeat_interleave(copies, 0), audio_mask.repeat_interleave(copies, 0)
+        rep_v, rep_vm = video.repeat_interleave(copies, 0), video_mask.repeat_interleave(copies, 0)
+        pa, pam = perturb(rep_a, rep_am, kinds_a, generator)
+        pv, pvm = perturb(rep_v, rep_vm, kinds_v, generator)
+        h_audio = model.audio_encoder(pa, pam).view(batch, copies, -1)
+        h_video = model.video_encoder(pv, pvm).view(batch, copies, -1)
+        q = quality_vector(
+            attention_mask.repeat_interleave(copies, 0),
+            cfg.text_max_len,
+            audio_stats(pa, pam),
+            video_stats(pv, pvm),
+            reference,
+        ).view(batch, copies, 3)
+        if not cfg.use_quality:
+            q = torch.ones_like(q)
+        copy_presence = presence.unsqueeze(1).expand(batch, copies, 2)
+    h_text = out.encoded.text.detach().unsqueeze(1)
+    cls_w, cls_b = model.classifier.weight.detach(), model.classifier.bias.detach()
+    task_labels = labels.unsqueeze(1).expand(batch, copies)
+
+    def task_loss(params: list[Tensor], part: slice) -> Tensor:
+        weights = masked_weights(_batched_predictor(params, q[:, part]), copy_presence[:, part])
+        fused = h_text + weights[..., :1] * h_audio[:, part] + weights[..., 1:] * h_video[:, part]
+        logits = F.linear(fused, cls_w, cls_b)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), task_labels[:, part].reshape(-1), reduction="sum")
+
+    init = [model.predictor.fc1.weight, model.predictor.fc1.bias, model.predictor.fc2.weight, model.predictor.fc2.bias]
+    fast = [p.detach().unsqueeze(0).repeat(batch, *([1] * p.dim())) for p in init]
+    support = slice(0, n_support)
+    for _ in range(cfg.maml_inner_steps):
+        fast = [f.requires_grad_(True) for f in fast]
+        # Each task's loss depends only on its own parameter copy, so one backward of the sum
+        # yields every task's own gradient.
+        grads = torch.autograd.grad(task_loss(fast, support) / n_support, fast)
+        fast = [(f - cfg.maml_inner_lr * g).detach() for f, g in zip(fast, grads)]
+    adapted = [p.unsqueeze(0) + (f - p.unsqueeze(0)).detach() for p, f in zip(init, fast)]
+    return task_loss(adapted, slice(n_support, copies)) / (batch * n_query)

@@ -1,0 +1,149 @@
+"""Modality quality scores (DESIGN §1): no learned parameters, each score in [0, 1].
+
+This module scores *feature sequences* (what the model consumes): the audio spectral entropy is
+taken over the feature dimension of each frame, and the video contrast is the spread of the
+feature values of each frame, because pre-extracted benchmark features carry no raw pixels or
+samples. Scores from raw waveforms and pixels (an STFT, pixel statistics) belong to the live
+feature extractor, which feeds the same `score_*` functions with its own raw statistics.
+
+The split between raw statistics (`*_stats`) and scores (`score_*`) exists because the
+references differ by context: the batch mean in training, a running mean per stream live.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from model.config import ReferenceStats
+
+
+@dataclass
+class AudioStats:
+    energy: Tensor  # (B,) mean L2 norm of the valid frames
+    entropy: Tensor  # (B,) normalised spectral entropy in [0, 1]
+    present: Tensor  # (B,) bool
+
+
+@dataclass
+class VideoStats:
+    motion: Tensor  # (B,) mean squared L2 distance between consecutive valid frames
+    contrast: Tensor  # (B,) mean over frames of the std of the frame's values
+    present: Tensor  # (B,) bool
+
+
+def _masked_frame_mean(per_frame: Tensor, mask: Tensor) -> Tensor:
+    weights = mask.to(per_frame.dtype)
+    return (per_frame * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
+def text_quality(attention_mask: Tensor, max_len: int) -> Tensor:
+    """Valid (non-padding) tokens over the configured length L, from the real token mask."""
+    return (attention_mask.to(torch.float32).sum(dim=1) / float(max_len)).clamp(0.0, 1.0)
+
+
+def spectral_entropy(frames: Tensor) -> Tensor:
+    """Normalised spectral entropy per frame over the last dimension: flat spectrum -> 1."""
+    power = torch.fft.rfft(frames.to(torch.float32), dim=-1).abs().pow(2)
+    total = power.sum(dim=-1, keepdim=True)
+    p = power / total.clamp(min=1e-12)
+    bins = power.shape[-1]
+    entropy = -(p * torch.log(p.clamp(min=1e-12))).sum(dim=-1) / torch.log(torch.tensor(float(bins)))
+    # A silent frame has no spectrum at all; treat it as structureless (entropy 1).
+    return torch.where(total.squeeze(-1) > 1e-12, entropy, torch.ones_like(entropy))
+
+
+def audio_stats(audio: Tensor, mask: Tensor) -> AudioStats:
+    """Energy and spectral entropy of an audio feature sequence (B, T, D) with mask (B, T)."""
+    present = mask.any(dim=1)
+    energy = _masked_frame_mean(audio.to(torch.float32).norm(dim=-1), mask)
+    entropy = _masked_frame_mean(spectral_entropy(audio), mask)
+    return AudioStats(energy=energy, entropy=entropy, present=present)
+
+
+def video_stats(video: Tensor, mask: Tensor) -> VideoStats:
+    """Temporal variance and contrast of a video sequence (B, T, D) with mask (B, T)."""
+    video = video.to(torch.float32)
+    present = mask.any(dim=1)
+    step = (video[:, 1:] - video[:, :-1]).pow(2).sum(dim=-1)
+    pair_mask = mask[:, 1:] & mask[:, :-1]
+    motion = _masked_frame_mean(step, pair_mask)
+    contrast = _masked_frame_mean(video.std(dim=-1, unbiased=False), mask)
+    return VideoStats(motion=motion, contrast=contrast, present=present)
+
+
+def score_audio(stats: AudioStats, energy_ref: Tensor | float) -> Tensor:
+    q_energy = torch.sigmoid(stats.energy - energy_ref)
+    q_entropy = 1.0 - stats.entropy
+    return torch.where(stats.present, (q_energy + q_entropy) / 2.0, torch.zeros_like(q_energy))
+
+
+def score_video(stats: VideoStats, motion_ref: Tensor | float, contrast_ref: Tensor | float) -> Tensor:
+    q = (torch.sigmoid(stats.motion - motion_ref) + torch.sigmoid(stats.contrast - contrast_ref)) / 2.0
+    return torch.where(stats.present, q, torch.zeros_like(q))
+
+
+def _present_mean(values: Tensor, present: Tensor) -> Tensor:
+    if not bool(present.any()):
+        return torch.zeros((), dtype=values.dtype, device=values.device)
+    return values[present].mean()
+
+
+def batch_references(audio: AudioStats, video: VideoStats) -> ReferenceStats:
+    """Training references: the batch mean over samples that have the modality (the paper)."""
+    return ReferenceStats(
+        audio_energy=float(_present_mean(audio.energy, audio.present)),
+        video_motion=float(_present_mean(video.motion, video.present)),
+        video_contrast=float(_present_mean(video.contrast, video.present)),
+    )
+
+
+def quality_vector(
+    attention_mask: Tensor,
+    text_max_len: int,
+    audio: AudioStats,
+    video: VideoStats,
+    reference: ReferenceStats,
+) -> Tensor:
+    """`q = [q_t, q_a, q_v]` of shape (B, 3), the weight predictor's input."""
+    return torch.stack(
+        [
+            text_quality(attention_mask, text_max_len),
+            score_audio(audio, reference.audio_energy),
+            score_video(video, reference.video_motion, reference.video_contrast),
+        ],
+        dim=1,
+    )
+
+
+class RunningReference:
+    """Per-stream references for live use: an EMA over recent utterances.
+
+    Seeded from the training statistics stored in the checkpoint so that the first utterance of
+    a stream is scored against something sensible instead of against itself.
+    """
+
+    def __init__(self, seed: ReferenceStats, momentum: float = 0.1) -> None:
+        if not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum must be in (0, 1], got {momentum!r}")
+        self.momentum = momentum
+        self.current = ReferenceStats(seed.audio_energy, seed.video_motion, seed.video_contrast)
+        self.updates = 0
+
+    def score(self, attention_mask: Tensor, text_max_len: int, audio: AudioStats, video: VideoStats) -> Tensor:
+        """Score against the references as they stand, then fold these samples into them."""
+        q = quality_vector(attention_mask, text_max_len, audio, video, self.current)
+        self.update(audio, video)
+        return q
+
+    def update(self, audio: AudioStats, video: VideoStats) -> None:
+        m = self.momentum
+        ref = self.current
+        for value in audio.energy[audio.present].tolist():
+            ref.audio_energy = (1 - m) * ref.audio_energy + m * value
+        for motion, contrast in zip(video.motion[video.present].tolist(), video.contrast[video.present].tolist()):
+            ref.video_motion = (1 - m) * ref.video_motion + m * motion
+            ref.video_contrast = (1 - m) * ref.video_contrast + m * contrast
+        self.updates += 1

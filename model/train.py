@@ -1,0 +1,377 @@
+"""`dfmq train` and `dfmq eval`: the training loop with early stopping, and evaluation."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from model.checkpoint import load_checkpoint, new_model, save_checkpoint
+from model.config import DFMQConfig, ReferenceStats
+from model.data import Batch, Collator, FeatureStore, Sample, dataset_labels, load_split, read_tsv
+from model.dfmq import DFMQMC
+from model.losses import consistency_loss, fomaml_loss, supervised_contrastive
+from model.metrics import classification_metrics, save_confusion_matrix
+from model.quality import audio_stats, batch_references, quality_vector, video_stats
+from stream.errors import ConfigError, DataError
+
+
+@dataclass
+class TrainOptions:
+    epochs: int = 12
+    batch_size: int = 16
+    lr_text_encoder: float = 8e-5
+    lr_heads: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    patience_epochs: int = 4
+    grad_clip_norm: float = 1.0
+    seed: int = 0
+    # Rows drawn afresh each epoch from an augmentation tsv (e.g. MIntRec's augment_train.tsv).
+    augment_rows_per_epoch: int = 0
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.augment_rows_per_epoch < 0:
+            raise ConfigError("augment_rows_per_epoch", "an integer >= 0", self.augment_rows_per_epoch)
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError("label_smoothing", "a value in [0, 1)", self.label_smoothing)
+        for key in ("epochs", "batch_size", "patience_epochs"):
+            if getattr(self, key) < 1:
+                raise ConfigError(key, "a positive integer", getattr(self, key))
+        for key in ("lr_text_encoder", "lr_heads"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(key, "a learning rate > 0", getattr(self, key))
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ConfigError("warmup_ratio", "a value in [0, 1)", self.warmup_ratio)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device", "'cpu' on a machine without CUDA", name)
+    if name not in ("cpu", "cuda"):
+        raise ConfigError("--device", "'cpu' or 'cuda'", name)
+    return torch.device(name)
+
+
+def batch_quality(model: DFMQMC, batch: Batch, reference: ReferenceStats | None) -> tuple[torch.Tensor, ReferenceStats]:
+    """Quality vector of a batch; `reference=None` means the batch mean (training, as the paper)."""
+    a_stats = audio_stats(batch.audio, batch.audio_mask)
+    v_stats = video_stats(batch.video, batch.video_mask)
+    ref = reference if reference is not None else batch_references(a_stats, v_stats)
+    q = quality_vector(batch.attention_mask, model.config.text_max_len, a_stats, v_stats, ref)
+    return q, ref
+
+
+def add_noise(batch: Batch, sigma: float, generator: torch.Generator) -> Batch:
+    """Gaussian noise of std `sigma` on the valid audio and video frames (the robustness table)."""
+    if sigma <= 0:
+        return batch
+    audio_noise = torch.randn(batch.audio.shape, generator=generator) * sigma
+    video_noise = torch.randn(batch.video.shape, generator=generator) * sigma
+    return Batch(
+        batch.keys,
+        batch.input_ids,
+        batch.attention_mask,
+        batch.audio + audio_noise.to(batch.audio.device) * batch.audio_mask.unsqueeze(-1),
+        batch.audio_mask,
+        batch.video + video_noise.to(batch.video.device) * batch.video_mask.unsqueeze(-1),
+        batch.video_mask,
+        batch.labels,
+    )
+
+
+class _ReferenceAccumulator:
+    """Mean of the batch references over an epoch: the statistics stored in the checkpoint."""
+
+    def __init__(self) -> None:
+        self.sums = np.zeros(3)
+        self.count = 0
+
+    def add(self, ref: ReferenceStats) -> None:
+        self.sums += (ref.audio_energy, ref.video_motion, ref.video_contrast)
+        self.count += 1
+
+    def mean(self) -> ReferenceStats:
+        if not self.count:
+            return ReferenceStats()
+        e, m, c = (self.sums / self.count).tolist()
+        return ReferenceStats(e, m, c)
+
+
+def training_loss(
+    model: DFMQMC, batch: Batch, generator: torch.Generator, label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, dict[str, float], ReferenceStats]:
+    cfg = model.config
+    quality, ref = batch_quality(model, batch, None)
+    out = model.forward_all(
+        batch.input_ids, batch.attention_mask, batch.audio, batch.audio_mask, batch.video, batch.video_mask, quality
+    )
+    # The text head is supervised too: it is the anchor of the consistency loss, and an
+    # unsupervised anchor would pull audio and video toward noise.
+    l_cls = F.cross_entropy(out.logits, batch.labels, label_smoothing=label_smoothing) + F.cross_entropy(
+        out.text_logits, batch.labels, label_smoothing=label_smoothing
+    )
+    l_supcon = supervised_contrastive(model.contrast_proj(out.fused), batch.labels, cfg.supcon_temperature)
+    total = l_cls + cfg.lambda_supcon * l_supcon
+    parts = {"cls": l_cls.item(), "supcon": l_supcon.item()}
+    if cfg.fusion == "dynamic":
+        l_meta = fomaml_loss(
+            model,
+            out,
+            batch.audio,
+            batch.audio_mask,
+            batch.video,
+            batch.video_mask,
+            batch.attention_mask,
+            batch.labels,
+            ref,
+            generator,
+        )
+        total = total + cfg.lambda_meta * l_meta
+        parts["meta"] = l_meta.item()
+    if cfg.use_consistency:
+        l_mc = consistency_loss(out)
+        total = total + cfg.lambda_mc * l_mc
+        parts["mc"] = l_mc.item()
+    return total, parts, ref
+
+
+@torch.no_grad()
+def predict(
+    model: DFMQMC,
+    loader: Iterable[Batch],
+    device: torch.device,
+    reference: ReferenceStats,
+    noise_sigma: float = 0.0,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    labels, preds, weights, qualities = [], [], [], []
+    for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
+        batch = add_noise(batch, noise_sigma, generator).to(device)
+        quality, _ = batch_quality(model, batch, reference)
+        logits, _, w = model(
+            batch.input_ids, batch.attention_mask, batch.audio, batch.audio_mask, batch.video, batch.video_mask, quality
+        )
+        labels.append(batch.labels.cpu().numpy())
+        preds.append(logits.argmax(dim=-1).cpu().numpy())
+        weights.append(w.cpu().numpy())
+        qualities.append(quality.cpu().numpy())
+    return {
+        "labels": np.concatenate(labels),
+        "preds": np.concatenate(preds),
+        "weights": np.concatenate(weights),
+        "quality": np.concatenate(qualities),
+    }
+
+
+def _loader(samples: list[Sample], collate: Collator, batch_size: int, shuffle: bool, seed: int) -> DataLoader[Any]:
+    return DataLoader(
+        samples,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        shuffle=shuffle,
+        collate_fn=collate,
+        generator=torch.Generator().manual_seed(seed) if shuffle else None,
+    )
+
+
+def train(
+    dataset: str,
+    data_dir: Path,
+    out_dir: Path,
+    config: DFMQConfig,
+    opts: TrainOptions,
+    device_name: str = "cpu",
+    augment_tsv: Path | None = None,
+) -> dict[str, Any]:
+    """Train with early stopping on dev macro F1; the best epoch is saved to `out_dir`.
+
+    With `augment_tsv`, each epoch adds `opts.augment_rows_per_epoch` rows drawn afresh from it.
+    """
+    device = resolve_device(device_name)
+    generator = seed_everything(opts.seed)
+    features = FeatureStore(Path(data_dir), config.audio_dim, config.video_dim)
+    train_samples = load_split(dataset, data_dir, "train", features)
+    dev_samples = load_split(dataset, data_dir, "dev", features)
+    augment: list[Sample] = []
+    if augment_tsv is not None:
+        if opts.augment_rows_per_epoch == 0:
+            raise ConfigError("augment_rows_per_epoch", "> 0 when an augmentation tsv is given", 0)
+        augment = [Sample(k, t, y, None, None) for k, t, y in read_tsv(dataset, Path(augment_tsv))]
+    augment_rng = random.Random(opts.seed)
+    model, tokenizer = new_model(config)
+    model.to(device)
+    collate = Collator(
+        tokenizer, config.text_max_len, config.audio_dim, config.audio_max_len, config.video_dim, config.video_max_len
+    )
+
+    def epoch_loader(epoch: int) -> DataLoader[Any]:
+        extra = augment_rng.sample(augment, min(opts.augment_rows_per_epoch, len(augment))) if augment else []
+        return _loader(train_samples + extra, collate, opts.batch_size, True, opts.seed + epoch)
+
+    train_loader = epoch_loader(0)
+    dev_loader = _loader(dev_samples, collate, 64, False, opts.seed)
+
+    encoder_params = list(model.text_encoder.parameters())
+    encoder_ids = {id(p) for p in encoder_params}
+    head_params = [p for p in model.parameters() if id(p) not in encoder_ids]
+    optimizer = torch.optim.AdamW(
+        [{"params": encoder_params, "lr": opts.lr_text_encoder}, {"params": head_params, "lr": opts.lr_heads}],
+        weight_decay=opts.weight_decay,
+    )
+    total_steps = opts.epochs * len(train_loader)
+    warmup = max(1, int(opts.warmup_ratio * total_steps))
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total_steps - warmup))))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / "train_log.jsonl"
+    log_path.write_text("")
+    modality = (
+        "text-only (no feature pickles found)"
+        if features.text_only
+        else (f"audio={features.audio_path}, video={features.video_path}")
+    )
+    extra_note = f" + {len(train_loader.dataset) - len(train_samples)} augmented/epoch" if augment else ""  # type: ignore[arg-type]
+    print(
+        f"train: {len(train_samples)} samples{extra_note}, dev: {len(dev_samples)}, {modality}, device {device}",
+        flush=True,
+    )
+
+    best_f1, best_epoch, stale = -1.0, 0, 0
+    started = time.monotonic()
+    history = []
+    for epoch in range(1, opts.epochs + 1):
+        if epoch > 1 and augment:
+            train_loader = epoch_loader(epoch)
+        model.train()
+        refs = _ReferenceAccumulator()
+        sums: dict[str, float] = {}
+        bar = tqdm(train_loader, desc=f"epoch {epoch}/{opts.epochs}", leave=False)
+        for batch in bar:
+            batch = batch.to(device)
+            loss, parts, ref = training_loss(model, batch, generator, opts.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip_norm)
+            optimizer.step()
+            scheduler.step()
+            refs.add(ref)
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        model.config.reference = refs.mean()
+        result = predict(model, dev_loader, device, model.config.reference)
+        metrics = classification_metrics(result["labels"], result["preds"], config.labels)
+        record = {
+            "epoch": epoch,
+            "elapsed_s": round(time.monotonic() - started, 1),
+            "loss": {k: v / len(train_loader) for k, v in sums.items()},
+            "dev_acc": metrics["acc"],
+            "dev_f1_macro": metrics["f1_macro"],
+            "mean_weights": result["weights"].mean(axis=0).tolist(),
+        }
+        history.append(record)
+        with log_path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        improved = metrics["f1_macro"] > best_f1
+        print(
+            f"epoch {epoch:2d}  loss {sum(record['loss'].values()):.3f}  dev acc {metrics['acc']:.2f}  "
+            f"macro F1 {metrics['f1_macro']:.2f}  {record['elapsed_s']:.0f}s" + ("  *best" if improved else ""),
+            flush=True,
+        )
+        if improved:
+            best_f1, best_epoch, stale = metrics["f1_macro"], epoch, 0
+            save_checkpoint(
+                model,
+                tokenizer,
+                out_dir,
+                {"dataset": dataset, "train_options": asdict(opts), "best_epoch": epoch, "dev": metrics},
+            )
+        else:
+            stale += 1
+            if stale >= opts.patience_epochs:
+                print(f"early stop: no dev macro-F1 gain for {stale} epochs")
+                break
+    summary = {
+        "best_epoch": best_epoch,
+        "best_dev_f1_macro": best_f1,
+        "epochs_run": len(history),
+        "elapsed_s": round(time.monotonic() - started, 1),
+    }
+    print(f"best epoch {best_epoch}: dev macro F1 {best_f1:.2f}; checkpoint in {out_dir}")
+    return summary
+
+
+def evaluate(
+    ckpt_dir: Path,
+    dataset: str,
+    data_dir: Path,
+    split: str,
+    json_out: Path,
+    noise_sigma: float = 0.0,
+    device_name: str = "cpu",
+    seed: int = 0,
+) -> dict[str, Any]:
+    if noise_sigma < 0 or not math.isfinite(noise_sigma):
+        raise ConfigError("--noise", "a standard deviation >= 0", noise_sigma)
+    device = resolve_device(device_name)
+    model, tokenizer = load_checkpoint(ckpt_dir, str(device))
+    cfg = model.config
+    if cfg.labels != dataset_labels(dataset):
+        raise DataError(
+            f"checkpoint labels do not match dataset {dataset!r}",
+            expected=str(dataset_labels(dataset)),
+            got=str(cfg.labels),
+        )
+    features = FeatureStore(Path(data_dir), cfg.audio_dim, cfg.video_dim)
+    samples = load_split(dataset, data_dir, split, features)
+    collate = Collator(tokenizer, cfg.text_max_len, cfg.audio_dim, cfg.audio_max_len, cfg.video_dim, cfg.video_max_len)
+    result = predict(
+        model, _loader(samples, collate, 64, False, seed), device, cfg.reference, noise_sigma, seed, progress=True
+    )
+    metrics = classification_metrics(result["labels"], result["preds"], cfg.labels)
+    metrics.update(
+        {
+            "split": split,
+            "dataset": dataset,
+            "noise_sigma": noise_sigma,
+            "text_only": features.text_only,
+            "mean_quality": dict(zip(("text", "audio", "video"), result["quality"].mean(axis=0).tolist())),
+            "mean_weights": dict(zip(("audio", "video"), result["weights"].mean(axis=0).tolist())),
+        }
+    )
+    json_out = Path(json_out)
+    json_out.parent.mkdir(parents=True, exist_ok=True)
+    json_out.write_text(json.dumps(metrics, indent=2))
+    png = json_out.with_suffix(".png")
+    title = f"{dataset} {split}: acc {metrics['acc']:.2f}, macro F1 {metrics['f1_macro']:.2f}"
+    save_confusion_matrix(result["labels"], result["preds"], cfg.labels, png, title)
+    metrics["confusion_png"] = str(png)
+    return metrics

@@ -1,0 +1,164 @@
+"""The `dfmq` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from stream.errors import DfmqError
+
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _add_train(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train DFMQ-MC on a MIntRec- or MELD-DA-layout folder",
+        description="Train DFMQ-MC with early stopping on dev macro F1; the best epoch is saved.",
+    )
+    p.add_argument("--dataset", required=True, choices=["mintrec", "meld-da"], help="layout and label set of --data")
+    p.add_argument(
+        "--data",
+        required=True,
+        type=Path,
+        help="folder with train.tsv/dev.tsv and optional audio/video feature pickles",
+    )
+    p.add_argument("--out", required=True, type=Path, help="checkpoint folder to write (created if missing)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=REPO_CONFIGS / "default.yaml",
+        help="YAML with 'model' and 'train' sections (default: configs/default.yaml)",
+    )
+    p.add_argument("--epochs", type=int, help="maximum epochs (overrides the config)")
+    p.add_argument("--seed", type=int, help="random seed (overrides the config)")
+    p.add_argument("--batch-size", type=int, help="training batch size (overrides the config)")
+    p.add_argument(
+        "--fusion",
+        choices=["dynamic", "equal"],
+        help="dynamic = quality-driven weights (default); equal = the ablation with w_a = w_v = 0.5 and no predictor",
+    )
+    p.add_argument("--no-quality", action="store_true", help="ablation: the predictor sees a constant")
+    p.add_argument("--no-consistency", action="store_true", help="ablation: drop the text-anchored KL loss")
+    p.add_argument("--text-encoder", help="'minilm' (bundled, default) or a BERT-family model folder")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="training device (default cpu)")
+    p.add_argument(
+        "--augment",
+        type=Path,
+        help="extra training tsv in the same layout (e.g. augment_train.tsv); "
+        "each epoch draws train.augment_rows_per_epoch rows from it",
+    )
+    p.add_argument("--augment-rows", type=int, help="rows drawn from --augment per epoch (overrides the config)")
+
+
+def _add_eval(sub: Any) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint on a split",
+        description="Write metrics (percent) as JSON and a confusion-matrix PNG beside it.",
+    )
+    p.add_argument("--ckpt", required=True, type=Path, help="checkpoint folder written by `dfmq train`")
+    p.add_argument("--dataset", required=True, choices=["mintrec", "meld-da"], help="layout and label set of --data")
+    p.add_argument("--data", required=True, type=Path, help="dataset folder")
+    p.add_argument("--split", default="dev", choices=["train", "dev", "test"], help="split to score (default dev)")
+    p.add_argument(
+        "--noise",
+        type=float,
+        default=0.0,
+        metavar="SIGMA",
+        help="add Gaussian noise of this std to audio and video inputs (robustness table)",
+    )
+    p.add_argument("--json", required=True, type=Path, help="metrics file to write; the PNG goes beside it")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device (default cpu)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the injected noise")
+
+
+def _add_demo(sub: Any) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="train on the bundled MIntRec text, score dev, classify example sentences",
+        description="The main job runnable from the repository alone (text-only until the live pipeline lands).",
+    )
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the checkpoint and metrics")
+    p.add_argument("--config", type=Path, default=REPO_CONFIGS / "demo.yaml", help="training config of the demo")
+    p.add_argument("--retrain", action="store_true", help="train again even if the checkpoint exists")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dfmq", description="Live multimodal intent recognition (DFMQ-MC).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_train(sub)
+    _add_eval(sub)
+    _add_demo(sub)
+    return parser
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from model.config import DFMQConfig
+    from model.data import dataset_labels
+    from model.train import TrainOptions, train
+    from stream.options import from_mapping, load_yaml
+
+    raw = load_yaml(args.config)
+    model_section = dict(raw.get("model") or {})
+    train_section = dict(raw.get("train") or {})
+    model_section["labels"] = dataset_labels(args.dataset)
+    if args.fusion:
+        model_section["fusion"] = args.fusion
+    if args.no_quality:
+        model_section["use_quality"] = False
+    if args.no_consistency:
+        model_section["use_consistency"] = False
+    if args.text_encoder:
+        model_section["text_encoder"] = args.text_encoder
+    for flag, key in (
+        ("epochs", "epochs"),
+        ("seed", "seed"),
+        ("batch_size", "batch_size"),
+        ("augment_rows", "augment_rows_per_epoch"),
+    ):
+        if getattr(args, flag) is not None:
+            train_section[key] = getattr(args, flag)
+    config = DFMQConfig.from_dict(model_section, source=f"{args.config} [model]")
+    opts = from_mapping(TrainOptions, train_section, f"{args.config} [train]")
+    train(args.dataset, args.data, args.out, config, opts, args.device, args.augment)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from model.train import evaluate
+
+    metrics = evaluate(args.ckpt, args.dataset, args.data, args.split, args.json, args.noise, args.device, args.seed)
+    shown = {k: round(v, 2) for k, v in metrics.items() if isinstance(v, float)}
+    print(json.dumps({"split": args.split, **shown, "n": metrics["n"]}))
+    print(f"metrics: {args.json}  confusion matrix: {metrics['confusion_png']}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from stream.demo import run_demo
+
+    return run_demo(args.out, args.config, args.retrain)
+
+
+COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "demo": _cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except DfmqError as exc:
+        print(f"dfmq {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dfmq {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

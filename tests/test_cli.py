@@ -1,0 +1,154 @@
+"""`dfmq train` + `dfmq eval` through the command line, on tiny real files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.checkpoint import load_checkpoint
+from stream.cli import main
+
+
+def test_two_epoch_train_then_eval_round_trip(
+    tmp_path: Path, tiny_mintrec: Path, tiny_config_yaml: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = tmp_path / "ckpt"
+    rc = main(
+        [
+            "train",
+            "--dataset",
+            "mintrec",
+            "--data",
+            str(tiny_mintrec),
+            "--out",
+            str(ckpt),
+            "--config",
+            str(tiny_config_yaml),
+            "--epochs",
+            "2",
+            "--seed",
+            "1",
+        ]
+    )
+    assert rc == 0
+    log = [json.loads(line) for line in (ckpt / "train_log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [1, 2]
+    assert log[0]["loss"]["meta"] > 0 and log[0]["loss"]["mc"] > 0
+    for name in ("config.json", "weights.pt", "text_encoder/config.json", "text_encoder/tokenizer.json"):
+        assert (ckpt / name).exists(), name
+
+    out_json = tmp_path / "eval" / "dev.json"
+    rc = main(
+        [
+            "eval",
+            "--ckpt",
+            str(ckpt),
+            "--dataset",
+            "mintrec",
+            "--data",
+            str(tiny_mintrec),
+            "--split",
+            "dev",
+            "--json",
+            str(out_json),
+        ]
+    )
+    assert rc == 0
+    metrics = json.loads(out_json.read_text())
+    for key in (
+        "acc",
+        "f1_macro",
+        "precision_macro",
+        "recall_macro",
+        "f1_weighted",
+        "precision_weighted",
+        "recall_weighted",
+    ):
+        assert 0.0 <= metrics[key] <= 100.0, key
+    assert metrics["n"] == 12
+    assert set(metrics["per_class"]) >= {"Thank", "Greet", "Apologise", "Leave"}
+    assert out_json.with_suffix(".png").stat().st_size > 10_000
+    best = json.loads((ckpt / "config.json").read_text())["dev"]
+    assert metrics["acc"] == pytest.approx(best["acc"])  # the reloaded model is the saved one
+
+    noisy_json = tmp_path / "eval" / "noisy.json"
+    assert (
+        main(
+            [
+                "eval",
+                "--ckpt",
+                str(ckpt),
+                "--dataset",
+                "mintrec",
+                "--data",
+                str(tiny_mintrec),
+                "--json",
+                str(noisy_json),
+                "--noise",
+                "0.7",
+            ]
+        )
+        == 0
+    )
+    assert json.loads(noisy_json.read_text())["noise_sigma"] == 0.7
+
+    model, _ = load_checkpoint(ckpt)
+    assert model.config.audio_dim == 16 and model.config.reference.audio_energy > 0
+    assert not model.training and isinstance(model.classifier, torch.nn.Linear)
+
+
+def test_ablation_switches_reach_the_saved_config(tmp_path: Path, tiny_mintrec: Path, tiny_config_yaml: Path) -> None:
+    ckpt = tmp_path / "ablation"
+    rc = main(
+        [
+            "train",
+            "--dataset",
+            "mintrec",
+            "--data",
+            str(tiny_mintrec),
+            "--out",
+            str(ckpt),
+            "--config",
+            str(tiny_config_yaml),
+            "--epochs",
+            "1",
+            "--fusion",
+            "equal",
+            "--no-quality",
+            "--no-consistency",
+        ]
+    )
+    assert rc == 0
+    saved = json.loads((ckpt / "config.json").read_text())["model"]
+    assert (saved["fusion"], saved["use_quality"], saved["use_consistency"]) == ("equal", False, False)
+    log = json.loads((ckpt / "train_log.jsonl").read_text().splitlines()[0])
+    assert "meta" not in log["loss"] and "mc" not in log["loss"]
+    assert log["mean_weights"] == pytest.approx([0.5, 0.5 * 10 / 12])  # equal weights where present
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["train", "--dataset", "mintrec", "--data", "{tmp}/nowhere", "--out", "{tmp}/o"],
+            "train.tsv: split file is missing",
+        ),
+        (
+            ["eval", "--ckpt", "{tmp}/none", "--dataset", "mintrec", "--data", "{tmp}", "--json", "{tmp}/x.json"],
+            "no config.json",
+        ),
+        (
+            ["train", "--dataset", "mintrec", "--data", "{tmp}", "--out", "{tmp}/o", "--config", "{tmp}/bad.yaml"],
+            "option 'epochz' expected one of",
+        ),
+    ],
+)
+def test_bad_inputs_exit_2_with_a_clear_message(
+    tmp_path: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "bad.yaml").write_text("train:\n  epochz: 3\n")
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,147 @@
+"""The meta loss really trains the weight predictor; the consistency loss never moves text."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from model.config import DFMQConfig, ReferenceStats
+from model.dfmq import DFMQMC
+from model.losses import consistency_loss, fomaml_loss, supervised_contrastive
+from model.quality import audio_stats, batch_references, quality_vector, video_stats
+from tests.conftest import tiny_text_encoder
+
+
+def _inputs(batch: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    audio_mask = torch.ones(batch, 12, dtype=torch.bool)
+    video_mask = torch.ones(batch, 5, dtype=torch.bool)
+    video_mask[0] = False  # one sample without camera
+    return {
+        "input_ids": torch.randint(1, 100, (batch, 7), generator=g),
+        "attention_mask": torch.ones(batch, 7, dtype=torch.long),
+        "audio": torch.randn(batch, 12, 16, generator=g),
+        "audio_mask": audio_mask,
+        "video": torch.randn(batch, 5, 8, generator=g),
+        "video_mask": video_mask,
+    }
+
+
+def _quality(model: DFMQMC, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ReferenceStats]:
+    a, v = audio_stats(x["audio"], x["audio_mask"]), video_stats(x["video"], x["video_mask"])
+    ref = batch_references(a, v)
+    return quality_vector(x["attention_mask"], model.config.text_max_len, a, v, ref), ref
+
+
+@pytest.fixture
+def model(tiny_model_config: DFMQConfig) -> DFMQMC:
+    torch.manual_seed(0)
+    return DFMQMC(tiny_model_config, tiny_text_encoder(32))
+
+
+def test_meta_loss_changes_only_the_weight_predictor(model: DFMQMC) -> None:
+    x = _inputs()
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    q, ref = _quality(model, x)
+    out = model.forward_all(quality=q, **x)
+    loss = fomaml_loss(
+        model,
+        out,
+        x["audio"],
+        x["audio_mask"],
+        x["video"],
+        x["video_mask"],
+        x["attention_mask"],
+        labels,
+        ref,
+        torch.Generator().manual_seed(1),
+    )
+    assert loss.item() > 0
+    loss.backward()
+    predictor_grads = [p.grad for p in model.predictor.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in predictor_grads)
+    others = [p for n, p in model.named_parameters() if not n.startswith("predictor.")]
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in others)
+
+    before = copy.deepcopy(model.predictor.state_dict())
+    torch.optim.SGD(model.predictor.parameters(), lr=0.1).step()
+    after = model.predictor.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+
+def test_meta_training_learns_to_trust_the_informative_modality(model: DFMQMC) -> None:
+    """Audio carries the label and video is noise: meta steps alone must shift weight to audio."""
+    g = torch.Generator().manual_seed(3)
+    labels = torch.arange(8) % 4
+    x = _inputs(batch=8, seed=3)
+    x["video_mask"][:] = True
+    with torch.no_grad():
+        # Make the classifier read the label off the audio representation only.
+        h_audio = model.audio_encoder(x["audio"], x["audio_mask"])
+        model.classifier.weight.zero_()
+        model.classifier.bias.zero_()
+        for label in range(4):
+            model.classifier.weight[label] = h_audio[labels == label].mean(0) * 5
+    optimizer = torch.optim.Adam(model.predictor.parameters(), lr=0.05)
+    q, ref = _quality(model, x)
+    start = model.fusion_weights(q, torch.ones(8, 2))[:, 0].mean().item()
+    for _ in range(30):
+        out = model.forward_all(quality=q, **x)
+        loss = fomaml_loss(
+            model, out, x["audio"], x["audio_mask"], x["video"], x["video_mask"], x["attention_mask"], labels, ref, g
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    end = model.fusion_weights(q, torch.ones(8, 2))[:, 0].mean().item()
+    assert end > start + 0.1, (start, end)
+
+
+def test_consistency_loss_sends_no_gradient_into_the_text_branch(model: DFMQMC) -> None:
+    x = _inputs()
+    q, _ = _quality(model, x)
+    out = model.forward_all(quality=q, **x)
+    loss = consistency_loss(out)
+    assert loss.item() > 0
+    loss.backward()
+    text_params = list(model.text_encoder.parameters()) + list(model.text_head.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in text_params)
+    assert model.audio_head.weight.grad is not None and model.audio_head.weight.grad.abs().sum() > 0
+    assert model.video_head.weight.grad is not None and model.video_head.weight.grad.abs().sum() > 0
+
+
+def test_missing_modalities_get_no_weight_and_equal_fusion_is_half(
+    model: DFMQMC, tiny_model_config: DFMQConfig
+) -> None:
+    x = _inputs()
+    x["audio_mask"][1] = False
+    x["video_mask"][1] = False
+    q, _ = _quality(model, x)
+    _, probs, weights = model(quality=q, **x)
+    assert weights[0].tolist() == pytest.approx([1.0, 0.0])  # no camera: all weight on audio
+    assert weights[1].tolist() == [0.0, 0.0]
+    assert torch.allclose(weights[2:].sum(-1), torch.ones(4))
+    assert torch.allclose(probs.sum(-1), torch.ones(6))
+    equal_cfg = copy.deepcopy(tiny_model_config)
+    equal_cfg.fusion = "equal"
+    equal = DFMQMC(equal_cfg, tiny_text_encoder(32))
+    _, _, w_equal = equal(quality=q, **x)
+    assert w_equal[2:].flatten().tolist() == [0.5] * 8
+    assert w_equal[0].tolist() == [0.5, 0.0]
+
+
+def test_no_quality_ablation_ignores_the_scores(tiny_model_config: DFMQConfig) -> None:
+    tiny_model_config.use_quality = False
+    m = DFMQMC(tiny_model_config, tiny_text_encoder(32))
+    presence = torch.ones(2, 2)
+    w = m.fusion_weights(torch.tensor([[1.0, 0.9, 0.1], [0.2, 0.1, 0.9]]), presence)
+    assert torch.allclose(w[0], w[1])
+
+
+def test_supervised_contrastive_prefers_clustered_classes() -> None:
+    labels = torch.tensor([0, 0, 1, 1])
+    clustered = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    mixed = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9]])
+    assert supervised_contrastive(clustered, labels, 0.1) < supervised_contrastive(mixed, labels, 0.1)
