@@ -104,3 +104,18 @@ def load_checkpoint(ckpt_dir: Path, device: str = "cpu") -> tuple[DFMQMC, Any]:
         raise CheckpointError(ckpt_dir, f"weights do not match config.json: {exc}") from exc
     model.to(device).eval()
     return model, load_tokenizer(enc_dir)
+
+
+STARTER_DIR = Path(__file__).resolve().parent / "starter"
+
+
+def resolve_ckpt(name: str | Path) -> Path:
+    """`default` is the starter checkpoint shipped inside the package; anything else is a folder."""
+    if str(name) == "default":
+        if not (STARTER_DIR / CONFIG_FILE).is_file():
+            raise CheckpointError(
+                STARTER_DIR,
+                "no starter checkpoint is installed here; pass --ckpt with a folder written by `dfmq train`",
+            )
+        return STARTER_DIR
+    return Path(name)

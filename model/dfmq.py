@@ -31,17 +31,46 @@ class ForwardOutput:
     encoded: Encoded
 
 
+class EncoderLayer(nn.Module):
+    """Pre-norm self-attention block written with shape-free reshapes.
+
+    nn.TransformerEncoderLayer is not used because its ONNX export bakes the export batch size
+    into a reshape, so the exported engine fails on any other batch size.
+    """
+
+    def __init__(self, width: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by {heads} heads")
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width)
+        self.ff = nn.Sequential(
+            nn.Linear(width, 2 * width), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * width, width)
+        )
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, attend: Tensor) -> Tensor:
+        head_dim = x.shape[-1] // self.heads
+        q, k, v = (
+            t.unflatten(-1, (self.heads, head_dim)).transpose(1, 2) for t in self.qkv(self.norm1(x)).chunk(3, -1)
+        )
+        drop = self.dropout.p if self.training else 0.0
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=attend[:, None, None, :], dropout_p=drop)
+        x = x + self.dropout(self.proj(attn.transpose(1, 2).flatten(2)))
+        return x + self.dropout(self.ff(self.norm2(x)))
+
+
 class SequenceEncoder(nn.Module):
     """A padded feature sequence -> one vector of the text width (masked mean of a transformer)."""
 
     def __init__(self, in_dim: int, width: int, layers: int, heads: int, dropout: float) -> None:
         super().__init__()
         self.inp = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, width))
-        layer = nn.TransformerEncoderLayer(
-            width, heads, dim_feedforward=2 * width, dropout=dropout, batch_first=True, norm_first=True
-        )
-        # Nested tensors change numerics and do not export to ONNX.
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.layers = nn.ModuleList(EncoderLayer(width, heads, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, width)
 
     def forward(self, seq: Tensor, mask: Tensor) -> Tensor:
@@ -49,7 +78,10 @@ class SequenceEncoder(nn.Module):
         # the pooled vector of such a row is zeroed below by the real mask.
         first = torch.arange(seq.shape[1], device=seq.device).unsqueeze(0) == 0
         attend = mask | first
-        hidden = self.encoder(self.inp(seq), src_key_padding_mask=~attend)
+        hidden = self.inp(seq)
+        for layer in self.layers:
+            hidden = layer(hidden, attend)
+        hidden = self.norm(hidden)
         weights = mask.to(hidden.dtype).unsqueeze(-1)
         pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         return self.out(pooled) * mask.any(dim=1, keepdim=True).to(hidden.dtype)

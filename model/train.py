@@ -29,13 +29,13 @@ from stream.errors import ConfigError, DataError
 
 @dataclass
 class TrainOptions:
-    epochs: int = 12
+    epochs: int = 20
     batch_size: int = 16
     lr_text_encoder: float = 8e-5
     lr_heads: float = 1e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
-    patience_epochs: int = 4
+    patience_epochs: int = 6
     grad_clip_norm: float = 1.0
     seed: int = 0
     # Rows drawn afresh each epoch from an augmentation tsv (e.g. MIntRec's augment_train.tsv).

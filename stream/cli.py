@@ -88,12 +88,59 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--retrain", action="store_true", help="train again even if the checkpoint exists")
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _add_export(sub: Any) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export the whole DFMQ-MC forward to ONNX or a TensorRT plan",
+        description="ONNX with a dynamic batch axis (checked with the ONNX checker), or a strongly typed "
+        "TensorRT plan built from it.",
+    )
+    p.add_argument("--ckpt", required=True, help="checkpoint folder, or 'default' for the shipped starter model")
+    p.add_argument("--format", default="onnx", choices=["onnx", "tensorrt"], help="output format (default onnx)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"], help="precision of the export")
+    p.add_argument("--out", required=True, type=Path, help="file to write (.onnx or .plan)")
+
+
+def _add_bench(sub: Any) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="throughput, latency, memory and parity of the engines, side by side",
+        description="Windows/s, p50/p99 latency per batch size, peak memory, parameters and logit parity "
+        "against torch, measured in one run, printed beside the paper's efficiency row.",
+    )
+    p.add_argument("--ckpt", required=True, help="checkpoint folder, or 'default' for the shipped starter model")
+    p.add_argument(
+        "--engines",
+        default="torch,onnxruntime",
+        help="comma-separated backends, each optionally ':fp16' (torch, onnxruntime, tensorrt)",
+    )
+    p.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 32], help="comma-separated (default 1,8,32)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present, else cpu")
+    p.add_argument("--iters", type=int, default=30, help="timed calls per batch size (default 30)")
+    p.add_argument("--text-len", type=int, default=30, help="tokens per window (default 30)")
+    p.add_argument("--audio-frames", type=int, default=480, help="audio frames per window (default 480)")
+    p.add_argument("--video-frames", type=int, default=230, help="video frames per window (default 230)")
+    p.add_argument("--json", required=True, type=Path, help="report file to write")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dfmq", description="Live multimodal intent recognition (DFMQ-MC).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
     _add_eval(sub)
     _add_demo(sub)
+    _add_export(sub)
+    _add_bench(sub)
     return parser
 
 
@@ -145,7 +192,43 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.out, args.config, args.retrain)
 
 
-COMMANDS = {"train": _cmd_train, "eval": _cmd_eval, "demo": _cmd_demo}
+def _cmd_export(args: argparse.Namespace) -> int:
+    from engines.export import export_onnx
+    from model.checkpoint import load_checkpoint, resolve_ckpt
+
+    model, _ = load_checkpoint(resolve_ckpt(args.ckpt))
+    if args.format == "onnx":
+        path = export_onnx(model, args.out, args.precision)
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB) and {path.with_suffix('.json')}; ONNX checker: ok")
+        return 0
+    from engines.select import ensure_plan
+
+    plan, key, _ = ensure_plan(model, args.precision, plan_path=args.out)
+    print(f"wrote {plan} (TensorRT {key.tensorrt_version}, {key.gpu_name}, {key.precision}) and its .json")
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from engines.bench import BenchShape, format_report, run_bench, write_report
+    from model.checkpoint import load_checkpoint, resolve_ckpt
+
+    model, _ = load_checkpoint(resolve_ckpt(args.ckpt))
+    shape = BenchShape(args.text_len, args.audio_frames, args.video_frames, iters=args.iters)
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    report = run_bench(model, engines, args.batch_sizes, shape, args.device)
+    write_report(report, args.json)
+    print(format_report(report, args.batch_sizes))
+    print(f"report: {args.json}")
+    return 0
+
+
+COMMANDS = {
+    "train": _cmd_train,
+    "eval": _cmd_eval,
+    "demo": _cmd_demo,
+    "export": _cmd_export,
+    "bench": _cmd_bench,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,95 @@
+"""`dfmq export`: the whole DFMQ-MC forward (text encoder included) to ONNX, or on to TensorRT."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engines.base import INPUT_NAMES, OUTPUT_NAMES, WindowBatch
+from model.dfmq import DFMQMC
+from stream.errors import ConfigError
+
+PRECISIONS = ("fp32", "fp16")
+OPSET = 17
+
+
+def example_batch(model: DFMQMC, batch: int = 2, text_len: int = 12, audio_len: int = 20, video_len: int = 8,
+                  seed: int = 0) -> WindowBatch:  # fmt: skip
+    """Random but well-formed windows (partial masks, one sample without video) for export and benchmarks."""
+    cfg = model.config
+    rng = np.random.default_rng(seed)
+    vocab = int(getattr(model.text_encoder.config, "vocab_size", 1000))
+    attention = np.ones((batch, text_len), dtype=np.int64)
+    attention[0, text_len // 2 :] = 0
+    audio_mask = np.ones((batch, audio_len), dtype=bool)
+    audio_mask[0, audio_len // 2 :] = False
+    video_mask = np.ones((batch, video_len), dtype=bool)
+    video_mask[-1] = False
+    return WindowBatch(
+        input_ids=rng.integers(1, vocab, (batch, text_len)).astype(np.int64) * attention,
+        attention_mask=attention,
+        audio=rng.normal(0, 1, (batch, audio_len, cfg.audio_dim)).astype(np.float32),
+        audio_mask=audio_mask,
+        video=rng.normal(0, 1, (batch, video_len, cfg.video_dim)).astype(np.float32),
+        video_mask=video_mask,
+        quality=rng.uniform(0, 1, (batch, 3)).astype(np.float32),
+    )
+
+
+def model_fingerprint(model: DFMQMC) -> str:
+    """Hash of the configuration and every weight: engine caches are keyed by it."""
+    digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def export_onnx(model: DFMQMC, out_path: Path, precision: str = "fp32") -> Path:
+    """Export with dynamic batch and sequence axes, then run the ONNX checker on the file."""
+    import onnx
+
+    if precision not in PRECISIONS:
+        raise ConfigError("--precision", f"one of {PRECISIONS}", precision)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().eval()
+    example = example_batch(model)
+    args = tuple(torch.from_numpy(a) for a in example.arrays().values())
+    dynamic_axes = {
+        "input_ids": {0: "batch", 1: "text_len"},
+        "attention_mask": {0: "batch", 1: "text_len"},
+        "audio": {0: "batch", 1: "audio_len"},
+        "audio_mask": {0: "batch", 1: "audio_len"},
+        "video": {0: "batch", 1: "video_len"},
+        "video_mask": {0: "batch", 1: "video_len"},
+        "quality": {0: "batch"},
+        **{name: {0: "batch"} for name in OUTPUT_NAMES},
+    }
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            args,
+            str(out_path),
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes=dynamic_axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    if precision == "fp16":
+        # Tracing a half-precision model on the CPU yields mixed-type LayerNorms; converting the
+        # fp32 graph gives a consistent fp16 one (fp16 inputs and outputs too, as TensorRT's
+        # strongly typed mode wants).
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        onnx.save(convert_float_to_float16(onnx.load(str(out_path)), keep_io_types=False), str(out_path))
+    onnx.checker.check_model(str(out_path), full_check=True)
+    meta = {"fingerprint": model_fingerprint(model), "precision": precision, "opset": OPSET,
+            "labels": model.config.labels}  # fmt: skip
+    out_path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    return out_path

@@ -1,0 +1,36 @@
+"""Eager PyTorch engine (CPU, or CUDA when present): the reference every other backend matches."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from engines.base import EngineOutput, WindowBatch
+from model.dfmq import DFMQMC
+
+
+class TorchEngine:
+    def __init__(self, model: DFMQMC, device: str = "cpu", fp16: bool = False) -> None:
+        self.device = torch.device(device)
+        self.dtype = torch.float16 if fp16 else torch.float32
+        self.model = model.to(self.device).eval()
+        if fp16:
+            self.model = self.model.half()
+        self.name = f"torch-{self.device.type}" + ("-fp16" if fp16 else "")
+
+    @torch.inference_mode()
+    def infer(self, batch: WindowBatch) -> EngineOutput:
+        def tensor(array: np.ndarray, float_dtype: bool = False) -> torch.Tensor:
+            t = torch.from_numpy(np.ascontiguousarray(array)).to(self.device, non_blocking=True)
+            return t.to(self.dtype) if float_dtype else t
+
+        logits, probs, weights = self.model(
+            tensor(batch.input_ids),
+            tensor(batch.attention_mask),
+            tensor(batch.audio, True),
+            tensor(batch.audio_mask),
+            tensor(batch.video, True),
+            tensor(batch.video_mask),
+            tensor(batch.quality, True),
+        )
+        return EngineOutput(logits.float().cpu().numpy(), probs.float().cpu().numpy(), weights.float().cpu().numpy())
