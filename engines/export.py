@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -57,7 +58,8 @@ def export_onnx(model: DFMQMC, out_path: Path, precision: str = "fp32") -> Path:
         raise ConfigError("--precision", f"one of {PRECISIONS}", precision)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    model = model.cpu().eval()
+    # Traced on a CPU fp32 copy: the caller's model may live on the GPU for another engine.
+    model = copy.deepcopy(model).cpu().float().eval()
     example = example_batch(model)
     args = tuple(torch.from_numpy(a) for a in example.arrays().values())
     dynamic_axes = {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 
@@ -13,9 +15,9 @@ class TorchEngine:
     def __init__(self, model: DFMQMC, device: str = "cpu", fp16: bool = False) -> None:
         self.device = torch.device(device)
         self.dtype = torch.float16 if fp16 else torch.float32
-        self.model = model.to(self.device).eval()
-        if fp16:
-            self.model = self.model.half()
+        # A half-precision copy, so that the caller's model (shared with exports and other
+        # engines) keeps its fp32 weights.
+        self.model = (copy.deepcopy(model).half() if fp16 else model).to(self.device).eval()
         self.name = f"torch-{self.device.type}" + ("-fp16" if fp16 else "")
 
     @torch.inference_mode()

@@ -84,7 +84,7 @@ def _add_demo(sub: Any) -> None:
         description="The main job runnable from the repository alone (text-only until the live pipeline lands).",
     )
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the checkpoint and metrics")
-    p.add_argument("--config", type=Path, default=REPO_CONFIGS / "demo.yaml", help="training config of the demo")
+    p.add_argument("--config", type=Path, default=REPO_CONFIGS / "default.yaml", help="training config of the demo")
     p.add_argument("--retrain", action="store_true", help="train again even if the checkpoint exists")
 
 

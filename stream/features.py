@@ -1,0 +1,235 @@
+"""Features from raw media: the one code path for `dfmq extract` (training sets) and live use.
+
+What the model consumes:
+- audio: log-mel frames of 16 kHz mono (25 ms Hann window, 20 ms hop, 64 mel bands), so an
+  utterance of 9.6 s fills the default 480 frames;
+- video: a 16 x 16 grey face crop per frame at 10 fps (256 values in [0, 1]); the face comes from
+  OpenCV's bundled frontal-face Haar cascade, falling back to a centre crop when none is found
+  (the share of frames with a detected face is reported with the features).
+
+Quality statistics come from the raw signal, not from the features: frame power and STFT
+spectral entropy of the waveform, pixel contrast and frame-to-frame change of the picture.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from stream.errors import ConfigError
+from stream.messages import VideoFrame
+
+AUDIO_QUALITY_FORMULAS = ("paper", "snr")
+VIDEO_QUALITY_FORMULAS = ("paper", "relative")
+
+
+@dataclass
+class FeatureOptions:
+    sample_rate_hz: int = 16000
+    audio_window_ms: float = 25.0
+    audio_hop_ms: float = 20.0
+    mel_bins: int = 64
+    video_fps: float = 10.0
+    face_size_px: int = 16
+    # 'paper': (sigmoid(E - E_ref) + 1 - H) / 2. 'snr' adds a third term from the noise floor,
+    # because loud broadband noise raises E while it lowers 1 - H and the two cancel.
+    audio_quality: str = "snr"
+    # 'paper': sigmoid(V - V_ref), sigmoid(C - C_ref) on raw differences, which barely move on
+    # pixel scales in [0, 1]. 'relative': sigmoid(slope * (x / x_ref - 1)).
+    video_quality: str = "relative"
+    relative_slope: float = 4.0
+    snr_midpoint_db: float = 12.0
+    snr_width_db: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.audio_quality not in AUDIO_QUALITY_FORMULAS:
+            raise ConfigError("audio_quality", f"one of {AUDIO_QUALITY_FORMULAS}", self.audio_quality)
+        if self.video_quality not in VIDEO_QUALITY_FORMULAS:
+            raise ConfigError("video_quality", f"one of {VIDEO_QUALITY_FORMULAS}", self.video_quality)
+        if self.sample_rate_hz != 16000:
+            raise ConfigError("sample_rate_hz", "16000 (Whisper and the features expect 16 kHz)", self.sample_rate_hz)
+        if self.video_fps <= 0:
+            raise ConfigError("video_fps", "a frame rate > 0", self.video_fps)
+
+    @property
+    def window_samples(self) -> int:
+        return round(self.sample_rate_hz * self.audio_window_ms / 1000)
+
+    @property
+    def hop_samples(self) -> int:
+        return round(self.sample_rate_hz * self.audio_hop_ms / 1000)
+
+    @property
+    def video_dim(self) -> int:
+        return self.face_size_px * self.face_size_px
+
+
+@dataclass
+class RawAudioStats:
+    energy: float  # mean log10 frame power (bels); the 'E' of the quality score
+    entropy: float  # power-weighted mean normalised spectral entropy of the STFT frames
+    snr_db: float  # 90th over 10th percentile frame power
+
+
+@dataclass
+class RawVideoStats:
+    motion: float  # mean squared change between consecutive face crops (pixels in [0, 1])
+    contrast: float  # mean per-frame std of the grey picture (pixels in [0, 1])
+    face_ratio: float  # share of frames with a detected face
+
+
+def _frames(samples: np.ndarray, opts: FeatureOptions) -> np.ndarray:
+    win, hop = opts.window_samples, opts.hop_samples
+    if len(samples) < win:
+        samples = np.pad(samples, (0, win - len(samples)))
+    count = 1 + (len(samples) - win) // hop
+    index = np.arange(win)[None, :] + hop * np.arange(count)[:, None]
+    return samples[index] * np.hanning(win).astype(np.float32)[None, :]
+
+
+def _power_spectrum(samples: np.ndarray, opts: FeatureOptions) -> np.ndarray:
+    n_fft = 1 << (opts.window_samples - 1).bit_length()
+    return np.abs(np.fft.rfft(_frames(samples.astype(np.float32), opts), n=n_fft, axis=1)) ** 2
+
+
+@lru_cache(maxsize=8)
+def mel_filterbank(sample_rate_hz: int, n_fft: int, mel_bins: int) -> np.ndarray:
+    """Triangular HTK-style mel filters, (mel_bins, n_fft // 2 + 1)."""
+
+    def hz_to_mel(hz: np.ndarray) -> np.ndarray:
+        return 2595.0 * np.log10(1.0 + hz / 700.0)
+
+    def mel_to_hz(mel: np.ndarray) -> np.ndarray:
+        return 700.0 * (10 ** (mel / 2595.0) - 1.0)
+
+    edges = mel_to_hz(np.linspace(hz_to_mel(np.array(0.0)), hz_to_mel(np.array(sample_rate_hz / 2)), mel_bins + 2))
+    bins = np.fft.rfftfreq(n_fft, 1.0 / sample_rate_hz)
+    bank = np.zeros((mel_bins, len(bins)), dtype=np.float32)
+    for m in range(mel_bins):
+        lo, mid, hi = edges[m], edges[m + 1], edges[m + 2]
+        rising = (bins - lo) / max(mid - lo, 1e-9)
+        falling = (hi - bins) / max(hi - mid, 1e-9)
+        bank[m] = np.clip(np.minimum(rising, falling), 0.0, None)
+    return bank
+
+
+def log_mel(samples: np.ndarray, opts: FeatureOptions) -> np.ndarray:
+    """(T, mel_bins) float32 log10 mel energies; the audio input of the model."""
+    power = _power_spectrum(samples, opts)
+    n_fft = 2 * (power.shape[1] - 1)
+    mel = power @ mel_filterbank(opts.sample_rate_hz, n_fft, opts.mel_bins).T
+    return np.log10(mel + 1e-8).astype(np.float32)
+
+
+def audio_stats_raw(samples: np.ndarray, opts: FeatureOptions) -> RawAudioStats:
+    """Energy, spectral entropy (over an STFT of the waveform) and a noise-floor SNR."""
+    power = _power_spectrum(samples, opts)
+    frame_power = power.sum(axis=1)
+    p = power / np.maximum(frame_power[:, None], 1e-20)
+    entropy = -(p * np.log(np.maximum(p, 1e-20))).sum(axis=1) / math.log(power.shape[1])
+    entropy = np.where(frame_power > 1e-12, entropy, 1.0)
+    # Power-weighted: the pauses between words would otherwise count as much as the words.
+    weights = frame_power / max(float(frame_power.sum()), 1e-20)
+    mean_entropy = float((entropy * weights).sum()) if frame_power.sum() > 1e-12 else 1.0
+    floor = float(np.percentile(frame_power, 10))
+    peak = float(np.percentile(frame_power, 90))
+    snr_db = 10.0 * math.log10((peak + 1e-12) / (floor + 1e-12))
+    energy = float(np.mean(np.log10(frame_power + 1e-10)))
+    return RawAudioStats(energy=energy, entropy=mean_entropy, snr_db=snr_db)
+
+
+@lru_cache(maxsize=1)
+def _face_detector() -> Any:
+    import cv2
+
+    path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
+    detector = cv2.CascadeClassifier(path)
+    if detector.empty():
+        raise ConfigError("face detector", f"a readable Haar cascade at {path}", "an empty classifier")
+    return detector
+
+
+def sample_frames(frames: list[VideoFrame], fps: float) -> list[VideoFrame]:
+    """Frames at a fixed rate (nearest earlier frame for each tick), whatever the source rate."""
+    if not frames:
+        return []
+    out = []
+    start, end = frames[0].pts_s, frames[-1].pts_s
+    ticks = np.arange(start, end + 1e-9, 1.0 / fps)
+    j = 0
+    for t in ticks:
+        while j + 1 < len(frames) and frames[j + 1].pts_s <= t + 1e-9:
+            j += 1
+        out.append(frames[j])
+    return out
+
+
+def face_crops(frames: list[VideoFrame], opts: FeatureOptions) -> tuple[np.ndarray, float, list[np.ndarray]]:
+    """(T, size*size) crops in [0, 1], the detected-face share, and the grey frames used."""
+    import cv2
+
+    detector = _face_detector()
+    size = opts.face_size_px
+    crops, greys = [], []
+    found = 0
+    box: tuple[int, int, int, int] | None = None
+    for index, frame in enumerate(frames):
+        grey = cv2.cvtColor(frame.image, cv2.COLOR_BGR2GRAY)
+        greys.append(grey)
+        h, w = grey.shape
+        # Detection every few frames keeps extraction fast; the last box is reused between.
+        if index % 3 == 0 or box is None:
+            scale = 160.0 / max(h, w)
+            small = cv2.resize(grey, (max(1, int(w * scale)), max(1, int(h * scale))))
+            faces = detector.detectMultiScale(small, scaleFactor=1.15, minNeighbors=4, minSize=(24, 24))
+            if len(faces):
+                x, y, fw, fh = max(faces, key=lambda f: f[2] * f[3])
+                box = (int(x / scale), int(y / scale), int(fw / scale), int(fh / scale))
+        if box is not None:
+            found += 1
+            x, y, fw, fh = box
+            region = grey[y : y + fh, x : x + fw]
+        else:
+            side = min(h, w) // 2
+            region = grey[(h - side) // 2 : (h + side) // 2, (w - side) // 2 : (w + side) // 2]
+        crop = cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        crops.append(crop.reshape(-1))
+    if not crops:
+        return np.zeros((0, size * size), dtype=np.float32), 0.0, []
+    return np.stack(crops), found / len(crops), greys
+
+
+def video_stats_raw(crops: np.ndarray, greys: list[np.ndarray], face_ratio: float) -> RawVideoStats:
+    if len(crops) == 0:
+        return RawVideoStats(0.0, 0.0, 0.0)
+    motion = float(np.mean(np.sum(np.diff(crops, axis=0) ** 2, axis=1))) if len(crops) > 1 else 0.0
+    contrast = float(np.mean([g.astype(np.float32).std() / 255.0 for g in greys]))
+    return RawVideoStats(motion=motion, contrast=contrast, face_ratio=face_ratio)
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, x))))
+
+
+def score_audio_raw(stats: RawAudioStats | None, energy_ref: float, opts: FeatureOptions) -> float:
+    if stats is None:
+        return 0.0
+    terms = [_sigmoid(stats.energy - energy_ref), 1.0 - stats.entropy]
+    if opts.audio_quality == "snr":
+        terms.append(_sigmoid((stats.snr_db - opts.snr_midpoint_db) / opts.snr_width_db))
+    return float(np.mean(terms))
+
+
+def score_video_raw(stats: RawVideoStats | None, motion_ref: float, contrast_ref: float, opts: FeatureOptions) -> float:
+    if stats is None:
+        return 0.0
+    if opts.video_quality == "paper":
+        return (_sigmoid(stats.motion - motion_ref) + _sigmoid(stats.contrast - contrast_ref)) / 2.0
+    k = opts.relative_slope
+    motion = _sigmoid(k * (stats.motion / max(motion_ref, 1e-9) - 1.0))
+    contrast = _sigmoid(k * (stats.contrast / max(contrast_ref, 1e-9) - 1.0))
+    return (motion + contrast) / 2.0

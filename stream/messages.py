@@ -1,0 +1,44 @@
+"""Message types that flow between stages. Units are in the field names; no tuples between stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class AudioChunk:
+    """Mono 16 kHz float32 samples in [-1, 1], stamped on the stream clock."""
+
+    samples: np.ndarray  # (n,) float32
+    start_s: float  # stream time of the first sample
+    sample_rate_hz: int = 16000
+    wall_s: float = 0.0  # unix time at which the last sample was captured or read
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + len(self.samples) / self.sample_rate_hz
+
+
+@dataclass
+class VideoFrame:
+    """One BGR frame stamped on the stream clock."""
+
+    image: np.ndarray  # (H, W, 3) uint8 BGR
+    pts_s: float
+
+
+@dataclass
+class MediaClip:
+    """A whole decoded clip: what `dfmq extract` and tests feed the feature extractor."""
+
+    audio: np.ndarray  # (n,) float32, 16 kHz mono; empty when there is no audio track
+    frames: list[VideoFrame] = field(default_factory=list)
+    sample_rate_hz: int = 16000
+
+    @property
+    def duration_s(self) -> float:
+        audio_s = len(self.audio) / self.sample_rate_hz
+        video_s = self.frames[-1].pts_s if self.frames else 0.0
+        return max(audio_s, video_s)
