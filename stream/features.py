@@ -144,8 +144,10 @@ def audio_stats_raw(samples: np.ndarray, opts: FeatureOptions) -> RawAudioStats:
 
 @lru_cache(maxsize=1)
 def _face_detector() -> Any:
-    import cv2
+    import importlib
 
+    # The OpenCV 5 stubs lack `data` and `CascadeClassifier`, both present at run time.
+    cv2: Any = importlib.import_module("cv2")
     path = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
     detector = cv2.CascadeClassifier(path)
     if detector.empty():
