@@ -235,3 +235,27 @@ def score_video_raw(stats: RawVideoStats | None, motion_ref: float, contrast_ref
     motion = _sigmoid(k * (stats.motion / max(motion_ref, 1e-9) - 1.0))
     contrast = _sigmoid(k * (stats.contrast / max(contrast_ref, 1e-9) - 1.0))
     return (motion + contrast) / 2.0
+
+
+@dataclass
+class ClipFeatures:
+    """What one utterance window gives the model, plus the raw statistics of its quality."""
+
+    audio: np.ndarray | None  # (Ta, mel_bins) float32; None without audio
+    video: np.ndarray | None  # (Tv, face_size_px**2) float32; None without frames
+    audio_stats: RawAudioStats | None
+    video_stats: RawVideoStats | None
+
+
+def extract_features(audio: np.ndarray, frames: list[VideoFrame], opts: FeatureOptions) -> ClipFeatures:
+    """Features of one window (or a whole clip): 16 kHz mono samples and its frames."""
+    has_audio = len(audio) >= opts.window_samples
+    audio_feats = log_mel(audio, opts) if has_audio else None
+    a_stats = audio_stats_raw(audio, opts) if has_audio else None
+    video_feats = None
+    v_stats = None
+    if frames:
+        crops, face_ratio, greys = face_crops(sample_frames(frames, opts.video_fps), opts)
+        video_feats = crops
+        v_stats = video_stats_raw(crops, greys, face_ratio)
+    return ClipFeatures(audio_feats, video_feats, a_stats, v_stats)
