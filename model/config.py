@@ -88,6 +88,9 @@ class DFMQConfig:
     maml_support_size: int = 2
     maml_query_size: int = 2
     reference: ReferenceStats = field(default_factory=ReferenceStats)
+    # FeatureOptions of the media features the model was trained on (None: benchmark features,
+    # quality from the features themselves). Live extraction must use the same options.
+    feature_options: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.reference, dict):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
+import json
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,12 +17,17 @@ from torch import Tensor
 
 from model.config import MELD_DA_LABELS, MINTREC_LABELS
 from stream.errors import DataError
+from stream.features import RawAudioStats, RawVideoStats
 
 DATASETS = ("mintrec", "meld-da")
 SPLITS = ("train", "dev", "test")
 # Feature file names by release, tried in order; the official release nests them in folders.
 AUDIO_FEATURE_FILES = ("audio_feats.pkl", "wavlm_feats.pkl", "audio_data/audio_feats.pkl")
 VIDEO_FEATURE_FILES = ("video_feats.pkl", "swin_feats.pkl", "video_data/video_feats.pkl")
+
+
+QUALITY_STATS_FILE = "quality_stats.pkl"
+FEATURE_OPTIONS_FILE = "features.json"
 
 
 @dataclass
@@ -30,6 +37,9 @@ class Sample:
     label: int
     audio: np.ndarray | None  # (T, D) float32
     video: np.ndarray | None  # (T, D) float32
+    # Raw-signal quality statistics, present in folders written by `dfmq extract`.
+    raw_audio: RawAudioStats | None = None
+    raw_video: RawVideoStats | None = None
 
 
 @dataclass
@@ -42,17 +52,19 @@ class Batch:
     video: Tensor  # (B, Tv, Dv) float32
     video_mask: Tensor  # (B, Tv) bool
     labels: Tensor  # (B,) int64
+    raw_audio: Tensor | None = None  # (B, 3) energy, entropy, snr_db; NaN rows have no audio
+    raw_video: Tensor | None = None  # (B, 2) motion, contrast; NaN rows have no video
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(
-            self.keys,
-            self.input_ids.to(device),
-            self.attention_mask.to(device),
-            self.audio.to(device),
-            self.audio_mask.to(device),
-            self.video.to(device),
-            self.video_mask.to(device),
-            self.labels.to(device),
+        return dataclasses.replace(
+            self,
+            input_ids=self.input_ids.to(device),
+            attention_mask=self.attention_mask.to(device),
+            audio=self.audio.to(device),
+            audio_mask=self.audio_mask.to(device),
+            video=self.video.to(device),
+            video_mask=self.video_mask.to(device),
+            labels=self.labels.to(device),
         )
 
 
@@ -164,8 +176,32 @@ def load_features(path: Path, expected_dim: int, what: str) -> dict[str, np.ndar
     return out
 
 
+def load_quality_stats(path: Path) -> dict[str, tuple[RawAudioStats | None, RawVideoStats | None]]:
+    try:
+        with path.open("rb") as handle:
+            raw: Any = pickle.load(handle)
+        return {
+            str(key): (
+                RawAudioStats(**entry["audio"]) if entry.get("audio") else None,
+                RawVideoStats(**entry["video"]) if entry.get("video") else None,
+            )
+            for key, entry in raw.items()
+        }
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, KeyError, TypeError) as exc:
+        raise DataError(
+            f"cannot read quality statistics: {exc}",
+            path=path,
+            expected="{key: {'audio': {energy, entropy, snr_db} | None, "
+            "'video': {motion, contrast, face_ratio} | None}}",
+        ) from exc
+
+
 class FeatureStore:
-    """The optional audio/video feature pickles of a data folder, loaded once for all splits."""
+    """The optional feature pickles of a data folder, loaded once for all splits.
+
+    Folders written by `dfmq extract` also carry raw-signal quality statistics and the
+    `FeatureOptions` that made them; benchmark releases carry features only.
+    """
 
     def __init__(self, data_dir: Path, audio_dim: int, video_dim: int) -> None:
         data_dir = Path(data_dir)
@@ -173,6 +209,12 @@ class FeatureStore:
         self.video_path = _find_feature_file(data_dir, VIDEO_FEATURE_FILES)
         self.audio = load_features(self.audio_path, audio_dim, "audio") if self.audio_path else {}
         self.video = load_features(self.video_path, video_dim, "video") if self.video_path else {}
+        quality_path = data_dir / QUALITY_STATS_FILE
+        self.quality = load_quality_stats(quality_path) if quality_path.is_file() else {}
+        options_path = data_dir / FEATURE_OPTIONS_FILE
+        self.feature_options: dict[str, Any] | None = (
+            json.loads(options_path.read_text()) if options_path.is_file() else None
+        )
 
     @property
     def text_only(self) -> bool:
@@ -180,10 +222,15 @@ class FeatureStore:
 
 
 def load_split(dataset: str, data_dir: Path, split: str, features: FeatureStore) -> list[Sample]:
-    return [
-        Sample(key, text, label, features.audio.get(key), features.video.get(key))
-        for key, text, label in read_split(dataset, Path(data_dir), split)
-    ]
+    samples = []
+    for key, text, label in read_split(dataset, Path(data_dir), split):
+        raw_audio, raw_video = features.quality.get(key, (None, None))
+        samples.append(Sample(key, text, label, features.audio.get(key), features.video.get(key), raw_audio, raw_video))
+    return samples
+
+
+def _raw_tensor(rows: Sequence[tuple[float, ...] | None], width: int) -> Tensor:
+    return torch.tensor([row if row is not None else (float("nan"),) * width for row in rows], dtype=torch.float32)
 
 
 def _pad_sequences(seqs: Sequence[np.ndarray | None], dim: int, max_len: int) -> tuple[Tensor, Tensor]:
@@ -218,7 +265,16 @@ class Collator:
         )
         audio, audio_mask = _pad_sequences([s.audio for s in samples], self.audio_dim, self.audio_max_len)
         video, video_mask = _pad_sequences([s.video for s in samples], self.video_dim, self.video_max_len)
+        has_raw = any(s.raw_audio is not None or s.raw_video is not None for s in samples)
+        raw_audio = raw_video = None
+        if has_raw:
+            raw_audio = _raw_tensor(
+                [(a.energy, a.entropy, a.snr_db) if (a := s.raw_audio) else None for s in samples], 3
+            )
+            raw_video = _raw_tensor([(v.motion, v.contrast) if (v := s.raw_video) else None for s in samples], 2)
         return Batch(
+            raw_audio=raw_audio,
+            raw_video=raw_video,
             keys=[s.key for s in samples],
             input_ids=tokens["input_ids"],
             attention_mask=tokens["attention_mask"],

@@ -8,7 +8,8 @@ from torch import Tensor
 
 from model.config import ReferenceStats
 from model.dfmq import DFMQMC, ForwardOutput, masked_weights
-from model.quality import audio_stats, quality_vector, video_stats
+from model.quality import audio_stats, quality_vector, raw_quality_vector, video_stats
+from stream.features import FeatureOptions
 
 
 def supervised_contrastive(features: Tensor, labels: Tensor, temperature: float) -> Tensor:
@@ -61,6 +62,27 @@ def perturb(seq: Tensor, mask: Tensor, kind: Tensor, generator: torch.Generator 
     return out, new_mask
 
 
+def perturb_raw_stats(raw_audio: Tensor, raw_video: Tensor, kind_a: Tensor, kind_v: Tensor) -> tuple[Tensor, Tensor]:
+    """What each `perturb` kind does to raw-signal statistics, for data that carries them.
+
+    Raw samples are not kept for training, so the statistics of a perturbed copy are moved the
+    way the real degradation moves them (measured in tests/test_features.py): noise raises energy
+    and entropy and lowers the SNR; blur and freezing stop motion; silence and darkness take
+    energy, SNR, contrast and motion away.
+    """
+    energy, entropy, snr = raw_audio.unbind(-1)
+    motion, contrast = raw_video.unbind(-1)
+    energy = torch.where(kind_a == 1, energy + 0.5, torch.where(kind_a == 4, energy - 3.0, energy))
+    entropy = torch.where(kind_a == 1, entropy + 0.6 * (1 - entropy), entropy)
+    entropy = torch.where(kind_a == 2, entropy + 0.3 * (1 - entropy), torch.where(kind_a == 4, 1.0, entropy))
+    snr = torch.where(kind_a == 1, snr.clamp(max=6.0), torch.where(kind_a == 3, snr - 6.0, snr))
+    snr = torch.where(kind_a == 4, torch.zeros_like(snr), snr)
+    motion = torch.where(kind_v == 1, motion * 3.0, torch.where(kind_v == 2, motion * 0.02, motion))
+    motion = torch.where(kind_v == 3, motion * 1.5, torch.where(kind_v == 4, motion * 0.05, motion))
+    contrast = torch.where(kind_v == 1, contrast * 1.1, torch.where(kind_v == 4, contrast * 0.05, contrast))
+    return torch.stack([energy, entropy, snr], -1), torch.stack([motion, contrast], -1)
+
+
 def _batched_predictor(params: list[Tensor], quality: Tensor) -> Tensor:
     """The weight predictor with one parameter set per task: quality (B, K, 3) -> logits (B, K, 2)."""
     w1, b1, w2, b2 = params
@@ -79,6 +101,8 @@ def fomaml_loss(
     labels: Tensor,
     reference: ReferenceStats,
     generator: torch.Generator | None = None,
+    raw_audio: Tensor | None = None,
+    raw_video: Tensor | None = None,
 ) -> Tensor:
     """First-order MAML for the weight predictor, each training sample its own task.
 
@@ -107,13 +131,26 @@ def fomaml_loss(
         pv, pvm = perturb(rep_v, rep_vm, kinds_v, generator)
         h_audio = model.audio_encoder(pa, pam).view(batch, copies, -1)
         h_video = model.video_encoder(pv, pvm).view(batch, copies, -1)
-        q = quality_vector(
-            attention_mask.repeat_interleave(copies, 0),
-            cfg.text_max_len,
-            audio_stats(pa, pam),
-            video_stats(pv, pvm),
-            reference,
-        ).view(batch, copies, 3)
+        if raw_audio is not None and raw_video is not None and cfg.feature_options is not None:
+            ra, rv = perturb_raw_stats(
+                raw_audio.repeat_interleave(copies, 0), raw_video.repeat_interleave(copies, 0), kinds_a, kinds_v
+            )
+            q = raw_quality_vector(
+                attention_mask.repeat_interleave(copies, 0),
+                cfg.text_max_len,
+                ra,
+                rv,
+                reference,
+                FeatureOptions(**cfg.feature_options),
+            ).view(batch, copies, 3)
+        else:
+            q = quality_vector(
+                attention_mask.repeat_interleave(copies, 0),
+                cfg.text_max_len,
+                audio_stats(pa, pam),
+                video_stats(pv, pvm),
+                reference,
+            ).view(batch, copies, 3)
         if not cfg.use_quality:
             q = torch.ones_like(q)
         copy_presence = presence.unsqueeze(1).expand(batch, copies, 2)

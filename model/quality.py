@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from model.config import ReferenceStats
+from stream.features import FeatureOptions, score_audio_arrays, score_video_arrays
 
 
 @dataclass
@@ -147,3 +148,34 @@ class RunningReference:
             ref.video_motion = (1 - m) * ref.video_motion + m * motion
             ref.video_contrast = (1 - m) * ref.video_contrast + m * contrast
         self.updates += 1
+
+
+def raw_batch_references(raw_audio: Tensor, raw_video: Tensor) -> ReferenceStats:
+    """Batch means of raw-signal statistics over the windows that have the modality."""
+
+    def mean(column: Tensor) -> float:
+        values = column[~torch.isnan(column)]
+        return float(values.mean()) if len(values) else 0.0
+
+    return ReferenceStats(mean(raw_audio[:, 0]), mean(raw_video[:, 0]), mean(raw_video[:, 1]))
+
+
+def raw_quality_vector(
+    attention_mask: Tensor,
+    text_max_len: int,
+    raw_audio: Tensor,
+    raw_video: Tensor,
+    reference: ReferenceStats,
+    options: FeatureOptions,
+) -> Tensor:
+    """`q = [q_t, q_a, q_v]` from raw-signal statistics, with the formulas of `stream.features`."""
+    a = raw_audio.detach().cpu().double().numpy()
+    v = raw_video.detach().cpu().double().numpy()
+    q_audio = score_audio_arrays(a[..., 0], a[..., 1], a[..., 2], reference.audio_energy, options)
+    q_video = score_video_arrays(v[..., 0], v[..., 1], reference.video_motion, reference.video_contrast, options)
+    q_text = text_quality(attention_mask, text_max_len)
+    while q_text.dim() < raw_audio.dim() - 1:
+        q_text = q_text.unsqueeze(-1).expand(raw_audio.shape[:-1])
+    return torch.stack(
+        [q_text.to(torch.float32), torch.from_numpy(q_audio).float(), torch.from_numpy(q_video).float()], dim=-1
+    ).to(attention_mask.device)

@@ -24,8 +24,16 @@ from model.data import Batch, Collator, FeatureStore, Sample, dataset_labels, lo
 from model.dfmq import DFMQMC
 from model.losses import consistency_loss, fomaml_loss, supervised_contrastive
 from model.metrics import classification_metrics, save_confusion_matrix
-from model.quality import audio_stats, batch_references, quality_vector, video_stats
+from model.quality import (
+    audio_stats,
+    batch_references,
+    quality_vector,
+    raw_batch_references,
+    raw_quality_vector,
+    video_stats,
+)
 from stream.errors import ConfigError, DataError
+from stream.features import FeatureOptions
 
 
 @dataclass
@@ -79,7 +87,17 @@ def resolve_device(name: str) -> torch.device:
 
 
 def batch_quality(model: DFMQMC, batch: Batch, reference: ReferenceStats | None) -> tuple[torch.Tensor, ReferenceStats]:
-    """Quality vector of a batch; `reference=None` means the batch mean (training, as the paper)."""
+    """Quality vector of a batch; `reference=None` means the batch mean (training, as the paper).
+
+    Raw-signal statistics (folders from `dfmq extract`) are scored with the same formulas as the
+    live pipeline; benchmark feature folders are scored on the features.
+    """
+    cfg = model.config
+    if batch.raw_audio is not None and batch.raw_video is not None and cfg.feature_options is not None:
+        ref = reference if reference is not None else raw_batch_references(batch.raw_audio, batch.raw_video)
+        options = FeatureOptions(**cfg.feature_options)
+        q = raw_quality_vector(batch.attention_mask, cfg.text_max_len, batch.raw_audio, batch.raw_video, ref, options)
+        return q, ref
     a_stats = audio_stats(batch.audio, batch.audio_mask)
     v_stats = video_stats(batch.video, batch.video_mask)
     ref = reference if reference is not None else batch_references(a_stats, v_stats)
@@ -151,6 +169,8 @@ def training_loss(
             batch.labels,
             ref,
             generator,
+            raw_audio=batch.raw_audio if cfg.feature_options is not None else None,
+            raw_video=batch.raw_video if cfg.feature_options is not None else None,
         )
         total = total + cfg.lambda_meta * l_meta
         parts["meta"] = l_meta.item()
@@ -218,6 +238,8 @@ def train(
     device = resolve_device(device_name)
     generator = seed_everything(opts.seed)
     features = FeatureStore(Path(data_dir), config.audio_dim, config.video_dim)
+    # The options that made the features travel with the checkpoint, so live extraction matches.
+    config.feature_options = features.feature_options
     train_samples = load_split(dataset, data_dir, "train", features)
     dev_samples = load_split(dataset, data_dir, "dev", features)
     augment: list[Sample] = []
@@ -363,6 +385,13 @@ def evaluate(
             got=str(cfg.labels),
         )
     features = FeatureStore(Path(data_dir), cfg.audio_dim, cfg.video_dim)
+    if features.feature_options != cfg.feature_options:
+        raise DataError(
+            "the data folder's features were made with other options than the checkpoint's",
+            path=Path(data_dir) / "features.json",
+            expected=str(cfg.feature_options),
+            got=str(features.feature_options),
+        )
     samples = load_split(dataset, data_dir, split, features)
     collate = Collator(tokenizer, cfg.text_max_len, cfg.audio_dim, cfg.audio_max_len, cfg.video_dim, cfg.video_max_len)
     result = predict(

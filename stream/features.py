@@ -213,28 +213,47 @@ def video_stats_raw(crops: np.ndarray, greys: list[np.ndarray], face_ratio: floa
     return RawVideoStats(motion=motion, contrast=contrast, face_ratio=face_ratio)
 
 
-def _sigmoid(x: float) -> float:
-    return 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, x))))
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(x, -60.0, 60.0)))
+
+
+def score_audio_arrays(
+    energy: np.ndarray, entropy: np.ndarray, snr_db: np.ndarray, energy_ref: float, opts: FeatureOptions
+) -> np.ndarray:
+    """Audio quality of many windows at once; NaN energy marks a window without audio (score 0)."""
+    terms = [_sigmoid(energy - energy_ref), 1.0 - entropy]
+    if opts.audio_quality == "snr":
+        terms.append(_sigmoid((snr_db - opts.snr_midpoint_db) / opts.snr_width_db))
+    return np.nan_to_num(np.mean(terms, axis=0), nan=0.0)
+
+
+def score_video_arrays(
+    motion: np.ndarray, contrast: np.ndarray, motion_ref: float, contrast_ref: float, opts: FeatureOptions
+) -> np.ndarray:
+    """Video quality of many windows at once; NaN motion marks a window without video (score 0)."""
+    if opts.video_quality == "paper":
+        q = (_sigmoid(motion - motion_ref) + _sigmoid(contrast - contrast_ref)) / 2.0
+    else:
+        k = opts.relative_slope
+        q = (
+            _sigmoid(k * (motion / max(motion_ref, 1e-9) - 1.0))
+            + _sigmoid(k * (contrast / max(contrast_ref, 1e-9) - 1.0))
+        ) / 2.0
+    return np.nan_to_num(q, nan=0.0)
 
 
 def score_audio_raw(stats: RawAudioStats | None, energy_ref: float, opts: FeatureOptions) -> float:
     if stats is None:
         return 0.0
-    terms = [_sigmoid(stats.energy - energy_ref), 1.0 - stats.entropy]
-    if opts.audio_quality == "snr":
-        terms.append(_sigmoid((stats.snr_db - opts.snr_midpoint_db) / opts.snr_width_db))
-    return float(np.mean(terms))
+    arrays = (np.array([stats.energy]), np.array([stats.entropy]), np.array([stats.snr_db]))
+    return float(score_audio_arrays(*arrays, energy_ref, opts)[0])
 
 
 def score_video_raw(stats: RawVideoStats | None, motion_ref: float, contrast_ref: float, opts: FeatureOptions) -> float:
     if stats is None:
         return 0.0
-    if opts.video_quality == "paper":
-        return (_sigmoid(stats.motion - motion_ref) + _sigmoid(stats.contrast - contrast_ref)) / 2.0
-    k = opts.relative_slope
-    motion = _sigmoid(k * (stats.motion / max(motion_ref, 1e-9) - 1.0))
-    contrast = _sigmoid(k * (stats.contrast / max(contrast_ref, 1e-9) - 1.0))
-    return (motion + contrast) / 2.0
+    arrays = (np.array([stats.motion]), np.array([stats.contrast]))
+    return float(score_video_arrays(*arrays, motion_ref, contrast_ref, opts)[0])
 
 
 @dataclass
