@@ -133,6 +133,23 @@ def _add_bench(sub: Any) -> None:
     p.add_argument("--json", required=True, type=Path, help="report file to write")
 
 
+def _add_extract(sub: Any) -> None:
+    p = sub.add_parser(
+        "extract",
+        help="turn a folder of labelled clips into a training set (MIntRec layout + features)",
+        description="Decode each clip (PyAV), compute the features and raw quality statistics the live "
+        "pipeline computes, transcribe clips without text (faster-whisper), and write train/dev/test.tsv with "
+        "audio_feats.pkl, video_feats.pkl, quality_stats.pkl and features.json. Resumable; unreadable clips "
+        "are listed in extract_errors.tsv and the exit code is 1.",
+    )
+    p.add_argument("--clips", required=True, type=Path, help="folder of mp4/mkv/webm/wav clips")
+    p.add_argument("--labels", required=True, type=Path, help="CSV with columns clip,label[,text][,split]")
+    p.add_argument("--out", required=True, type=Path, help="dataset folder to write")
+    p.add_argument("--asr-model", default="tiny.en", help="'tiny.en' (bundled) or a CTranslate2 Whisper folder")
+    p.add_argument("--audio-quality", default="snr", choices=["snr", "paper"], help="audio quality formula")
+    p.add_argument("--video-quality", default="relative", choices=["relative", "paper"], help="video quality formula")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dfmq", description="Live multimodal intent recognition (DFMQ-MC).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -141,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_export(sub)
     _add_bench(sub)
+    _add_extract(sub)
     return parser
 
 
@@ -222,12 +240,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_extract(args: argparse.Namespace) -> int:
+    from stream.asr import AsrOptions
+    from stream.extract import run_extract
+    from stream.features import FeatureOptions
+
+    options = FeatureOptions(audio_quality=args.audio_quality, video_quality=args.video_quality)
+    return run_extract(args.clips, args.labels, args.out, options, AsrOptions(model=args.asr_model))
+
+
 COMMANDS = {
     "train": _cmd_train,
     "eval": _cmd_eval,
     "demo": _cmd_demo,
     "export": _cmd_export,
     "bench": _cmd_bench,
+    "extract": _cmd_extract,
 }
 
 

