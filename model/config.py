@@ -68,6 +68,9 @@ class DFMQConfig:
     text_encoder: str = "minilm"
     text_width: int = 384
     text_max_len: int = 30
+    # Bottom text-encoder layers (and the embeddings) kept at their pretrained values. With the
+    # bundled base encoder, checkpoints then store only the trained part (see model/checkpoint.py).
+    frozen_text_layers: int = 0
     audio_dim: int = 768
     audio_max_len: int = 480
     video_dim: int = 256
@@ -116,6 +119,8 @@ class DFMQConfig:
             value = getattr(self, key)
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(key, "a positive integer", value)
+        if self.frozen_text_layers < 0:
+            raise ConfigError("frozen_text_layers", "an integer >= 0", self.frozen_text_layers)
         if self.maml_inner_steps < 0:
             raise ConfigError("maml_inner_steps", "an integer >= 0", self.maml_inner_steps)
         if not 0.0 <= self.dropout < 1.0:

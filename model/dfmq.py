@@ -126,6 +126,21 @@ class DFMQMC(nn.Module):
         self.video_head = nn.Linear(width, config.num_labels)
         self.contrast_proj = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 128))
 
+    def frozen_parameter_names(self) -> set[str]:
+        """Text-encoder parameters that training leaves at their pretrained values."""
+        n = self.config.frozen_text_layers
+        if n == 0:
+            return set()
+        prefixes = ["text_encoder.embeddings.", "text_encoder.pooler."]
+        prefixes += [f"text_encoder.encoder.layer.{i}." for i in range(n)]
+        return {name for name, _ in self.named_parameters() if any(name.startswith(p) for p in prefixes)}
+
+    def freeze_text_layers(self) -> None:
+        frozen = self.frozen_parameter_names()
+        for name, param in self.named_parameters():
+            if name in frozen:
+                param.requires_grad_(False)
+
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         weights = attention_mask.to(hidden.dtype).unsqueeze(-1)

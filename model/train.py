@@ -193,18 +193,23 @@ def predict(
 ) -> dict[str, np.ndarray]:
     model.eval()
     generator = torch.Generator().manual_seed(seed)
-    labels, preds, weights, qualities = [], [], [], []
+    keys: list[str] = []
+    labels, preds, weights, qualities, confidences = [], [], [], [], []
     for batch in tqdm(loader, desc="eval", leave=False, disable=None if progress else True):
         batch = add_noise(batch, noise_sigma, generator).to(device)
         quality, _ = batch_quality(model, batch, reference)
         logits, _, w = model(
             batch.input_ids, batch.attention_mask, batch.audio, batch.audio_mask, batch.video, batch.video_mask, quality
         )
+        keys += batch.keys
         labels.append(batch.labels.cpu().numpy())
         preds.append(logits.argmax(dim=-1).cpu().numpy())
+        confidences.append(torch.softmax(logits, dim=-1).max(dim=-1).values.cpu().numpy())
         weights.append(w.cpu().numpy())
         qualities.append(quality.cpu().numpy())
     return {
+        "keys": np.array(keys),
+        "confidence": np.concatenate(confidences),
         "labels": np.concatenate(labels),
         "preds": np.concatenate(preds),
         "weights": np.concatenate(weights),
@@ -261,8 +266,8 @@ def train(
     train_loader = epoch_loader(0)
     dev_loader = _loader(dev_samples, collate, 64, False, opts.seed)
 
-    encoder_params = list(model.text_encoder.parameters())
-    encoder_ids = {id(p) for p in encoder_params}
+    encoder_params = [p for p in model.text_encoder.parameters() if p.requires_grad]
+    encoder_ids = {id(p) for p in model.text_encoder.parameters()}
     head_params = [p for p in model.parameters() if id(p) not in encoder_ids]
     optimizer = torch.optim.AdamW(
         [{"params": encoder_params, "lr": opts.lr_text_encoder}, {"params": head_params, "lr": opts.lr_heads}],
@@ -385,7 +390,7 @@ def evaluate(
             got=str(cfg.labels),
         )
     features = FeatureStore(Path(data_dir), cfg.audio_dim, cfg.video_dim)
-    if features.feature_options != cfg.feature_options:
+    if not features.text_only and features.feature_options != cfg.feature_options:
         raise DataError(
             "the data folder's features were made with other options than the checkpoint's",
             path=Path(data_dir) / "features.json",
@@ -411,6 +416,14 @@ def evaluate(
     json_out = Path(json_out)
     json_out.parent.mkdir(parents=True, exist_ok=True)
     json_out.write_text(json.dumps(metrics, indent=2))
+    rows = ["key\tlabel\tpredicted\tconfidence\tq_text\tq_audio\tq_video\tw_audio\tw_video"]
+    for i, key in enumerate(result["keys"]):
+        q, w = result["quality"][i], result["weights"][i]
+        rows.append(
+            f"{key}\t{cfg.labels[result['labels'][i]]}\t{cfg.labels[result['preds'][i]]}\t"
+            f"{result['confidence'][i]:.4f}\t{q[0]:.4f}\t{q[1]:.4f}\t{q[2]:.4f}\t{w[0]:.4f}\t{w[1]:.4f}"
+        )
+    json_out.with_suffix(".predictions.tsv").write_text("\n".join(rows) + "\n")
     png = json_out.with_suffix(".png")
     title = f"{dataset} {split}: acc {metrics['acc']:.2f}, macro F1 {metrics['f1_macro']:.2f}"
     save_confusion_matrix(result["labels"], result["preds"], cfg.labels, png, title)

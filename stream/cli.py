@@ -61,7 +61,7 @@ def _add_eval(sub: Any) -> None:
         help="evaluate a checkpoint on a split",
         description="Write metrics (percent) as JSON and a confusion-matrix PNG beside it.",
     )
-    p.add_argument("--ckpt", required=True, type=Path, help="checkpoint folder written by `dfmq train`")
+    p.add_argument("--ckpt", required=True, help="checkpoint folder written by `dfmq train`, or 'default'")
     p.add_argument("--dataset", required=True, choices=["mintrec", "meld-da"], help="layout and label set of --data")
     p.add_argument("--data", required=True, type=Path, help="dataset folder")
     p.add_argument("--split", default="dev", choices=["train", "dev", "test"], help="split to score (default dev)")
@@ -150,6 +150,20 @@ def _add_extract(sub: Any) -> None:
     p.add_argument("--video-quality", default="relative", choices=["relative", "paper"], help="video quality formula")
 
 
+def _add_synth(sub: Any) -> None:
+    p = sub.add_parser(
+        "synth",
+        help="render a labelled multimodal corpus (espeak-ng speech + drawn faces) for the 20 intents",
+        description="Writes OUT/clips/*.mp4 and OUT/labels.csv (clip,label,text,split,degradation,family,voice); "
+        "feed it to `dfmq extract --clips OUT/clips --labels OUT/labels.csv`.",
+    )
+    p.add_argument("--out", required=True, type=Path, help="folder to write")
+    p.add_argument("--per-intent", type=int, default=30, help="clips per intent (default 30; 70/15/15 split)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; the corpus is deterministic for a seed")
+    p.add_argument("--text-source", type=Path, help="MIntRec-layout tsv whose sentences join the written ones")
+    p.add_argument("--degrade-share", type=float, default=0.5, help="share of clips with one degradation")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dfmq", description="Live multimodal intent recognition (DFMQ-MC).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -159,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_bench(sub)
     _add_extract(sub)
+    _add_synth(sub)
     return parser
 
 
@@ -195,9 +210,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    from model.checkpoint import resolve_ckpt
     from model.train import evaluate
 
-    metrics = evaluate(args.ckpt, args.dataset, args.data, args.split, args.json, args.noise, args.device, args.seed)
+    metrics = evaluate(resolve_ckpt(args.ckpt), args.dataset, args.data, args.split, args.json, args.noise, args.device, args.seed)
     shown = {k: round(v, 2) for k, v in metrics.items() if isinstance(v, float)}
     print(json.dumps({"split": args.split, **shown, "n": metrics["n"]}))
     print(f"metrics: {args.json}  confusion matrix: {metrics['confusion_png']}")
@@ -249,6 +265,15 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return run_extract(args.clips, args.labels, args.out, options, AsrOptions(model=args.asr_model))
 
 
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from stream.synth import render_corpus
+
+    plan = render_corpus(args.out, args.per_intent, args.seed, args.text_source, args.degrade_share)
+    degraded = sum(c.degradation != "none" for c in plan)
+    print(f"synth: {len(plan)} clips ({degraded} degraded) in {args.out / 'clips'}; labels: {args.out / 'labels.csv'}")
+    return 0
+
+
 COMMANDS = {
     "train": _cmd_train,
     "eval": _cmd_eval,
@@ -256,6 +281,7 @@ COMMANDS = {
     "export": _cmd_export,
     "bench": _cmd_bench,
     "extract": _cmd_extract,
+    "synth": _cmd_synth,
 }
 
 
