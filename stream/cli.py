@@ -213,7 +213,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from model.checkpoint import resolve_ckpt
     from model.train import evaluate
 
-    metrics = evaluate(resolve_ckpt(args.ckpt), args.dataset, args.data, args.split, args.json, args.noise, args.device, args.seed)
+    metrics = evaluate(
+        resolve_ckpt(args.ckpt), args.dataset, args.data, args.split, args.json, args.noise, args.device, args.seed
+    )
     shown = {k: round(v, 2) for k, v in metrics.items() if isinstance(v, float)}
     print(json.dumps({"split": args.split, **shown, "n": metrics["n"]}))
     print(f"metrics: {args.json}  confusion matrix: {metrics['confusion_png']}")
