@@ -75,6 +75,9 @@ class DFMQConfig:
     audio_max_len: int = 480
     video_dim: int = 256
     video_max_len: int = 230
+    # Width inside the audio/video encoders (None: the text width); their output is always
+    # projected to the text width for the residual fusion.
+    nonverbal_width: int | None = None
     nonverbal_layers: int = 1
     nonverbal_heads: int = 4
     predictor_hidden: int = 16

@@ -66,12 +66,12 @@ class EncoderLayer(nn.Module):
 class SequenceEncoder(nn.Module):
     """A padded feature sequence -> one vector of the text width (masked mean of a transformer)."""
 
-    def __init__(self, in_dim: int, width: int, layers: int, heads: int, dropout: float) -> None:
+    def __init__(self, in_dim: int, width: int, out_width: int, layers: int, heads: int, dropout: float) -> None:
         super().__init__()
         self.inp = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, width))
         self.layers = nn.ModuleList(EncoderLayer(width, heads, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(width)
-        self.out = nn.Linear(width, width)
+        self.out = nn.Linear(width, out_width)
 
     def forward(self, seq: Tensor, mask: Tensor) -> Tensor:
         # An all-padding row makes attention softmax NaN, so position 0 always stays visible;
@@ -111,12 +111,13 @@ class DFMQMC(nn.Module):
         super().__init__()
         self.config = config
         width = config.text_width
+        inner = config.nonverbal_width or width
         self.text_encoder = text_encoder
         self.audio_encoder = SequenceEncoder(
-            config.audio_dim, width, config.nonverbal_layers, config.nonverbal_heads, config.dropout
+            config.audio_dim, inner, width, config.nonverbal_layers, config.nonverbal_heads, config.dropout
         )
         self.video_encoder = SequenceEncoder(
-            config.video_dim, width, config.nonverbal_layers, config.nonverbal_heads, config.dropout
+            config.video_dim, inner, width, config.nonverbal_layers, config.nonverbal_heads, config.dropout
         )
         self.predictor = WeightPredictor(config.predictor_hidden)
         self.dropout = nn.Dropout(config.dropout)

@@ -164,6 +164,41 @@ def _add_synth(sub: Any) -> None:
     p.add_argument("--degrade-share", type=float, default=0.5, help="share of clips with one degradation")
 
 
+def _add_run(sub: Any) -> None:
+    p = sub.add_parser(
+        "run",
+        help="live or recorded audio/video -> one intent event per utterance on MQTT",
+        description="Capture, VAD, faster-whisper, features and running quality, DFMQ-MC, MQTT. Topics: "
+        "dfmq/<stream-id>/intent (QoS 1), dfmq/<stream-id>/quality, dfmq/<stream-id>/status (retained, last will).",
+    )
+    p.add_argument("--ckpt", default="default", help="checkpoint folder or 'default' (the shipped starter model)")
+    p.add_argument("--input", help="one file or URL with both tracks")
+    p.add_argument("--audio", help="'default', a microphone name or index, a FILE or URL, or 'none'")
+    p.add_argument("--video", help="camera index (0), /dev/videoN, a FILE or URL, or 'none'")
+    p.add_argument("--pace", default="realtime", choices=["realtime", "fast"], help="file replay speed")
+    p.add_argument("--broker", default="embedded", help="'embedded' (default) or mqtt://HOST:PORT / mqtts://HOST:PORT")
+    p.add_argument("--embedded-port", type=int, default=1883, help="port of the embedded broker (default 1883)")
+    p.add_argument("--username", help="MQTT user name")
+    p.add_argument("--password", help="MQTT password")
+    p.add_argument("--ca-file", help="CA certificate for mqtts://")
+    p.add_argument("--stream-id", default="cam0", help="the <stream-id> in the topics (default cam0)")
+    p.add_argument("--no-transcripts", action="store_true", help="leave the transcript out of intent events")
+    p.add_argument("--hermes", action="store_true", help="also publish hermes/intent/<intentName> (Rhasspy/Snips)")
+    p.add_argument("--engine", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"], help="backend")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="engine device (default: fastest available)")
+    p.add_argument("--asr-model", default="tiny.en", help="'tiny.en' (bundled) or a CTranslate2 Whisper folder")
+    p.add_argument("--asr-device", default="cpu", choices=["cpu", "cuda"], help="faster-whisper device")
+    p.add_argument("--asr-compute-type", default="int8", help="faster-whisper compute type (int8, float16, ...)")
+    p.add_argument("--min-silence-ms", type=float, default=400.0, help="a pause this long ends an utterance")
+    p.add_argument("--max-utterance-s", type=float, default=12.0, help="longer speech is split here")
+
+
+def _add_broker(sub: Any) -> None:
+    p = sub.add_parser("broker", help="run the embedded MQTT broker alone (Ctrl-C stops it)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=1883, help="port (default 1883)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dfmq", description="Live multimodal intent recognition (DFMQ-MC).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -174,6 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_extract(sub)
     _add_synth(sub)
+    _add_run(sub)
+    _add_broker(sub)
+    sub.add_parser("devices", help="list microphones and cameras")
     return parser
 
 
@@ -276,6 +314,55 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from stream.pipeline import PipelineOptions
+    from stream.publisher import BrokerOptions
+    from stream.run import RunRequest, run_pipeline
+    from stream.vad import SegmenterOptions
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    req = RunRequest(
+        ckpt=args.ckpt, input=args.input, audio=args.audio, video=args.video, pace=args.pace, engine=args.engine,
+        device=args.device, asr_model=args.asr_model, asr_device=args.asr_device,
+        asr_compute_type=args.asr_compute_type, embedded_port=args.embedded_port,
+    )  # fmt: skip
+    broker = BrokerOptions(url=args.broker, username=args.username, password=args.password, ca_file=args.ca_file)
+    pipe = PipelineOptions(stream_id=args.stream_id, publish_transcripts=not args.no_transcripts, hermes=args.hermes)
+    seg = SegmenterOptions(min_silence_ms=args.min_silence_ms, max_utterance_s=args.max_utterance_s)
+    stats = asyncio.run(run_pipeline(req, broker, pipe, seg))
+    print(f"dfmq run: {stats.events} intent events from {stats.utterances} utterances; dropped "
+          f"{stats.dropped_utterances} utterances, {stats.dropped_items} capture items")  # fmt: skip
+    return 0
+
+
+def _cmd_broker(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from stream.broker import EmbeddedBroker
+
+    async def serve() -> None:
+        broker = EmbeddedBroker(args.host, args.port)
+        await broker.start()
+        print(f"embedded MQTT broker on {args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await broker.stop()
+
+    asyncio.run(serve())
+    return 0
+
+
+def _cmd_devices(args: argparse.Namespace) -> int:
+    from stream.sources import list_devices
+
+    print("\n".join(list_devices()))
+    return 0
+
+
 COMMANDS = {
     "train": _cmd_train,
     "eval": _cmd_eval,
@@ -284,6 +371,9 @@ COMMANDS = {
     "bench": _cmd_bench,
     "extract": _cmd_extract,
     "synth": _cmd_synth,
+    "run": _cmd_run,
+    "broker": _cmd_broker,
+    "devices": _cmd_devices,
 }
 
 

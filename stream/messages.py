@@ -42,3 +42,36 @@ class MediaClip:
         audio_s = len(self.audio) / self.sample_rate_hz
         video_s = self.frames[-1].pts_s if self.frames else 0.0
         return max(audio_s, video_s)
+
+
+@dataclass
+class Utterance:
+    """A stretch of speech found by the VAD, with the samples it covers (padding included)."""
+
+    utterance_id: int
+    start_s: float
+    end_s: float
+    samples: np.ndarray  # (n,) float32, 16 kHz mono
+    speech_end_wall: float  # unix time at which the last speech sample was captured or read
+    forced_split: bool = False  # cut at the maximum utterance length, not at a pause
+
+
+@dataclass
+class IntentEvent:
+    """What subscribers of dfmq/<stream_id>/intent receive (as JSON)."""
+
+    stream_id: str
+    utterance_id: int
+    start: float  # stream seconds
+    end: float
+    speech_end_wall: float
+    published_wall: float
+    text: str | None
+    intent: str
+    confidence: float
+    top_k: list[dict[str, float | str]]
+    quality: dict[str, float]
+    weights: dict[str, float]
+    engine: str
+    latency_ms: dict[str, float]
+    schema: str = "dfmq.intent/1"

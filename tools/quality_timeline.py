@@ -16,7 +16,7 @@ import numpy as np
 
 from stream.features import FeatureOptions, extract_features, score_audio_raw, score_video_raw
 from stream.messages import VideoFrame
-from stream.render import FaceStyle, add_white_noise, render_face, speak
+from stream.render import render_scene
 
 SENTENCES = (
     "could you help me carry these boxes to the back",
@@ -27,21 +27,8 @@ SENTENCES = (
 
 
 def build_clip(snr_db: float, dark_gain: float, fps: int, seed: int) -> tuple[np.ndarray, list[VideoFrame], float]:
-    rng = np.random.default_rng(seed)
-    pause = np.zeros(int(0.6 * 16000), dtype=np.float32)
-    audio = np.concatenate([part for s in SENTENCES for part in (speak(s, "en-us", 150, 50), pause)])
-    half_s = len(audio) / 16000 / 2
-    cut = int(half_s * 16000)
-    audio = np.concatenate([audio[:cut], add_white_noise(audio[cut:], snr_db, rng)])
-    frames = []
-    for i in range(int(len(audio) / 16000 * fps)):
-        t = i / fps
-        loud = float(np.abs(audio[int(t * 16000) : int((t + 1 / fps) * 16000)]).mean())
-        image = render_face(t, min(1.0, 8 * loud), FaceStyle(smile=0.3))
-        if t >= half_s:
-            image = (image * dark_gain).astype(np.uint8)
-        frames.append(VideoFrame(image, t))
-    return audio, frames, half_s
+    audio, images, half_s = render_scene(SENTENCES, snr_db, dark_gain, fps, seed, pause_s=0.6)
+    return audio, [VideoFrame(image, i / fps) for i, image in enumerate(images)], half_s
 
 
 def main() -> int:

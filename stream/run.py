@@ -1,0 +1,144 @@
+"""`dfmq run`: sources -> pipeline -> MQTT, with the embedded broker when no URL is given."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from engines.batcher import BatcherOptions, MicroBatcher
+from engines.select import choose_engine, load_engine
+from model.checkpoint import load_checkpoint, resolve_ckpt
+from stream.asr import AsrOptions, load_whisper
+from stream.broker import EmbeddedBroker
+from stream.errors import ConfigError
+from stream.pipeline import Pipeline, PipelineOptions, PipelineStats, check_live_compatible
+from stream.publisher import BrokerOptions, Publisher, parse_broker_url
+from stream.sources import CameraSource, FileSource, MicSource, SourceOptions
+from stream.vad import Segmenter, SegmenterOptions
+
+log = logging.getLogger("dfmq.run")
+
+
+@dataclass
+class RunRequest:
+    ckpt: str = "default"
+    input: str | None = None
+    audio: str | None = None
+    video: str | None = None
+    pace: str = "realtime"
+    engine: str = "auto"
+    device: str | None = None
+    asr_model: str = "tiny.en"
+    asr_device: str = "cpu"
+    asr_compute_type: str = "int8"
+    embedded_port: int = 1883
+
+
+def _sources(req: RunRequest, options: SourceOptions) -> tuple[list[Any], bool]:
+    """The sources to start and whether they are files (which may wait) or live devices."""
+    if req.input is not None:
+        if req.audio or req.video:
+            raise ConfigError("--input", "either --input or --audio/--video, not both", req.input)
+        return [FileSource(req.input, options)], True
+    audio, video = req.audio or "none", req.video or "none"
+    if audio == "none" and video == "none":
+        raise ConfigError("--audio/--video", "at least one source (or --input FILE)", "none")
+    sources: list[Any] = []
+    files = True
+    if audio != "none":
+        if audio == "default" or audio.isdigit() or not _looks_like_media(audio):
+            sources.append(MicSource(audio, options))
+            files = False
+        else:
+            sources.append(FileSource(audio, options, video=False))
+    if video != "none":
+        if video.isdigit() or video.startswith("/dev/video"):
+            sources.append(CameraSource(video, options))
+            files = False
+        else:
+            sources.append(FileSource(video, options, audio=False))
+    return sources, files
+
+
+def _looks_like_media(location: str) -> bool:
+    return "://" in location or "." in location.rsplit("/", 1)[-1]
+
+
+async def run_pipeline(req: RunRequest, broker: BrokerOptions, pipe_opts: PipelineOptions,
+                       seg_opts: SegmenterOptions, on_ready: Any = None) -> PipelineStats:  # fmt: skip
+    model, tokenizer = load_checkpoint(resolve_ckpt(req.ckpt))
+    check_live_compatible(model.config)
+    choice = choose_engine(req.engine, req.device)
+    engine = load_engine(model, choice)
+    log.info("engine %s (%s)", engine.name, choice.reason)
+    asr = AsrOptions(model=req.asr_model, device=req.asr_device, compute_type=req.asr_compute_type)
+    load_whisper(asr)  # load before the clock starts, not on the first utterance
+    source_options = SourceOptions(pace=req.pace)
+    sources, files = _sources(req, source_options)
+
+    embedded = None
+    if broker.url == "embedded":
+        embedded = EmbeddedBroker(port=req.embedded_port)
+        await embedded.start()
+        host, port, tls = "127.0.0.1", req.embedded_port, False
+    else:
+        host, port, tls = parse_broker_url(broker.url)
+    publisher = Publisher(broker, pipe_opts.stream_id, host, port, tls)
+    publisher_task = asyncio.create_task(publisher.run())
+    try:
+        try:
+            await publisher.wait_connected(10.0)
+        except TimeoutError:
+            raise ConfigError("--broker", f"an MQTT broker answering at {host}:{port}", broker.url) from None
+        batcher = MicroBatcher(engine, BatcherOptions(max_batch=8, max_delay_ms=2.0))
+        pipeline = Pipeline(model.config, tokenizer, batcher, publisher, pipe_opts, Segmenter(seg_opts), asr,
+                            engine.name)  # fmt: skip
+        loop = asyncio.get_running_loop()
+        ends = {"count": 0}
+        sink = pipeline.sink_for(loop, blocking=files)
+
+        def source_sink(item: Any) -> None:
+            # Several sources: the pipeline ends when the last one does.
+            if item is None:
+                ends["count"] += 1
+                if ends["count"] < len(sources):
+                    return
+            sink(item)
+
+        stop = asyncio.Event()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGINT, stop.set)
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
+        if on_ready is not None:
+            await on_ready(host, port)
+        for source in sources:
+            source.start(source_sink)
+
+        async def stop_sources() -> None:
+            await stop.wait()
+            log.info("stopping: flushing what is in flight")
+            for source in sources:
+                source.stop()
+            if not files:
+                sink(None)
+
+        stopper = asyncio.create_task(stop_sources())
+        started = time.monotonic()
+        stats = await pipeline.run()
+        stopper.cancel()
+        log.info("pipeline done in %.1f s: %s", time.monotonic() - started, stats)
+        await publisher.close()
+        await asyncio.wait_for(publisher_task, 30.0)
+        return stats
+    finally:
+        if not publisher_task.done():
+            publisher_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publisher_task
+        if embedded is not None:
+            await embedded.stop()

@@ -1,0 +1,227 @@
+"""Capture: files and network streams (PyAV), microphones (sounddevice), cameras (OpenCV).
+
+Every AudioChunk and VideoFrame is stamped on one stream clock (seconds since the source
+started); `wall_s` on audio says when its last sample was captured or read.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from stream.errors import BackendUnavailableError, ConfigError
+from stream.media import SAMPLE_RATE_HZ, MediaError
+from stream.messages import AudioChunk, VideoFrame
+
+Sink = Callable[[AudioChunk | VideoFrame | None], None]  # None marks the end of the input
+
+
+@dataclass
+class SourceOptions:
+    pace: str = "realtime"  # realtime | fast (files only)
+    chunk_ms: float = 20.0
+    max_video_fps: float = 15.0
+
+    def __post_init__(self) -> None:
+        if self.pace not in ("realtime", "fast"):
+            raise ConfigError("--pace", "'realtime' or 'fast'", self.pace)
+
+
+class FileSource:
+    """A media file or URL decoded by PyAV on a thread; paced to real time unless `fast`."""
+
+    def __init__(self, location: str, options: SourceOptions, audio: bool = True, video: bool = True) -> None:
+        import av
+
+        self.location = location
+        self.options = options
+        try:
+            self.container = av.open(location, timeout=10.0) if "://" in location else av.open(location)
+        except (av.FFmpegError, OSError) as exc:
+            raise MediaError(location, f"cannot open ({exc})") from exc
+        self.audio_stream = self.container.streams.audio[0] if audio and self.container.streams.audio else None
+        self.video_stream = self.container.streams.video[0] if video and self.container.streams.video else None
+        if self.audio_stream is None and self.video_stream is None:
+            raise MediaError(location, "no audio or video track")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def has_audio(self) -> bool:
+        return self.audio_stream is not None
+
+    @property
+    def has_video(self) -> bool:
+        return self.video_stream is not None
+
+    def start(self, sink: Sink) -> None:
+        self._thread = threading.Thread(target=self._run, args=(sink,), name="dfmq-file-source", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self, sink: Sink) -> None:
+        import av
+
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE_HZ)
+        streams = [s for s in (self.audio_stream, self.video_stream) if s is not None]
+        started_wall = time.time()
+        audio_pos = 0
+        chunk = int(SAMPLE_RATE_HZ * self.options.chunk_ms / 1000)
+        pending = np.zeros(0, dtype=np.float32)
+        last_frame_s = -1.0
+        first_video_s: float | None = None
+
+        def pace(stream_s: float) -> None:
+            if self.options.pace == "realtime":
+                delay = started_wall + stream_s - time.time()
+                if delay > 0:
+                    time.sleep(delay)
+
+        def emit_audio(samples: np.ndarray) -> None:
+            nonlocal audio_pos
+            start_s = audio_pos / SAMPLE_RATE_HZ
+            pace(start_s + len(samples) / SAMPLE_RATE_HZ)
+            sink(AudioChunk(samples, start_s, SAMPLE_RATE_HZ, time.time()))
+            audio_pos += len(samples)
+
+        try:
+            for packet in self.container.demux(*streams):
+                if self._stop.is_set():
+                    break
+                for frame in packet.decode():
+                    if isinstance(frame, av.AudioFrame):
+                        for out in resampler.resample(frame):
+                            pending = np.concatenate([pending, out.to_ndarray().reshape(-1).astype(np.float32)])
+                        while len(pending) >= chunk:
+                            emit_audio(pending[:chunk])
+                            pending = pending[chunk:]
+                    elif isinstance(frame, av.VideoFrame):
+                        pts = float(frame.time) if frame.time is not None else last_frame_s + 1 / 30
+                        if first_video_s is None:
+                            first_video_s = pts
+                        pts -= first_video_s
+                        if pts - last_frame_s < 1.0 / self.options.max_video_fps - 1e-6:
+                            continue
+                        last_frame_s = pts
+                        if not self.has_audio:
+                            pace(pts)
+                        sink(VideoFrame(frame.to_ndarray(format="bgr24"), pts))
+            if self.audio_stream is not None:
+                for out in resampler.resample(None):
+                    pending = np.concatenate([pending, out.to_ndarray().reshape(-1).astype(np.float32)])
+                if len(pending):
+                    emit_audio(pending)
+        except av.FFmpegError as exc:
+            sink(None)
+            raise MediaError(self.location, f"decoding failed ({exc})") from exc
+        finally:
+            self.container.close()
+        sink(None)
+
+
+def _sounddevice() -> Any:
+    try:
+        import sounddevice
+    except OSError as exc:  # the module imports, but PortAudio itself is missing
+        raise BackendUnavailableError(
+            "sounddevice", str(exc), "Install PortAudio: `apt-get install libportaudio2` (Debian/Ubuntu)."
+        ) from exc
+    except ImportError as exc:
+        raise BackendUnavailableError("sounddevice", str(exc), "pip install 'dfmq-stream[audio]'") from exc
+    return sounddevice
+
+
+class MicSource:
+    """A microphone through PortAudio; the callback only copies and hands over, never blocks."""
+
+    def __init__(self, device: str | int | None, options: SourceOptions) -> None:
+        sd = _sounddevice()
+        self.sd = sd
+        self.device = int(device) if isinstance(device, str) and device.isdigit() else device
+        try:
+            info = sd.query_devices(self.device, "input") if self.device not in (None, "default") else None
+        except (ValueError, sd.PortAudioError) as exc:
+            raise ConfigError("--audio", f"a microphone name or index from `dfmq devices` ({exc})", device) from exc
+        self.info = info
+        self.options = options
+        self._stream: Any = None
+        self._pos = 0
+
+    def start(self, sink: Sink) -> None:
+        blocksize = int(SAMPLE_RATE_HZ * self.options.chunk_ms / 1000)
+
+        def callback(indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+            samples = indata[:, 0].astype(np.float32).copy()
+            sink(AudioChunk(samples, self._pos / SAMPLE_RATE_HZ, SAMPLE_RATE_HZ, time.time()))
+            self._pos += frames
+
+        device = None if self.device in (None, "default") else self.device
+        self._stream = self.sd.InputStream(
+            samplerate=SAMPLE_RATE_HZ, channels=1, dtype="float32", blocksize=blocksize, device=device,
+            callback=callback,
+        )  # fmt: skip
+        self._stream.start()
+
+    def stop(self) -> None:
+        if self._stream is not None:
+            self._stream.stop()
+            self._stream.close()
+
+
+class CameraSource:
+    """A webcam through OpenCV, read on a thread, frames stamped on the stream clock."""
+
+    def __init__(self, device: str, options: SourceOptions) -> None:
+        import cv2
+
+        index: int | str = int(device) if device.isdigit() else device
+        self.capture = cv2.VideoCapture(index)
+        if not self.capture.isOpened():
+            raise ConfigError(
+                "--video", "a camera index or /dev/videoN that can be opened (see `dfmq devices`)", device
+            )
+        self.options = options
+        self._stop = threading.Event()
+
+    def start(self, sink: Sink) -> None:
+        def run() -> None:
+            started = time.monotonic()
+            last = -1.0
+            while not self._stop.is_set():
+                ok, image = self.capture.read()
+                if not ok:
+                    break
+                t = time.monotonic() - started
+                if t - last >= 1.0 / self.options.max_video_fps:
+                    last = t
+                    sink(VideoFrame(image, t))
+            self.capture.release()
+
+        threading.Thread(target=run, name="dfmq-camera", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def list_devices() -> list[str]:
+    """Microphones (sounddevice) and cameras (/dev/video*), one line each."""
+    import glob
+
+    lines = []
+    try:
+        sd = _sounddevice()
+        for index, dev in enumerate(sd.query_devices()):
+            if dev["max_input_channels"] > 0:
+                lines.append(f"audio {index}: {dev['name']} ({dev['max_input_channels']} ch)")
+    except BackendUnavailableError as exc:
+        lines.append(f"audio: unavailable ({exc})")
+    cameras = sorted(glob.glob("/dev/video*"))
+    lines += [f"video {path}" for path in cameras] or ["video: no /dev/video* devices"]
+    return lines

@@ -1,0 +1,155 @@
+"""Streaming speech segmentation with the Silero VAD that faster-whisper ships (ONNX)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from stream.errors import ConfigError
+from stream.messages import AudioChunk, Utterance
+
+WINDOW = 512  # samples per VAD step at 16 kHz (32 ms), as the model expects
+CONTEXT = 64
+
+
+@dataclass
+class SegmenterOptions:
+    threshold: float = 0.5
+    min_silence_ms: float = 400.0  # a pause this long ends an utterance
+    min_speech_ms: float = 250.0  # shorter bursts are dropped
+    speech_pad_ms: float = 150.0  # kept on both sides of the speech
+    max_utterance_s: float = 12.0  # longer speech is split here
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError("threshold", "a probability in (0, 1)", self.threshold)
+        if self.max_utterance_s <= self.min_speech_ms / 1000:
+            raise ConfigError("max_utterance_s", "longer than min_speech_ms", self.max_utterance_s)
+
+
+class SileroVad:
+    """One 512-sample step at a time, carrying the LSTM state between calls."""
+
+    def __init__(self) -> None:
+        import onnxruntime
+        from faster_whisper.utils import get_assets_path
+
+        opts = onnxruntime.SessionOptions()
+        opts.inter_op_num_threads = 1
+        opts.intra_op_num_threads = 1
+        opts.log_severity_level = 4
+        path = os.path.join(get_assets_path(), "silero_vad_v6.onnx")
+        self.session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"], sess_options=opts)
+        self.reset()
+
+    def reset(self) -> None:
+        self.h = np.zeros((1, 1, 128), dtype=np.float32)
+        self.c = np.zeros((1, 1, 128), dtype=np.float32)
+        self.context = np.zeros(CONTEXT, dtype=np.float32)
+
+    def __call__(self, window: np.ndarray) -> float:
+        frame = np.concatenate([self.context, window.astype(np.float32)])[None, :]
+        out, self.h, self.c = self.session.run(None, {"input": frame, "h": self.h, "c": self.c})
+        self.context = window[-CONTEXT:].astype(np.float32)
+        return float(np.asarray(out).reshape(-1)[0])
+
+
+class Segmenter:
+    """AudioChunks in, Utterances out: speech start/end with padding, minimum silence, forced splits."""
+
+    def __init__(self, options: SegmenterOptions, vad: SileroVad | None = None) -> None:
+        self.options = options
+        self.vad = vad or SileroVad()
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._pending_start_s = 0.0
+        self._history: list[np.ndarray] = []  # recent windows, for the leading pad
+        self._speech: list[np.ndarray] = []
+        self._speech_start_s = 0.0
+        self._silence_run = 0
+        self._speech_windows = 0
+        self._in_speech = False
+        self._next_id = 0
+        self._last_wall = 0.0
+        self._clock_s = 0.0
+
+    def _window_s(self) -> float:
+        return WINDOW / 16000
+
+    def process(self, chunk: AudioChunk) -> list[Utterance]:
+        if not self._pending.size:
+            self._pending_start_s = chunk.start_s
+        self._pending = np.concatenate([self._pending, chunk.samples])
+        self._last_wall = chunk.wall_s or time.time()
+        out: list[Utterance] = []
+        while len(self._pending) >= WINDOW:
+            window, self._pending = self._pending[:WINDOW], self._pending[WINDOW:]
+            start_s = self._pending_start_s
+            self._pending_start_s += self._window_s()
+            self._clock_s = start_s + self._window_s()
+            utterance = self._step(window, start_s)
+            if utterance is not None:
+                out.append(utterance)
+        return out
+
+    def _step(self, window: np.ndarray, start_s: float) -> Utterance | None:
+        opts = self.options
+        prob = self.vad(window)
+        pad_windows = max(1, round(opts.speech_pad_ms / 1000 / self._window_s()))
+        silence_windows = max(1, round(opts.min_silence_ms / 1000 / self._window_s()))
+        if not self._in_speech:
+            self._history = [*self._history[-(pad_windows - 1) :], window] if pad_windows > 1 else [window]
+            if prob >= opts.threshold:
+                self._in_speech = True
+                self._speech = list(self._history)
+                self._speech_start_s = start_s - (len(self._history) - 1) * self._window_s()
+                self._speech_windows, self._silence_run = 1, 0
+            return None
+        self._speech.append(window)
+        if prob >= max(opts.threshold - 0.15, 0.01):
+            self._speech_windows += 1
+            self._silence_run = 0
+        else:
+            self._silence_run += 1
+        duration_s = len(self._speech) * self._window_s()
+        if duration_s >= opts.max_utterance_s:
+            return self._emit(forced=True)
+        if self._silence_run >= silence_windows:
+            # Keep only `pad` of the trailing silence.
+            drop = max(0, self._silence_run - pad_windows)
+            if drop:
+                self._speech = self._speech[:-drop]
+            return self._emit(forced=False)
+        return None
+
+    def _emit(self, forced: bool) -> Utterance | None:
+        samples = np.concatenate(self._speech)
+        start_s = self._speech_start_s
+        speech_ms = self._speech_windows * self._window_s() * 1000
+        self._in_speech = False
+        self._speech, self._history = [], []
+        self._silence_run = self._speech_windows = 0
+        if forced:
+            # Speech goes on: the next utterance starts right here.
+            self._in_speech = True
+            self._speech_start_s = start_s + len(samples) / 16000
+            self._speech_windows = 1
+        if speech_ms < self.options.min_speech_ms:
+            return None
+        end_s = start_s + len(samples) / 16000
+        # The trailing pad is silence: speech ended that much before the end of the samples, and
+        # the newest chunk (stamped _last_wall) is _clock_s on the stream clock.
+        speech_end_s = end_s if forced else end_s - min(self.options.speech_pad_ms / 1000, end_s - start_s)
+        speech_end_wall = self._last_wall - max(0.0, self._clock_s - speech_end_s)
+        utterance = Utterance(self._next_id, start_s, end_s, samples, speech_end_wall, forced)
+        self._next_id += 1
+        return utterance
+
+    def flush(self) -> list[Utterance]:
+        """End of input: whatever speech is open becomes the last utterance."""
+        if not self._in_speech or not self._speech:
+            return []
+        utterance = self._emit(forced=False)
+        return [utterance] if utterance is not None else []
