@@ -81,6 +81,7 @@ class DFMQConfig:
     nonverbal_layers: int = 1
     nonverbal_heads: int = 4
     predictor_hidden: int = 16
+    predictor_init: str = "random"  # or "monotone": start from weights that follow quality
     dropout: float = 0.1
     fusion: str = "dynamic"
     use_quality: bool = True
@@ -101,6 +102,8 @@ class DFMQConfig:
     def __post_init__(self) -> None:
         if isinstance(self.reference, dict):
             self.reference = ReferenceStats(**self.reference)
+        if self.predictor_init not in ("random", "monotone"):
+            raise ConfigError("predictor_init", "'random' or 'monotone'", self.predictor_init)
         if self.fusion not in FUSION_MODES:
             raise ConfigError("fusion", f"one of {FUSION_MODES}", self.fusion)
         if len(self.labels) < 2:

@@ -90,10 +90,23 @@ class SequenceEncoder(nn.Module):
 class WeightPredictor(nn.Module):
     """Quality vector (3) -> hidden -> 2 logits; softmax over (audio, video) happens at fusion."""
 
-    def __init__(self, hidden: int) -> None:
+    def __init__(self, hidden: int, init: str = "random", prior_slope: float = 4.0) -> None:
         super().__init__()
         self.fc1 = nn.Linear(3, hidden)
         self.fc2 = nn.Linear(hidden, 2)
+        if init == "monotone":
+            # Start from w = softmax(slope * q_a, slope * q_v): a cleaner channel weighs more.
+            # Meta-training then moves it wherever the per-sample tasks say; the other hidden
+            # units start silent (zero output weights) and join in through their gradients.
+            with torch.no_grad():
+                self.fc1.weight[:2].zero_()
+                self.fc1.bias[:2].zero_()
+                self.fc1.weight[0, 1] = 1.0
+                self.fc1.weight[1, 2] = 1.0
+                self.fc2.weight.zero_()
+                self.fc2.bias.zero_()
+                self.fc2.weight[0, 0] = prior_slope
+                self.fc2.weight[1, 1] = prior_slope
 
     def forward(self, quality: Tensor) -> Tensor:
         return self.fc2(F.relu(self.fc1(quality)))
@@ -119,7 +132,7 @@ class DFMQMC(nn.Module):
         self.video_encoder = SequenceEncoder(
             config.video_dim, inner, width, config.nonverbal_layers, config.nonverbal_heads, config.dropout
         )
-        self.predictor = WeightPredictor(config.predictor_hidden)
+        self.predictor = WeightPredictor(config.predictor_hidden, config.predictor_init)
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(width, config.num_labels)
         self.text_head = nn.Linear(width, config.num_labels)

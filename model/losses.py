@@ -124,7 +124,11 @@ def fomaml_loss(
     # Perturbed copies: encoders are not trained by the meta loss, so no graph is kept for them.
     with torch.no_grad():
         kinds_a = torch.randint(0, 5, (batch * copies,), generator=generator, device=device)
-        kinds_v = torch.randint(0, 5, (batch * copies,), generator=generator, device=device)
+        # Video copies use only the degradations the video score can see (blur/freeze, dropped
+        # frames, darkness): pixel noise raises motion and contrast, so it would teach the
+        # predictor that a higher score means a worse channel.
+        video_kinds = torch.tensor([0, 2, 3, 4], device=device)
+        kinds_v = video_kinds[torch.randint(0, 4, (batch * copies,), generator=generator, device=device)]
         rep_a, rep_am = audio.repeat_interleave(copies, 0), audio_mask.repeat_interleave(copies, 0)
         rep_v, rep_vm = video.repeat_interleave(copies, 0), video_mask.repeat_interleave(copies, 0)
         pa, pam = perturb(rep_a, rep_am, kinds_a, generator)

@@ -42,6 +42,8 @@ class TrainOptions:
     batch_size: int = 16
     lr_text_encoder: float = 8e-5
     lr_heads: float = 1e-3
+    # The weight predictor is tiny and its meta-gradient small; it gets its own learning rate.
+    lr_predictor: float = 1e-3
     weight_decay: float = 0.01
     warmup_ratio: float = 0.1
     patience_epochs: int = 6
@@ -64,7 +66,7 @@ class TrainOptions:
         for key in ("epochs", "batch_size", "patience_epochs"):
             if getattr(self, key) < 1:
                 raise ConfigError(key, "a positive integer", getattr(self, key))
-        for key in ("lr_text_encoder", "lr_heads"):
+        for key in ("lr_text_encoder", "lr_heads", "lr_predictor"):
             if getattr(self, key) <= 0:
                 raise ConfigError(key, "a learning rate > 0", getattr(self, key))
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -267,10 +269,15 @@ def train(
     dev_loader = _loader(dev_samples, collate, 64, False, opts.seed)
 
     encoder_params = [p for p in model.text_encoder.parameters() if p.requires_grad]
-    encoder_ids = {id(p) for p in model.text_encoder.parameters()}
-    head_params = [p for p in model.parameters() if id(p) not in encoder_ids]
+    predictor_params = list(model.predictor.parameters())
+    grouped = {id(p) for p in model.text_encoder.parameters()} | {id(p) for p in predictor_params}
+    head_params = [p for p in model.parameters() if id(p) not in grouped]
     optimizer = torch.optim.AdamW(
-        [{"params": encoder_params, "lr": opts.lr_text_encoder}, {"params": head_params, "lr": opts.lr_heads}],
+        [
+            {"params": encoder_params, "lr": opts.lr_text_encoder},
+            {"params": head_params, "lr": opts.lr_heads},
+            {"params": predictor_params, "lr": opts.lr_predictor, "weight_decay": 0.0},
+        ],
         weight_decay=opts.weight_decay,
     )
     total_steps = opts.epochs * len(train_loader)

@@ -1,74 +1,96 @@
-"""`dfmq demo`: the most useful real job the repository can do on its own, until the live
-pipeline lands: train DFMQ-MC on the bundled MIntRec text, score the dev split, then read a few
-sentences and show the intent the model hears in each."""
+"""`dfmq demo`: the committed sample clip through the whole pipeline on the embedded broker, with
+a subscriber inside the demo printing each event as one readable line and a summary at the end."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 from pathlib import Path
+from typing import Any
 
-import torch
-
-from model.checkpoint import CONFIG_FILE, load_checkpoint
-from model.config import DFMQConfig
-from model.data import Collator, Sample, dataset_labels
-from model.quality import audio_stats, quality_vector, video_stats
-from model.train import TrainOptions, evaluate, train
-from stream.options import from_mapping, load_yaml
+from stream.broker import free_port
+from stream.pipeline import PipelineOptions
+from stream.publisher import BrokerOptions
+from stream.run import RunRequest, run_pipeline
+from stream.vad import SegmenterOptions
 
 REPO = Path(__file__).resolve().parent.parent
-BUNDLED_MINTREC = REPO / "data" / "mintrec"
-EXAMPLES = (
-    "thank you so much for covering my shift",
-    "i'm really sorry, i didn't mean to break it",
-    "could you help me carry these boxes to the back",
-    "that's a great idea, let's do it",
-    "hi everyone, welcome to cloud nine",
-    "you should put the sale signs by the entrance",
-    "well, i have to go now, see you tomorrow",
-)
+DEMO_CLIP = REPO / "data" / "demo" / "demo.mp4"
 
 
-def classify_texts(ckpt: Path, texts: tuple[str, ...], top_k: int = 3) -> list[list[tuple[str, float]]]:
-    model, tokenizer = load_checkpoint(ckpt)
-    cfg = model.config
-    collate = Collator(tokenizer, cfg.text_max_len, cfg.audio_dim, cfg.audio_max_len, cfg.video_dim, cfg.video_max_len)
-    batch = collate([Sample(f"example{i}", text, 0, None, None) for i, text in enumerate(texts)])
-    a_stats = audio_stats(batch.audio, batch.audio_mask)
-    v_stats = video_stats(batch.video, batch.video_mask)
-    quality = quality_vector(batch.attention_mask, cfg.text_max_len, a_stats, v_stats, cfg.reference)
-    with torch.no_grad():
-        _, probs, _ = model(
-            batch.input_ids, batch.attention_mask, batch.audio, batch.audio_mask, batch.video, batch.video_mask, quality
-        )
-    values, indices = probs.topk(top_k, dim=-1)
-    return [[(cfg.labels[int(i)], float(v)) for v, i in zip(row_v, row_i)] for row_v, row_i in zip(values, indices)]
+def bar(value: float, width: int = 8) -> str:
+    filled = round(max(0.0, min(1.0, value)) * width)
+    return "█" * filled + "·" * (width - filled)
 
 
-DEMO_EPOCHS = 8  # about 4 minutes on 2 CPU cores; `dfmq train` runs the full 20
-
-
-def run_demo(out_dir: Path, config_path: Path, retrain: bool = False) -> int:
-    ckpt = out_dir / "checkpoint"
-    if retrain or not (ckpt / CONFIG_FILE).is_file():
-        raw = load_yaml(config_path)
-        model_section = dict(raw.get("model") or {})
-        model_section["labels"] = dataset_labels("mintrec")
-        config = DFMQConfig.from_dict(model_section, source=f"{config_path} [model]")
-        opts = from_mapping(TrainOptions, {**(raw.get("train") or {}), "epochs": DEMO_EPOCHS}, f"{config_path} [train]")
-        print(f"[demo] training DFMQ-MC (text-only) on the bundled MIntRec text -> {ckpt}", flush=True)
-        train("mintrec", BUNDLED_MINTREC, ckpt, config, opts)
-    else:
-        print(f"[demo] reusing the checkpoint in {ckpt} (pass --retrain to train again)")
-    metrics = evaluate(ckpt, "mintrec", BUNDLED_MINTREC, "dev", out_dir / "dev.json")
-    print(
-        f"[demo] MIntRec dev: accuracy {metrics['acc']:.2f}%  macro F1 {metrics['f1_macro']:.2f}%  "
-        f"(n={metrics['n']}); confusion matrix: {metrics['confusion_png']}"
+def event_line(event: dict[str, Any]) -> str:
+    q, w = event["quality"], event["weights"]
+    text = event.get("text") or ""
+    text = text if len(text) <= 46 else text[:43] + "..."
+    return (
+        f"{event['start']:5.1f}-{event['end']:5.1f}s  {event['intent']:<12} {event['confidence']:.2f}  "
+        f"q t{bar(q['text'], 4)} a{bar(q['audio'])} v{bar(q['video'])}  "
+        f'w a{bar(w["audio"])} v{bar(w["video"])}  {event["latency_ms"]["total"]:5.0f} ms  "{text}"'
     )
-    print("[demo] what the model hears in a few sentences:")
-    for text, ranked in zip(EXAMPLES, classify_texts(ckpt, EXAMPLES)):
-        best, conf = ranked[0]
-        rest = ", ".join(f"{label} {p:.2f}" for label, p in ranked[1:])
-        bar = "█" * round(conf * 20)
-        print(f'  {best:<12} {conf:4.2f} {bar:<20}  "{text}"  (next: {rest})')
-    print("[demo] the live pipeline (webcam + microphone -> MQTT) is not built yet; this demo is text-only.")
+
+
+async def _demo(clip: Path, pace: str, ckpt: str) -> list[dict[str, Any]]:
+    import aiomqtt
+
+    events: list[dict[str, Any]] = []
+    listener: dict[str, asyncio.Task[None]] = {}
+
+    async def listen(host: str, port: int) -> None:
+        async with aiomqtt.Client(host, port, identifier="dfmq-demo-viewer") as client:
+            await client.subscribe("dfmq/demo/#", qos=1)
+            ready.set()
+            async for message in client.messages:
+                topic = str(message.topic)
+                if topic.endswith("/intent"):
+                    event = json.loads(bytes(message.payload))  # type: ignore[arg-type]
+                    events.append(event)
+                    print(event_line(event), flush=True)
+                elif topic.endswith("/status"):
+                    print(f"[status] {bytes(message.payload).decode()}", flush=True)  # type: ignore[arg-type]
+
+    ready = asyncio.Event()
+
+    async def on_ready(host: str, port: int) -> None:
+        listener["task"] = asyncio.create_task(listen(host, port))
+        await asyncio.wait_for(ready.wait(), 10)
+        print(
+            "  time        intent       conf  quality (text audio video)       fusion weights     latency  transcript"
+        )
+
+    req = RunRequest(ckpt=ckpt, input=str(clip), pace=pace, embedded_port=free_port())
+    await run_pipeline(req, BrokerOptions(url="embedded"), PipelineOptions(stream_id="demo"), SegmenterOptions(),
+                       on_ready=on_ready)  # fmt: skip
+    task = listener.get("task")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    return events
+
+
+def run_demo(clip: Path = DEMO_CLIP, pace: str = "realtime", ckpt: str = "default") -> int:
+    print(f"[demo] {clip.name}: spoken sentences with a face; from half-way the room gets loud and the camera dark")
+    events = asyncio.run(_demo(clip, pace, ckpt))
+    if not events:
+        print("[demo] no events arrived")
+        return 1
+    half = max(e["end"] for e in events) / 2
+    groups = {
+        "first half": [e for e in events if e["end"] <= half],
+        "second half": [e for e in events if e["end"] > half],
+    }
+    print(f"[demo] {len(events)} intent events; latency p50 "
+          f"{sorted(e['latency_ms']['total'] for e in events)[len(events) // 2]:.0f} ms")  # fmt: skip
+    for name, group in groups.items():
+        if group:
+            mean = {k: sum(e["quality"][k] for e in group) / len(group) for k in ("audio", "video")}
+            w_video = sum(e["weights"]["video"] for e in group) / len(group)
+            print(f"[demo] {name}: mean quality audio {mean['audio']:.2f}, video {mean['video']:.2f}; "
+                  f"mean video weight {w_video:.2f}")  # fmt: skip
     return 0

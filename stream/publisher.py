@@ -28,6 +28,7 @@ class BrokerOptions:
     outbox_max: int = 10_000
     backoff_min_s: float = 0.2
     backoff_max_s: float = 5.0
+    connect_timeout_s: float = 10.0  # `dfmq run` gives up with a clear error after this
 
 
 def parse_broker_url(url: str) -> tuple[str, int, bool]:

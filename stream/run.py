@@ -92,7 +92,7 @@ async def run_pipeline(req: RunRequest, broker: BrokerOptions, pipe_opts: Pipeli
     publisher_task = asyncio.create_task(publisher.run())
     try:
         try:
-            await publisher.wait_connected(10.0)
+            await publisher.wait_connected(broker.connect_timeout_s)
         except TimeoutError:
             raise ConfigError("--broker", f"an MQTT broker answering at {host}:{port}", broker.url) from None
         batcher = MicroBatcher(engine, BatcherOptions(max_batch=8, max_delay_ms=2.0))

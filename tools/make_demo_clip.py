@@ -29,9 +29,8 @@ def main() -> int:
     args = parser.parse_args()
     audio, frames, half_s = render_scene(SENTENCES, args.snr_db, args.dark_gain, fps=15, seed=0)
     write_clip(args.out, audio, frames, 15)
-    print(
-        f"wrote {args.out} ({args.out.stat().st_size / 1e6:.2f} MB, {len(audio) / 16000:.1f} s; degraded from {half_s:.1f} s)"
-    )
+    size_mb = args.out.stat().st_size / 1e6
+    print(f"wrote {args.out} ({size_mb:.2f} MB, {len(audio) / 16000:.1f} s; degraded from {half_s:.1f} s)")
     return 0
 
 

@@ -1,0 +1,219 @@
+"""`dfmq run` end to end: a real Mosquitto started here, a real subscriber, real rendered media."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.checkpoint import new_model, save_checkpoint
+from model.config import MINTREC_LABELS, DFMQConfig
+from stream.broker import free_port
+from stream.errors import BackendUnavailableError, ConfigError
+from stream.features import FeatureOptions
+from stream.media import MediaError
+from stream.pipeline import PipelineOptions
+from stream.publisher import BrokerOptions, parse_broker_url
+from stream.render import render_scene, write_clip
+from stream.run import RunRequest, run_pipeline
+from stream.vad import SegmenterOptions
+from tests.conftest import require_binary
+
+pytestmark = pytest.mark.broker
+SENTENCES = ("thank you so much for the help", "hello there, good morning", "i am sorry about the mess",
+             "see you tomorrow, bye")  # fmt: skip
+REQUIRED = {"schema", "stream_id", "utterance_id", "start", "end", "speech_end_wall", "published_wall", "text",
+            "intent", "confidence", "top_k", "quality", "weights", "engine", "latency_ms"}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def live_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A live-compatible checkpoint whose weight predictor is set by hand to follow quality.
+
+    The pipeline's plumbing is under test here (quality -> predictor -> weights -> event), not
+    training: logits (8 q_a, 8 q_v) give the cleaner channel the larger weight.
+    """
+    torch.manual_seed(0)
+    config = DFMQConfig(labels=list(MINTREC_LABELS), audio_dim=64, video_dim=256, video_max_len=100,
+                        nonverbal_width=64, feature_options=dataclasses.asdict(FeatureOptions()))  # fmt: skip
+    model, tokenizer = new_model(config)
+    with torch.no_grad():
+        model.predictor.fc1.weight.zero_()
+        model.predictor.fc1.bias.zero_()
+        model.predictor.fc1.weight[0, 1] = 1.0
+        model.predictor.fc1.weight[1, 2] = 1.0
+        model.predictor.fc2.weight.zero_()
+        model.predictor.fc2.bias.zero_()
+        model.predictor.fc2.weight[0, 0] = 8.0
+        model.predictor.fc2.weight[1, 1] = 8.0
+    model.config.reference.audio_energy = 0.0
+    model.config.reference.video_motion = 0.2
+    model.config.reference.video_contrast = 0.2
+    out = tmp_path_factory.mktemp("ckpt") / "live"
+    save_checkpoint(model, tokenizer, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def degraded_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
+    require_binary("espeak-ng", "espeak-ng")
+    audio, frames, half_s = render_scene(SENTENCES, snr_db=0.0, dark_gain=0.06, fps=15, seed=1)
+    path = tmp_path_factory.mktemp("media") / "scene.mp4"
+    write_clip(path, audio, frames, 15)
+    return path, half_s
+
+
+class Mosquitto:
+    def __init__(self, folder: Path) -> None:
+        self.exe = require_binary("mosquitto", "mosquitto")
+        self.port = free_port()
+        self.conf = folder / "mosquitto.conf"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                             f"persistence_location {folder}/\n")  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)  # fmt: skip
+        deadline = time.time() + 5
+        import socket
+
+        while time.time() < deadline:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("mosquitto did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(5)
+
+
+class Subscriber:
+    """paho-mqtt on a thread; a persistent session so QoS 1 messages survive its reconnects."""
+
+    def __init__(self, port: int) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.messages: list[tuple[str, bytes, bool]] = []
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dfmq-test-sub", clean_session=False)
+        self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload, m.retain))
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("dfmq/#", qos=1)
+        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        deadline = time.time() + 5
+        while not self.client.is_connected() and time.time() < deadline:
+            time.sleep(0.02)
+
+    def events(self) -> list[dict[str, object]]:
+        return [json.loads(p) for t, p, _ in self.messages if t.endswith("/intent")]
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def _run(ckpt: Path, clip: Path, port: int, pace: str = "fast", **pipe: object) -> object:
+    req = RunRequest(ckpt=str(ckpt), input=str(clip), pace=pace, engine="onnxruntime")
+    return asyncio.run(
+        run_pipeline(
+            req,
+            BrokerOptions(url=f"mqtt://127.0.0.1:{port}"),
+            PipelineOptions(stream_id="test", **pipe),
+            SegmenterOptions(),
+        )
+    )  # type: ignore[arg-type]
+
+
+def test_one_event_per_utterance_with_quality_following_the_channels(
+    live_ckpt: Path, degraded_clip: tuple[Path, float], tmp_path: Path
+) -> None:
+    clip, half_s = degraded_clip
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    sub = Subscriber(broker.port)
+    try:
+        stats = _run(live_ckpt, clip, broker.port)
+        time.sleep(0.5)
+    finally:
+        sub.stop()
+        broker.stop()
+    events = sub.events()
+    assert len(events) == len(SENTENCES) == stats.events  # type: ignore[attr-defined]
+    for event in events:
+        assert set(event) >= REQUIRED
+        assert event["intent"] in MINTREC_LABELS and 0 < event["confidence"] <= 1  # type: ignore[operator]
+        assert event["latency_ms"]["total"] > 0  # type: ignore[index]
+    assert [e["utterance_id"] for e in events] == list(range(len(SENTENCES)))
+    assert "thank" in str(events[0]["text"]).lower() and "morning" in str(events[1]["text"]).lower()
+    clean = [e for e in events if e["end"] < half_s]  # type: ignore[operator]
+    noisy = [e for e in events if e["start"] > half_s]  # type: ignore[operator]
+    assert clean and noisy
+    for key in ("audio", "video"):
+        assert max(e["quality"][key] for e in noisy) < min(e["quality"][key] for e in clean)  # type: ignore[index]
+    assert max(e["weights"]["video"] for e in noisy) < min(e["weights"]["video"] for e in clean)  # type: ignore[index]
+    statuses = [p for t, p, _ in sub.messages if t.endswith("/status")]
+    assert statuses[0] == b"online" and statuses[-1] == b"offline"
+    assert any(t.endswith("/quality") for t, _, _ in sub.messages)
+
+
+def test_broker_restart_mid_stream_loses_and_duplicates_nothing(
+    live_ckpt: Path, degraded_clip: tuple[Path, float], tmp_path: Path
+) -> None:
+    clip, _ = degraded_clip
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    sub = Subscriber(broker.port)
+
+    def bounce() -> None:
+        time.sleep(4.0)  # mid-way through the real-time replay
+        broker.stop()
+        time.sleep(2.0)
+        broker.start()
+
+    bouncer = threading.Thread(target=bounce)
+    bouncer.start()
+    try:
+        _run(live_ckpt, clip, broker.port, pace="realtime", publish_transcripts=False)
+        bouncer.join()
+        deadline = time.time() + 10
+        while len(sub.events()) < len(SENTENCES) and time.time() < deadline:
+            time.sleep(0.1)
+    finally:
+        sub.stop()
+        broker.stop()
+    ids = [e["utterance_id"] for e in sub.events()]
+    assert sorted(ids) == list(range(len(SENTENCES))), ids
+    assert all("text" not in e for e in sub.events())  # --no-transcripts
+
+
+def test_clear_errors_for_bad_inputs(live_ckpt: Path, degraded_clip: tuple[Path, float], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--broker"):
+        parse_broker_url("http://example:1883")
+    with pytest.raises(ConfigError, match="port"):
+        parse_broker_url("mqtt://localhost:99999")
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not media")
+    with pytest.raises(MediaError, match=r"broken\.mp4"):
+        _run(live_ckpt, broken, free_port())
+    req = RunRequest(ckpt=str(live_ckpt), video="7", audio="none")
+    with pytest.raises(ConfigError, match="--video"):
+        asyncio.run(run_pipeline(req, BrokerOptions(url="embedded"), PipelineOptions(), SegmenterOptions()))
+    req = RunRequest(ckpt=str(live_ckpt), audio="no-such-microphone", video="none")
+    # Without PortAudio the error says what to install; with it, that no such microphone exists.
+    with pytest.raises((ConfigError, BackendUnavailableError), match=r"--audio|libportaudio2"):
+        asyncio.run(run_pipeline(req, BrokerOptions(url="embedded"), PipelineOptions(), SegmenterOptions()))
+    req = RunRequest(ckpt=str(live_ckpt), input=str(degraded_clip[0]), pace="fast")
+    unreachable = BrokerOptions(url=f"mqtt://127.0.0.1:{free_port()}", backoff_max_s=0.5, connect_timeout_s=1.5)
+    with pytest.raises(ConfigError, match="an MQTT broker answering"):
+        asyncio.run(run_pipeline(req, unreachable, PipelineOptions(), SegmenterOptions()))
