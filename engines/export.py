@@ -19,8 +19,9 @@ PRECISIONS = ("fp32", "fp16")
 OPSET = 17
 
 
-def example_batch(model: DFMQMC, batch: int = 2, text_len: int = 12, audio_len: int = 20, video_len: int = 8,
-                  seed: int = 0) -> WindowBatch:  # fmt: skip
+def example_batch(
+    model: DFMQMC, batch: int = 2, text_len: int = 12, audio_len: int = 20, video_len: int = 8, seed: int = 0
+) -> WindowBatch:
     """Random but well-formed windows (partial masks, one sample without video) for export and benchmarks."""
     cfg = model.config
     rng = np.random.default_rng(seed)
@@ -97,7 +98,11 @@ def export_onnx(model: DFMQMC, out_path: Path, precision: str = "fp32") -> Path:
 
         onnx.save(convert_float_to_float16(onnx.load(str(out_path)), keep_io_types=False), str(out_path))
     onnx.checker.check_model(str(out_path), full_check=True)
-    meta = {"fingerprint": model_fingerprint(model), "precision": precision, "opset": OPSET,
-            "labels": model.config.labels}  # fmt: skip
+    meta = {
+        "fingerprint": model_fingerprint(model),
+        "precision": precision,
+        "opset": OPSET,
+        "labels": model.config.labels,
+    }
     out_path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
     return out_path

@@ -137,8 +137,9 @@ def build_plan(onnx_path: Path, profile: ShapeProfile, audio_dim: int, video_dim
 class TensorRTEngine:
     """Runs a plan with named I/O tensors, preallocated device buffers and one CUDA stream."""
 
-    def __init__(self, plan_path: Path, key: PlanKey, profile: ShapeProfile, num_labels: int,
-                 audio_dim: int, video_dim: int) -> None:  # fmt: skip
+    def __init__(
+        self, plan_path: Path, key: PlanKey, profile: ShapeProfile, num_labels: int, audio_dim: int, video_dim: int
+    ) -> None:
         import torch
 
         check_plan(plan_path, key)
@@ -154,14 +155,21 @@ class TensorRTEngine:
         self.float_dtype = torch.float16 if key.precision == "fp16" else torch.float32
         self.profile = profile
         maxima = {name: shapes[2] for name, shapes in profile.shapes(audio_dim, video_dim).items()}
-        in_dtypes = {"input_ids": torch.int64, "attention_mask": torch.int64, "audio_mask": torch.bool,
-                     "video_mask": torch.bool}  # fmt: skip
+        in_dtypes = {
+            "input_ids": torch.int64,
+            "attention_mask": torch.int64,
+            "audio_mask": torch.bool,
+            "video_mask": torch.bool,
+        }
         self.inputs = {
             name: torch.empty(maxima[name], dtype=in_dtypes.get(name, self.float_dtype), device="cuda")
             for name in INPUT_NAMES
         }
-        out_shapes = {"logits": (profile.max_batch, num_labels), "probs": (profile.max_batch, num_labels),
-                      "weights": (profile.max_batch, 2)}  # fmt: skip
+        out_shapes = {
+            "logits": (profile.max_batch, num_labels),
+            "probs": (profile.max_batch, num_labels),
+            "weights": (profile.max_batch, 2),
+        }
         self.outputs = {
             name: torch.empty(out_shapes[name], dtype=self.float_dtype, device="cuda") for name in OUTPUT_NAMES
         }

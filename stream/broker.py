@@ -23,7 +23,7 @@ class EmbeddedBroker:
         from amqtt.broker import Broker
 
         # amqtt logs every connection at INFO; the pipeline's own log is what users read.
-        logging.getLogger("amqtt").setLevel(logging.WARNING)
+        logging.getLogger("amqtt").setLevel(logging.ERROR)
         logging.getLogger("transitions").setLevel(logging.WARNING)
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},

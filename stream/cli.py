@@ -190,6 +190,7 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--asr-model", default="tiny.en", help="'tiny.en' (bundled) or a CTranslate2 Whisper folder")
     p.add_argument("--asr-device", default="cpu", choices=["cpu", "cuda"], help="faster-whisper device")
     p.add_argument("--asr-compute-type", default="int8", help="faster-whisper compute type (int8, float16, ...)")
+    p.add_argument("--show", action="store_true", help="open a window with the video, quality bars and last intent")
     p.add_argument("--min-silence-ms", type=float, default=400.0, help="a pause this long ends an utterance")
     p.add_argument("--max-utterance-s", type=float, default=12.0, help="longer speech is split here")
 
@@ -326,16 +327,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     req = RunRequest(
-        ckpt=args.ckpt, input=args.input, audio=args.audio, video=args.video, pace=args.pace, engine=args.engine,
-        device=args.device, asr_model=args.asr_model, asr_device=args.asr_device,
-        asr_compute_type=args.asr_compute_type, embedded_port=args.embedded_port,
-    )  # fmt: skip
+        ckpt=args.ckpt,
+        input=args.input,
+        audio=args.audio,
+        video=args.video,
+        pace=args.pace,
+        engine=args.engine,
+        device=args.device,
+        asr_model=args.asr_model,
+        asr_device=args.asr_device,
+        asr_compute_type=args.asr_compute_type,
+        embedded_port=args.embedded_port,
+    )
     broker = BrokerOptions(url=args.broker, username=args.username, password=args.password, ca_file=args.ca_file)
-    pipe = PipelineOptions(stream_id=args.stream_id, publish_transcripts=not args.no_transcripts, hermes=args.hermes)
+    pipe = PipelineOptions(
+        stream_id=args.stream_id, publish_transcripts=not args.no_transcripts, hermes=args.hermes, show=args.show
+    )
     seg = SegmenterOptions(min_silence_ms=args.min_silence_ms, max_utterance_s=args.max_utterance_s)
     stats = asyncio.run(run_pipeline(req, broker, pipe, seg))
-    print(f"dfmq run: {stats.events} intent events from {stats.utterances} utterances; dropped "
-          f"{stats.dropped_utterances} utterances, {stats.dropped_items} capture items")  # fmt: skip
+    print(
+        f"dfmq run: {stats.events} intent events from {stats.utterances} utterances; dropped "
+        f"{stats.dropped_utterances} utterances, {stats.dropped_items} capture items"
+    )
     return 0
 
 

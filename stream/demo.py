@@ -64,8 +64,9 @@ async def _demo(clip: Path, pace: str, ckpt: str) -> list[dict[str, Any]]:
         )
 
     req = RunRequest(ckpt=ckpt, input=str(clip), pace=pace, embedded_port=free_port())
-    await run_pipeline(req, BrokerOptions(url="embedded"), PipelineOptions(stream_id="demo"), SegmenterOptions(),
-                       on_ready=on_ready)  # fmt: skip
+    await run_pipeline(
+        req, BrokerOptions(url="embedded"), PipelineOptions(stream_id="demo"), SegmenterOptions(), on_ready=on_ready
+    )
     task = listener.get("task")
     if task is not None:
         task.cancel()
@@ -85,12 +86,16 @@ def run_demo(clip: Path = DEMO_CLIP, pace: str = "realtime", ckpt: str = "defaul
         "first half": [e for e in events if e["end"] <= half],
         "second half": [e for e in events if e["end"] > half],
     }
-    print(f"[demo] {len(events)} intent events; latency p50 "
-          f"{sorted(e['latency_ms']['total'] for e in events)[len(events) // 2]:.0f} ms")  # fmt: skip
+    print(
+        f"[demo] {len(events)} intent events; latency p50 "
+        f"{sorted(e['latency_ms']['total'] for e in events)[len(events) // 2]:.0f} ms"
+    )
     for name, group in groups.items():
         if group:
             mean = {k: sum(e["quality"][k] for e in group) / len(group) for k in ("audio", "video")}
             w_video = sum(e["weights"]["video"] for e in group) / len(group)
-            print(f"[demo] {name}: mean quality audio {mean['audio']:.2f}, video {mean['video']:.2f}; "
-                  f"mean video weight {w_video:.2f}")  # fmt: skip
+            print(
+                f"[demo] {name}: mean quality audio {mean['audio']:.2f}, video {mean['video']:.2f}; "
+                f"mean video weight {w_video:.2f}"
+            )
     return 0

@@ -44,16 +44,26 @@ def read_labels(path: Path) -> list[LabelRow]:
         reader = csv.DictReader(handle)
         columns = [c.strip().lower() for c in (reader.fieldnames or [])]
         if "clip" not in columns or "label" not in columns:
-            raise DataError("header lacks clip/label", path=path, line=1, expected="clip,label[,text][,split]",
-                            got=",".join(columns))  # fmt: skip
+            raise DataError(
+                "header lacks clip/label",
+                path=path,
+                line=1,
+                expected="clip,label[,text][,split]",
+                got=",".join(columns),
+            )
         rows = []
         known = {label.lower(): label for label in MINTREC_LABELS}
         for line, raw in enumerate(reader, start=2):
             row = {k.strip().lower(): (v or "").strip() for k, v in raw.items() if k}
             label = known.get(row["label"].lower())
             if label is None:
-                raise DataError("unknown label", path=path, line=line, expected=f"one of {list(MINTREC_LABELS)}",
-                                got=repr(row["label"]))  # fmt: skip
+                raise DataError(
+                    "unknown label",
+                    path=path,
+                    line=line,
+                    expected=f"one of {list(MINTREC_LABELS)}",
+                    got=repr(row["label"]),
+                )
             split = row.get("split") or None
             if split is not None and split not in ("train", "dev", "test"):
                 raise DataError("unknown split", path=path, line=line, expected="train, dev or test", got=repr(split))

@@ -34,6 +34,7 @@ from stream.features import (
 )
 from stream.messages import AudioChunk, IntentEvent, Utterance, VideoFrame
 from stream.publisher import Publisher
+from stream.show import make_viewer
 from stream.vad import Segmenter
 
 log = logging.getLogger("dfmq.pipeline")
@@ -52,6 +53,7 @@ class PipelineOptions:
     max_pending_utterances: int = 8
     max_pending_items: int = 2000
     reference_momentum: float = 0.2
+    show: bool = False
 
 
 @dataclass
@@ -98,8 +100,9 @@ def check_live_compatible(config: DFMQConfig) -> FeatureOptions:
         )
     options = FeatureOptions(**config.feature_options)
     if (options.mel_bins, options.video_dim) != (config.audio_dim, config.video_dim):
-        raise ConfigError("--ckpt", f"feature widths {config.audio_dim}/{config.video_dim}",
-                          f"{options.mel_bins}/{options.video_dim}")  # fmt: skip
+        raise ConfigError(
+            "--ckpt", f"feature widths {config.audio_dim}/{config.video_dim}", f"{options.mel_bins}/{options.video_dim}"
+        )
     return options
 
 
@@ -126,6 +129,7 @@ class Pipeline:
         self.features = check_live_compatible(config)
         self.quality = LiveQuality(config, self.features, options.reference_momentum)
         self.stats = PipelineStats()
+        self.viewer = make_viewer(options.show)
         self.frames: deque[VideoFrame] = deque()
         self.recent_audio: deque[AudioChunk] = deque()
         self.has_video = False
@@ -137,6 +141,9 @@ class Pipeline:
         self.utterances: asyncio.Queue[Utterance | None] = asyncio.Queue(options.max_pending_utterances)
         self.blocking_source = True
         self.finished = asyncio.Event()
+        self.last_quality = {"text": 0.0, "audio": 0.0, "video": 0.0}
+        self.last_weights = {"audio": 0.0, "video": 0.0}
+        self.last_intent = ""
 
     # ---- capture side -------------------------------------------------------------------------
     def sink_for(self, loop: asyncio.AbstractEventLoop, blocking: bool) -> Any:
@@ -242,16 +249,28 @@ class Pipeline:
                 self.options.stream_id, self._window(text, feats, q_text, q_audio, q_video)
             )
             t3 = time.perf_counter()
-            self._publish(utterance, text, result.output, (q_text, q_audio, q_video), {
-                "vad": max(0.0, (dequeued - utterance.speech_end_wall) * 1000),
-                "asr": (t1 - t0) * 1000,
-                "features": (t2 - t1) * 1000,
-                "engine": (t3 - t2) * 1000,
-                "batch_wait": result.wait_ms,
-            })  # fmt: skip
+            self._publish(
+                utterance,
+                text,
+                result.output,
+                (q_text, q_audio, q_video),
+                {
+                    "vad": max(0.0, (dequeued - utterance.speech_end_wall) * 1000),
+                    "asr": (t1 - t0) * 1000,
+                    "features": (t2 - t1) * 1000,
+                    "engine": (t3 - t2) * 1000,
+                    "batch_wait": result.wait_ms,
+                },
+            )
 
-    def _publish(self, utterance: Utterance, text: str, output: EngineOutput, quality: tuple[float, float, float],
-                 latency: dict[str, float]) -> None:  # fmt: skip
+    def _publish(
+        self,
+        utterance: Utterance,
+        text: str,
+        output: EngineOutput,
+        quality: tuple[float, float, float],
+        latency: dict[str, float],
+    ) -> None:
         probs = output.probs[0]
         order = np.argsort(-probs)[: self.options.top_k]
         labels = self.config.labels
@@ -278,18 +297,24 @@ class Pipeline:
         if not self.options.publish_transcripts:
             del payload["text"]
         self.publisher.send(self.publisher.topic("intent"), payload, qos=1)
+        self.last_quality, self.last_weights = event.quality, event.weights
+        self.last_intent = f"{event.intent} {event.confidence:.2f}"
         if self.options.hermes:
             name = event.intent.title().replace(" ", "")
-            self.publisher.send(f"hermes/intent/{name}", {
-                "input": event.text or "",
-                "intent": {"intentName": name, "confidenceScore": event.confidence},
-                "siteId": event.stream_id,
-                "sessionId": f"{event.stream_id}-{event.utterance_id}",
-                "customData": None,
-                "slots": [],
-                "asrTokens": [],
-                "asrConfidence": None,
-            }, qos=1)  # fmt: skip
+            self.publisher.send(
+                f"hermes/intent/{name}",
+                {
+                    "input": event.text or "",
+                    "intent": {"intentName": name, "confidenceScore": event.confidence},
+                    "siteId": event.stream_id,
+                    "sessionId": f"{event.stream_id}-{event.utterance_id}",
+                    "customData": None,
+                    "slots": [],
+                    "asrTokens": [],
+                    "asrConfidence": None,
+                },
+                qos=1,
+            )
         self.stats.events += 1
         self.stats.latency_ms.append(latency["total"])
 
@@ -311,11 +336,20 @@ class Pipeline:
             frames = self._frames_between(now_s - self.options.quality_window_s, now_s)
             feats = await loop.run_in_executor(None, extract_features, audio, frames, self.features)
             q_audio, q_video = self.quality.score(feats)
-            self.publisher.send(self.publisher.topic("quality"), {
-                "schema": "dfmq.quality/1", "stream_id": self.options.stream_id, "time": round(now_s, 3),
-                "wall": round(time.time(), 3), "audio": round(q_audio, 3), "video": round(q_video, 3),
-                "camera": self.has_video, "microphone": self.has_audio,
-            }, qos=0)  # fmt: skip
+            self.publisher.send(
+                self.publisher.topic("quality"),
+                {
+                    "schema": "dfmq.quality/1",
+                    "stream_id": self.options.stream_id,
+                    "time": round(now_s, 3),
+                    "wall": round(time.time(), 3),
+                    "audio": round(q_audio, 3),
+                    "video": round(q_video, 3),
+                    "camera": self.has_video,
+                    "microphone": self.has_audio,
+                },
+                qos=0,
+            )
             self.stats.quality_messages += 1
 
     async def run(self) -> PipelineStats:

@@ -93,8 +93,16 @@ def render_face(t_s: float, speaking: float, style: FaceStyle, size_px: int = 16
     width = rx // 2
     opening = int(2 + speaking * size_px / 14)
     curve = int(style.smile * size_px / 18)
-    cv2.ellipse(img, (cx, mouth_y - curve // 2), (width, max(1, abs(curve) + 1)), 0, 0 if curve >= 0 else 180,
-                180 if curve >= 0 else 360, (60, 40, 120), 2)  # fmt: skip
+    cv2.ellipse(
+        img,
+        (cx, mouth_y - curve // 2),
+        (width, max(1, abs(curve) + 1)),
+        0,
+        0 if curve >= 0 else 180,
+        180 if curve >= 0 else 360,
+        (60, 40, 120),
+        2,
+    )
     cv2.ellipse(img, (cx, mouth_y), (width // 2, opening // 2 + 1), 0, 0, 360, (40, 20, 90), -1)
     return img
 

@@ -69,8 +69,9 @@ def _looks_like_media(location: str) -> bool:
     return "://" in location or "." in location.rsplit("/", 1)[-1]
 
 
-async def run_pipeline(req: RunRequest, broker: BrokerOptions, pipe_opts: PipelineOptions,
-                       seg_opts: SegmenterOptions, on_ready: Any = None) -> PipelineStats:  # fmt: skip
+async def run_pipeline(
+    req: RunRequest, broker: BrokerOptions, pipe_opts: PipelineOptions, seg_opts: SegmenterOptions, on_ready: Any = None
+) -> PipelineStats:
     model, tokenizer = load_checkpoint(resolve_ckpt(req.ckpt))
     check_live_compatible(model.config)
     choice = choose_engine(req.engine, req.device)
@@ -96,8 +97,9 @@ async def run_pipeline(req: RunRequest, broker: BrokerOptions, pipe_opts: Pipeli
         except TimeoutError:
             raise ConfigError("--broker", f"an MQTT broker answering at {host}:{port}", broker.url) from None
         batcher = MicroBatcher(engine, BatcherOptions(max_batch=8, max_delay_ms=2.0))
-        pipeline = Pipeline(model.config, tokenizer, batcher, publisher, pipe_opts, Segmenter(seg_opts), asr,
-                            engine.name)  # fmt: skip
+        pipeline = Pipeline(
+            model.config, tokenizer, batcher, publisher, pipe_opts, Segmenter(seg_opts), asr, engine.name
+        )
         loop = asyncio.get_running_loop()
         ends = {"count": 0}
         sink = pipeline.sink_for(loop, blocking=files)

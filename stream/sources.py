@@ -164,9 +164,13 @@ class MicSource:
 
         device = None if self.device in (None, "default") else self.device
         self._stream = self.sd.InputStream(
-            samplerate=SAMPLE_RATE_HZ, channels=1, dtype="float32", blocksize=blocksize, device=device,
+            samplerate=SAMPLE_RATE_HZ,
+            channels=1,
+            dtype="float32",
+            blocksize=blocksize,
+            device=device,
             callback=callback,
-        )  # fmt: skip
+        )
         self._stream.start()
 
     def stop(self) -> None:
@@ -217,9 +221,10 @@ def list_devices() -> list[str]:
     lines = []
     try:
         sd = _sounddevice()
-        for index, dev in enumerate(sd.query_devices()):
-            if dev["max_input_channels"] > 0:
-                lines.append(f"audio {index}: {dev['name']} ({dev['max_input_channels']} ch)")
+        inputs = [(i, d) for i, d in enumerate(sd.query_devices()) if d["max_input_channels"] > 0]
+        lines += [f"audio {i}: {d['name']} ({d['max_input_channels']} ch)" for i, d in inputs]
+        if not inputs:
+            lines.append("audio: no input devices")
     except BackendUnavailableError as exc:
         lines.append(f"audio: unavailable ({exc})")
     cameras = sorted(glob.glob("/dev/video*"))

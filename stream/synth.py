@@ -48,8 +48,19 @@ INTENT_FAMILY = {
     **dict.fromkeys(("Inform", "Advise", "Arrange", "Introduce"), "matter_of_fact"),
 }
 VOICES = ("en-us", "en-us+f3", "en-gb", "en-gb+f2", "en-us+m3", "en-029+f4", "en-gb-scotland")
-DEGRADATIONS = ("noise_0db", "noise_5db", "noise_10db", "clipping", "dropouts", "blur", "dark", "overexposed",
-                "frozen", "no_camera", "truncated_text")  # fmt: skip
+DEGRADATIONS = (
+    "noise_0db",
+    "noise_5db",
+    "noise_10db",
+    "clipping",
+    "dropouts",
+    "blur",
+    "dark",
+    "overexposed",
+    "frozen",
+    "no_camera",
+    "truncated_text",
+)
 FPS = 15
 
 
@@ -104,8 +115,9 @@ class SynthClip:
     voice: str
 
 
-def render_corpus(out_dir: Path, per_intent: int, seed: int, text_source: Path | None,
-                  degrade_share: float = 0.5) -> list[SynthClip]:  # fmt: skip
+def render_corpus(
+    out_dir: Path, per_intent: int, seed: int, text_source: Path | None, degrade_share: float = 0.5
+) -> list[SynthClip]:
     if per_intent < 3:
         raise ConfigError("--per-intent", "at least 3 (one clip per split)", per_intent)
     if not 0.0 <= degrade_share <= 1.0:

@@ -135,8 +135,16 @@ def tiny_text_encoder(width: int = 32) -> torch.nn.Module:
     return BertModel(cfg)
 
 
-def render_clip(path: Path, text: str, *, snr_db: float | None = None, dark: bool = False, smile: float = 0.3,
-                fps: int = 15, seed: int = 0) -> Path:  # fmt: skip
+def render_clip(
+    path: Path,
+    text: str,
+    *,
+    snr_db: float | None = None,
+    dark: bool = False,
+    smile: float = 0.3,
+    fps: int = 15,
+    seed: int = 0,
+) -> Path:
     """A real mp4: espeak-ng speech with 0.5 s pauses around it and a talking drawn face."""
     from stream.render import FaceStyle, add_white_noise, render_face, speak
 

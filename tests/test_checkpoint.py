@@ -45,3 +45,15 @@ def test_compact_checkpoint_round_trip(tmp_path: Path) -> None:
     cfg_path.write_text(json.dumps(payload))
     with pytest.raises(CheckpointError, match="base text encoder"):
         load_checkpoint(tmp_path / "ckpt")
+
+
+def test_shipped_starter_model_loads_offline_and_is_live_compatible() -> None:
+    from model.checkpoint import STARTER_DIR, resolve_ckpt
+    from stream.pipeline import check_live_compatible
+
+    assert resolve_ckpt("default") == STARTER_DIR
+    model, tokenizer = load_checkpoint(resolve_ckpt("default"))
+    options = check_live_compatible(model.config)
+    assert options.mel_bins == model.config.audio_dim and model.config.labels == list(MINTREC_LABELS)
+    assert sum(f.stat().st_size for f in STARTER_DIR.rglob("*") if f.is_file()) < 25 * 2**20
+    assert tokenizer("hello there")["input_ids"][0] == tokenizer.cls_token_id

@@ -169,14 +169,35 @@ def test_pad_and_stack_pads_masks_with_false(tiny_model: DFMQMC) -> None:
     assert not stacked.attention_mask[0, 4:].any()
 
 
-def test_bench_cli_writes_the_documented_json(tiny_model: DFMQMC, tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_bench_cli_writes_the_documented_json(
+    tiny_model: DFMQMC, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     ckpt = tmp_path / "ckpt"
     save_checkpoint(tiny_model, load_tokenizer(default_text_encoder_folder()), ckpt)
     out = tmp_path / "bench.json"
-    rc = main(["bench", "--ckpt", str(ckpt), "--engines", "torch,onnxruntime,tensorrt", "--batch-sizes", "1,2",
-               "--iters", "3", "--text-len", "8", "--audio-frames", "10", "--video-frames", "4", "--json", str(out),
-               "--device", "cpu"])  # fmt: skip
+    rc = main(
+        [
+            "bench",
+            "--ckpt",
+            str(ckpt),
+            "--engines",
+            "torch,onnxruntime,tensorrt",
+            "--batch-sizes",
+            "1,2",
+            "--iters",
+            "3",
+            "--text-len",
+            "8",
+            "--audio-frames",
+            "10",
+            "--video-frames",
+            "4",
+            "--json",
+            str(out),
+            "--device",
+            "cpu",
+        ]
+    )
     assert rc == 0
     report = json.loads(out.read_text())
     for engine in ("torch-cpu", "onnxruntime-cpu"):

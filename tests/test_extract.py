@@ -32,8 +32,12 @@ SPOKEN_WITHOUT_TEXT = "could you please help me with this box"
 def clip_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("clips")
     for name, _, text, _, degradation in CLIPS:
-        render_clip(folder / name, text or SPOKEN_WITHOUT_TEXT, snr_db=0.0 if degradation == "noise" else None,
-                    dark=degradation == "dark")  # fmt: skip
+        render_clip(
+            folder / name,
+            text or SPOKEN_WITHOUT_TEXT,
+            snr_db=0.0 if degradation == "noise" else None,
+            dark=degradation == "dark",
+        )
     (folder / "broken.mp4").write_bytes(b"\x00not a video at all")
     labels = folder / "labels.csv"
     with labels.open("w", newline="") as handle:
@@ -44,13 +48,21 @@ def clip_folder(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return folder, labels
 
 
-def test_extract_train_eval_round_trip(clip_folder: tuple[Path, Path], tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_extract_train_eval_round_trip(
+    clip_folder: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder, labels = clip_folder
     data = tmp_path / "data"
     assert main(["extract", "--clips", str(folder), "--labels", str(labels), "--out", str(data)]) == 0
-    for name in ("train.tsv", "dev.tsv", "test.tsv", "audio_feats.pkl", "video_feats.pkl", "quality_stats.pkl",
-                 "features.json"):  # fmt: skip
+    for name in (
+        "train.tsv",
+        "dev.tsv",
+        "test.tsv",
+        "audio_feats.pkl",
+        "video_feats.pkl",
+        "quality_stats.pkl",
+        "features.json",
+    ):
         assert (data / name).is_file(), name
     test_rows = (data / "test.tsv").read_text().splitlines()
     assert "help" in test_rows[-1].lower() and test_rows[-1].endswith("Ask for help")  # transcribed by Whisper
@@ -71,8 +83,24 @@ def test_extract_train_eval_round_trip(clip_folder: tuple[Path, Path], tmp_path:
         .replace("batch_size: 16", "batch_size: 4")
     )
     ckpt = tmp_path / "ckpt"
-    assert main(["train", "--dataset", "mintrec", "--data", str(data), "--out", str(ckpt), "--config", str(config),
-                 "--epochs", "2"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                "mintrec",
+                "--data",
+                str(data),
+                "--out",
+                str(ckpt),
+                "--config",
+                str(config),
+                "--epochs",
+                "2",
+            ]
+        )
+        == 0
+    )
     log = [json.loads(line) for line in (ckpt / "train_log.jsonl").read_text().splitlines()]
     assert log[0]["loss"]["meta"] > 0
     model, _ = load_checkpoint(ckpt)
@@ -86,12 +114,14 @@ def test_extract_train_eval_round_trip(clip_folder: tuple[Path, Path], tmp_path:
     assert 0 < metrics["mean_quality"]["audio"] < 1 and 0 < metrics["mean_quality"]["video"] < 1
 
 
-def test_unreadable_clip_is_reported_and_the_rest_processed(clip_folder: tuple[Path, Path], tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_unreadable_clip_is_reported_and_the_rest_processed(
+    clip_folder: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     folder, _ = clip_folder
     labels = tmp_path / "labels.csv"
-    labels.write_text("clip,label,text\nbroken.mp4,Thank,thanks\nthank1.mp4,Thank,thank you so much\n"
-                      "missing.mp4,Greet,hello\n")  # fmt: skip
+    labels.write_text(
+        "clip,label,text\nbroken.mp4,Thank,thanks\nthank1.mp4,Thank,thank you so much\nmissing.mp4,Greet,hello\n"
+    )
     data = tmp_path / "data"
     assert main(["extract", "--clips", str(folder), "--labels", str(labels), "--out", str(data)]) == 1
     printed = capsys.readouterr().out

@@ -27,10 +27,29 @@ from stream.vad import SegmenterOptions
 from tests.conftest import require_binary
 
 pytestmark = pytest.mark.broker
-SENTENCES = ("thank you so much for the help", "hello there, good morning", "i am sorry about the mess",
-             "see you tomorrow, bye")  # fmt: skip
-REQUIRED = {"schema", "stream_id", "utterance_id", "start", "end", "speech_end_wall", "published_wall", "text",
-            "intent", "confidence", "top_k", "quality", "weights", "engine", "latency_ms"}  # fmt: skip
+SENTENCES = (
+    "thank you so much for the help",
+    "hello there, good morning",
+    "i am sorry about the mess",
+    "see you tomorrow, bye",
+)
+REQUIRED = {
+    "schema",
+    "stream_id",
+    "utterance_id",
+    "start",
+    "end",
+    "speech_end_wall",
+    "published_wall",
+    "text",
+    "intent",
+    "confidence",
+    "top_k",
+    "quality",
+    "weights",
+    "engine",
+    "latency_ms",
+}
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +60,14 @@ def live_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     training: logits (8 q_a, 8 q_v) give the cleaner channel the larger weight.
     """
     torch.manual_seed(0)
-    config = DFMQConfig(labels=list(MINTREC_LABELS), audio_dim=64, video_dim=256, video_max_len=100,
-                        nonverbal_width=64, feature_options=dataclasses.asdict(FeatureOptions()))  # fmt: skip
+    config = DFMQConfig(
+        labels=list(MINTREC_LABELS),
+        audio_dim=64,
+        video_dim=256,
+        video_max_len=100,
+        nonverbal_width=64,
+        feature_options=dataclasses.asdict(FeatureOptions()),
+    )
     model, tokenizer = new_model(config)
     with torch.no_grad():
         model.predictor.fc1.weight.zero_()
@@ -75,13 +100,15 @@ class Mosquitto:
         self.exe = require_binary("mosquitto", "mosquitto")
         self.port = free_port()
         self.conf = folder / "mosquitto.conf"
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                             f"persistence_location {folder}/\n")  # fmt: skip
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {folder}/\n"
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         deadline = time.time() + 5
         import socket
 
@@ -217,3 +244,12 @@ def test_clear_errors_for_bad_inputs(live_ckpt: Path, degraded_clip: tuple[Path,
     unreachable = BrokerOptions(url=f"mqtt://127.0.0.1:{free_port()}", backoff_max_s=0.5, connect_timeout_s=1.5)
     with pytest.raises(ConfigError, match="an MQTT broker answering"):
         asyncio.run(run_pipeline(req, unreachable, PipelineOptions(), SegmenterOptions()))
+
+
+def test_show_without_a_display_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stream.show import Viewer
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    with pytest.raises(BackendUnavailableError, match="--show is not available: no display"):
+        Viewer()

@@ -33,8 +33,21 @@ def dfmq(*args: str) -> None:
 
 
 def evaluate(ckpt: Path, data: Path, out: Path, noise: float = 0.0, split: str = "test") -> dict[str, Any]:
-    dfmq("eval", "--ckpt", str(ckpt), "--dataset", "mintrec", "--data", str(data), "--split", split,
-         "--noise", str(noise), "--json", str(out))  # fmt: skip
+    dfmq(
+        "eval",
+        "--ckpt",
+        str(ckpt),
+        "--dataset",
+        "mintrec",
+        "--data",
+        str(data),
+        "--split",
+        split,
+        "--noise",
+        str(noise),
+        "--json",
+        str(out),
+    )
     result: dict[str, Any] = json.loads(out.read_text())
     return result
 
@@ -69,16 +82,29 @@ def main() -> int:
     for name, flags in ABLATIONS.items():
         ckpt = args.out / name.replace(" ", "-")
         if not args.skip_training or not (ckpt / "config.json").is_file():
-            dfmq("train", "--dataset", "mintrec", "--data", str(args.train_data), "--out", str(ckpt),
-                 "--config", str(CONFIG), *flags)  # fmt: skip
+            dfmq(
+                "train",
+                "--dataset",
+                "mintrec",
+                "--data",
+                str(args.train_data),
+                "--out",
+                str(ckpt),
+                "--config",
+                str(CONFIG),
+                *flags,
+            )
         models[name] = ckpt
 
     report: dict[str, Any] = {"ablation": {}, "noise": {}, "degradations": {}, "mintrec_dev": {}}
     for name, ckpt in models.items():
         tag = ckpt.name
         metrics = evaluate(ckpt, args.data, args.out / f"{tag}-test.json")
-        report["ablation"][name] = {"acc": metrics["acc"], "f1_macro": metrics["f1_macro"],
-                                    "mean_weights": metrics["mean_weights"]}  # fmt: skip
+        report["ablation"][name] = {
+            "acc": metrics["acc"],
+            "f1_macro": metrics["f1_macro"],
+            "mean_weights": metrics["mean_weights"],
+        }
         report["degradations"][name] = per_degradation(args.out / f"{tag}-test.predictions.tsv", args.data, args.labels)
         report["mintrec_dev"][name] = evaluate(ckpt, args.mintrec, args.out / f"{tag}-mintrec-dev.json", split="dev")[
             "acc"
@@ -100,8 +126,11 @@ def main() -> int:
             f"| {name} | {row['acc']:.2f} | {row['acc'] - full['acc']:+.2f} | {row['f1_macro']:.2f} | "
             f"{row['f1_macro'] - full['f1_macro']:+.2f} | {w['audio']:.2f} / {w['video']:.2f} |"
         )
-    lines += ["", "| Gaussian noise on audio and video features | " + " | ".join(report["noise"]) + " |",
-              "|---|" + "---|" * len(report["noise"])]  # fmt: skip
+    lines += [
+        "",
+        "| Gaussian noise on audio and video features | " + " | ".join(report["noise"]) + " |",
+        "|---|" + "---|" * len(report["noise"]),
+    ]
     for sigma in ("0.0", "0.3", "0.5", "0.7"):
         lines.append(
             f"| sigma {sigma} | " + " | ".join(f"{report['noise'][m][sigma]:.2f}" for m in report["noise"]) + " |"
@@ -113,8 +142,12 @@ def main() -> int:
         lines.append(
             f"| {kind} ({n}) | " + " | ".join(f"{report['degradations'][m][kind][0]:.1f}" for m in models) + " |"
         )
-    lines += ["", "| MIntRec dev accuracy, text only | " + " | ".join(models) + " |", "|---|" + "---|" * len(models),
-              "| acc | " + " | ".join(f"{report['mintrec_dev'][m]:.2f}" for m in models) + " |"]  # fmt: skip
+    lines += [
+        "",
+        "| MIntRec dev accuracy, text only | " + " | ".join(models) + " |",
+        "|---|" + "---|" * len(models),
+        "| acc | " + " | ".join(f"{report['mintrec_dev'][m]:.2f}" for m in models) + " |",
+    ]
     (args.out / "tables.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -1,0 +1,133 @@
+"""Live-pipeline figures with a real Mosquitto and a real subscriber, side by side in one run:
+
+- end of speech -> subscriber holding the event (p50, p95), replayed at real-time pace;
+- CPU time of the whole pipeline against faster-whisper transcribing the same audio alone.
+
+    .venv/bin/python tools/latency_bench.py --json docs/results/latency_cpu_2core.json
+
+Needs mosquitto and espeak-ng (Debian packages of those names).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from stream.asr import AsrOptions, load_whisper
+from stream.broker import free_port
+from stream.pipeline import PipelineOptions
+from stream.publisher import BrokerOptions
+from stream.render import render_scene, write_clip
+from stream.run import RunRequest, run_pipeline
+from stream.vad import SegmenterOptions
+
+SENTENCES = (
+    "hi everyone, good morning",
+    "thank you so much for covering my shift yesterday",
+    "could you help me carry these boxes to the back",
+    "i am really sorry about the mess in aisle five",
+    "you should put the sale signs by the entrance",
+    "the delivery truck arrives at nine tomorrow",
+    "that was a wonderful display, great job",
+    "no, i do not think we should move the meeting",
+    "let us meet in the break room at noon",
+    "well, i have to go now, see you tomorrow",
+)
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ckpt", default="default", help="checkpoint (default: the starter model)")
+    parser.add_argument("--engine", default="auto", help="engine backend")
+    parser.add_argument("--repeat", type=int, default=2, help="times the 10 sentences are said")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args()
+    mosquitto = shutil.which("mosquitto")
+    if mosquitto is None:
+        raise SystemExit("mosquitto not found: apt-get install mosquitto")
+
+    import paho.mqtt.client as mqtt
+
+    with tempfile.TemporaryDirectory() as tmp:
+        audio, frames, _ = render_scene(SENTENCES * args.repeat, snr_db=60.0, dark_gain=1.0, fps=15, seed=0)
+        clip = Path(tmp) / "bench.mp4"
+        write_clip(clip, audio, frames, 15)
+        port = free_port()
+        broker = subprocess.Popen([mosquitto, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        received: list[tuple[float, dict[str, object]]] = []
+        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dfmq-latency-sub")
+        sub.on_message = lambda c, u, m: received.append((time.time(), json.loads(m.payload)))
+        sub.on_connect = lambda c, u, f, rc, p: c.subscribe("dfmq/bench/intent", qos=1)
+        sub.connect("127.0.0.1", port)
+        sub.loop_start()
+        try:
+            req = RunRequest(ckpt=args.ckpt, input=str(clip), pace="realtime", engine=args.engine)
+            asr = AsrOptions()
+            load_whisper(asr)
+            marks: dict[str, float] = {}
+
+            async def on_ready(host: str, p: int) -> None:
+                marks["cpu"], marks["wall"] = cpu_seconds(), time.time()
+
+            asyncio.run(
+                run_pipeline(
+                    req,
+                    BrokerOptions(url=f"mqtt://127.0.0.1:{port}"),
+                    PipelineOptions(stream_id="bench"),
+                    SegmenterOptions(),
+                    on_ready=on_ready,
+                )
+            )
+            pipeline_cpu = cpu_seconds() - marks["cpu"]
+            pipeline_wall = time.time() - marks["wall"]
+            time.sleep(0.5)
+        finally:
+            sub.loop_stop()
+            broker.terminate()
+
+        whisper = load_whisper(asr)
+        before = cpu_seconds()
+        segments, _ = whisper.transcribe(audio, language="en", beam_size=1, vad_filter=False)
+        words = " ".join(s.text for s in segments)
+        whisper_cpu = cpu_seconds() - before
+
+    latency = np.array([(wall - float(e["speech_end_wall"])) * 1000 for wall, e in received])  # type: ignore[arg-type]
+    report = {
+        "audio_s": round(len(audio) / 16000, 1),
+        "events": len(received),
+        "utterances_spoken": len(SENTENCES) * args.repeat,
+        "speech_end_to_subscriber_ms": {
+            "p50": round(float(np.percentile(latency, 50)), 1),
+            "p95": round(float(np.percentile(latency, 95)), 1),
+            "max": round(float(latency.max()), 1),
+        },
+        "pipeline_cpu_s": round(pipeline_cpu, 2),
+        "pipeline_wall_s": round(pipeline_wall, 2),
+        "whisper_alone_cpu_s": round(whisper_cpu, 2),
+        "cpu_ratio_pipeline_over_whisper": round(pipeline_cpu / whisper_cpu, 2),
+        "whisper_alone_words": len(words.split()),
+    }
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
