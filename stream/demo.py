@@ -76,26 +76,35 @@ async def _demo(clip: Path, pace: str, ckpt: str) -> list[dict[str, Any]]:
 
 
 def run_demo(clip: Path = DEMO_CLIP, pace: str = "realtime", ckpt: str = "default") -> int:
-    print(f"[demo] {clip.name}: spoken sentences with a face; from half-way the room gets loud and the camera dark")
+    print(
+        f"[demo] {clip.name}: spoken sentences with a face; after a third the room gets loud, "
+        "after two thirds the camera goes dark too"
+    )
     events = asyncio.run(_demo(clip, pace, ckpt))
     if not events:
         print("[demo] no events arrived")
         return 1
-    half = max(e["end"] for e in events) / 2
+    latencies = sorted(e["latency_ms"]["total"] for e in events)
+    print(f"[demo] {len(events)} intent events; latency p50 {latencies[len(events) // 2]:.0f} ms")
+    phases_path = clip.with_suffix(".json")
+    if not phases_path.is_file():
+        return 0
+    phases = json.loads(phases_path.read_text())
+    noise_s, dark_s = phases["noise_from_s"], phases["dark_from_s"]
     groups = {
-        "first half": [e for e in events if e["end"] <= half],
-        "second half": [e for e in events if e["end"] > half],
+        "clean": [e for e in events if e["end"] <= noise_s],
+        "noisy room": [e for e in events if e["start"] >= noise_s and e["end"] <= dark_s],
+        "noisy room, dark camera": [e for e in events if e["start"] >= dark_s],
     }
-    print(
-        f"[demo] {len(events)} intent events; latency p50 "
-        f"{sorted(e['latency_ms']['total'] for e in events)[len(events) // 2]:.0f} ms"
-    )
     for name, group in groups.items():
         if group:
-            mean = {k: sum(e["quality"][k] for e in group) / len(group) for k in ("audio", "video")}
-            w_video = sum(e["weights"]["video"] for e in group) / len(group)
+
+            def mean(path: tuple[str, str], group: list[dict[str, Any]] = group) -> float:
+                return sum(e[path[0]][path[1]] for e in group) / len(group)
+
             print(
-                f"[demo] {name}: mean quality audio {mean['audio']:.2f}, video {mean['video']:.2f}; "
-                f"mean video weight {w_video:.2f}"
+                f"[demo] {name:<24} quality audio {mean(('quality', 'audio')):.2f} video "
+                f"{mean(('quality', 'video')):.2f} | weights audio {mean(('weights', 'audio')):.2f} "
+                f"video {mean(('weights', 'video')):.2f}"
             )
     return 0

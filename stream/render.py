@@ -142,22 +142,31 @@ def write_clip(path: Path, audio: np.ndarray, frames: list[np.ndarray], fps: int
 
 
 def render_scene(
-    sentences: tuple[str, ...], snr_db: float, dark_gain: float, fps: int = 15, seed: int = 0, pause_s: float = 0.8
-) -> tuple[np.ndarray, list[np.ndarray], float]:
-    """Sentences with pauses and a talking face; from half-way on, white noise and a dark picture.
+    sentences: tuple[str, ...],
+    snr_db: float,
+    dark_gain: float,
+    fps: int = 15,
+    seed: int = 0,
+    pause_s: float = 0.8,
+    noise_from_share: float = 0.5,
+    dark_from_share: float = 0.5,
+) -> tuple[np.ndarray, list[np.ndarray], float, float]:
+    """Sentences with pauses and a talking face; white noise from `noise_from_share` of the clip on,
+    a dark picture from `dark_from_share` on.
 
-    Returns the audio, the frames and the time (s) at which the degradation starts.
+    Returns the audio, the frames and the times (s) at which the noise and the darkness start.
     """
     rng = np.random.default_rng(seed)
     pause = np.zeros(int(pause_s * SAMPLE_RATE_HZ), dtype=np.float32)
     audio = np.concatenate([pause, *[part for s in sentences for part in (speak(s, "en-us", 150, 50), pause)]])
-    half_s = len(audio) / SAMPLE_RATE_HZ / 2
-    cut = int(half_s * SAMPLE_RATE_HZ)
+    duration_s = len(audio) / SAMPLE_RATE_HZ
+    noise_s, dark_s = noise_from_share * duration_s, dark_from_share * duration_s
+    cut = int(noise_s * SAMPLE_RATE_HZ)
     audio = np.concatenate([audio[:cut], add_white_noise(audio[cut:], snr_db, rng)])
     frames = []
-    for i in range(int(len(audio) / SAMPLE_RATE_HZ * fps)):
+    for i in range(int(duration_s * fps)):
         t = i / fps
         loud = float(np.abs(audio[int(t * SAMPLE_RATE_HZ) : int((t + 1 / fps) * SAMPLE_RATE_HZ)]).mean())
         image = render_face(t, min(1.0, 8 * loud), FaceStyle(smile=0.3))
-        frames.append((image * dark_gain).astype(np.uint8) if t >= half_s else image)
-    return audio, frames, half_s
+        frames.append((image * dark_gain).astype(np.uint8) if t >= dark_s else image)
+    return audio, frames, noise_s, dark_s

@@ -89,7 +89,7 @@ def live_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def degraded_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
     require_binary("espeak-ng", "espeak-ng")
-    audio, frames, half_s = render_scene(SENTENCES, snr_db=0.0, dark_gain=0.06, fps=15, seed=1)
+    audio, frames, half_s, _ = render_scene(SENTENCES, snr_db=0.0, dark_gain=0.06, fps=15, seed=1)
     path = tmp_path_factory.mktemp("media") / "scene.mp4"
     write_clip(path, audio, frames, 15)
     return path, half_s

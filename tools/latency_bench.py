@@ -63,7 +63,7 @@ def main() -> int:
     import paho.mqtt.client as mqtt
 
     with tempfile.TemporaryDirectory() as tmp:
-        audio, frames, _ = render_scene(SENTENCES * args.repeat, snr_db=60.0, dark_gain=1.0, fps=15, seed=0)
+        audio, frames, _, _ = render_scene(SENTENCES * args.repeat, snr_db=60.0, dark_gain=1.0, fps=15, seed=0)
         clip = Path(tmp) / "bench.mp4"
         write_clip(clip, audio, frames, 15)
         port = free_port()

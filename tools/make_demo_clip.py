@@ -1,5 +1,5 @@
-"""Render the demo clip committed under data/demo/: spoken sentences with a talking face, the
-audio turning noisy (white noise, 0 dB SNR) and the picture dark half-way.
+"""Render the demo clip committed under data/demo/: nine spoken sentences with a talking face;
+the audio turns noisy (white noise, 0 dB SNR) after a third, the picture goes dark after two thirds.
 
     .venv/bin/python tools/make_demo_clip.py --out data/demo/demo.mp4
 """
@@ -7,6 +7,7 @@ audio turning noisy (white noise, 0 dB SNR) and the picture dark half-way.
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from stream.render import render_scene, write_clip
@@ -17,6 +18,9 @@ SENTENCES = (
     "could you help me carry these boxes to the back",
     "i am really sorry about the mess in aisle five",
     "you should put the sale signs by the entrance",
+    "that was a wonderful display, great job",
+    "no, i do not think we should move the meeting",
+    "the delivery truck arrives at nine tomorrow",
     "well, i have to go now, see you tomorrow",
 )
 
@@ -24,13 +28,20 @@ SENTENCES = (
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("data/demo/demo.mp4"), help="clip to write")
-    parser.add_argument("--snr-db", type=float, default=0.0, help="noise level of the second half")
-    parser.add_argument("--dark-gain", type=float, default=0.06, help="brightness of the second half")
+    parser.add_argument("--snr-db", type=float, default=0.0, help="noise level from a third of the clip on")
+    parser.add_argument("--dark-gain", type=float, default=0.06, help="brightness from two thirds of the clip on")
     args = parser.parse_args()
-    audio, frames, half_s = render_scene(SENTENCES, args.snr_db, args.dark_gain, fps=15, seed=0)
+    audio, frames, noise_s, dark_s = render_scene(
+        SENTENCES, args.snr_db, args.dark_gain, fps=15, seed=0, noise_from_share=1 / 3, dark_from_share=2 / 3
+    )
     write_clip(args.out, audio, frames, 15)
     size_mb = args.out.stat().st_size / 1e6
-    print(f"wrote {args.out} ({size_mb:.2f} MB, {len(audio) / 16000:.1f} s; degraded from {half_s:.1f} s)")
+    # The demo reads these to summarise each phase of the clip.
+    args.out.with_suffix(".json").write_text(
+        json.dumps({"noise_from_s": round(noise_s, 2), "dark_from_s": round(dark_s, 2)}, indent=2)
+    )
+    print(f"wrote {args.out} ({size_mb:.2f} MB, {len(audio) / 16000:.1f} s)")
+    print(f"noise from {noise_s:.1f} s, dark picture from {dark_s:.1f} s")
     return 0
 
 

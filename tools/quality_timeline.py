@@ -27,7 +27,7 @@ SENTENCES = (
 
 
 def build_clip(snr_db: float, dark_gain: float, fps: int, seed: int) -> tuple[np.ndarray, list[VideoFrame], float]:
-    audio, images, half_s = render_scene(SENTENCES, snr_db, dark_gain, fps, seed, pause_s=0.6)
+    audio, images, half_s, _ = render_scene(SENTENCES, snr_db, dark_gain, fps, seed, pause_s=0.6)
     return audio, [VideoFrame(image, i / fps) for i, image in enumerate(images)], half_s
 
 
