@@ -59,3 +59,16 @@ NEUTRAL_PHRASES: tuple[str, ...] = (
     "fine, whatever you say",
 )
 NEUTRAL_INTENTS: tuple[str, ...] = ("Agree", "Taunt", "Complain", "Praise", "Joke")
+
+# A short everyday scene, said in this order by the demo clip and the latency benchmark.
+SCENE_SENTENCES: tuple[str, ...] = (
+    "hi everyone, good morning",
+    "thank you so much for covering my shift yesterday",
+    "could you help me carry these boxes to the back",
+    "i am really sorry about the mess in aisle five",
+    "you should put the sale signs by the entrance",
+    "that was a wonderful display, great job",
+    "no, i do not think we should move the meeting",
+    "the delivery truck arrives at nine tomorrow",
+    "well, i have to go now, see you tomorrow",
+)

@@ -27,21 +27,15 @@ from stream.broker import free_port
 from stream.pipeline import PipelineOptions
 from stream.publisher import BrokerOptions
 from stream.render import render_scene, write_clip
+from stream.synth_sentences import SCENE_SENTENCES
 from stream.run import RunRequest, run_pipeline
 from stream.vad import SegmenterOptions
 
-SENTENCES = (
-    "hi everyone, good morning",
-    "thank you so much for covering my shift yesterday",
-    "could you help me carry these boxes to the back",
-    "i am really sorry about the mess in aisle five",
-    "you should put the sale signs by the entrance",
-    "the delivery truck arrives at nine tomorrow",
-    "that was a wonderful display, great job",
-    "no, i do not think we should move the meeting",
-    "let us meet in the break room at noon",
-    "well, i have to go now, see you tomorrow",
-)
+
+def rss_mb() -> float:
+    import psutil
+
+    return float(psutil.Process().memory_info().rss) / 2**20
 
 
 def cpu_seconds() -> float:
@@ -53,7 +47,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", default="default", help="checkpoint (default: the starter model)")
     parser.add_argument("--engine", default="auto", help="engine backend")
-    parser.add_argument("--repeat", type=int, default=2, help="times the 10 sentences are said")
+    parser.add_argument("--repeat", type=int, default=2, help="times the 9 scene sentences are said")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
     mosquitto = shutil.which("mosquitto")
@@ -63,7 +57,7 @@ def main() -> int:
     import paho.mqtt.client as mqtt
 
     with tempfile.TemporaryDirectory() as tmp:
-        audio, frames, _, _ = render_scene(SENTENCES * args.repeat, snr_db=60.0, dark_gain=1.0, fps=15, seed=0)
+        audio, frames, _, _ = render_scene(SCENE_SENTENCES * args.repeat, snr_db=60.0, dark_gain=1.0, fps=15, seed=0)
         clip = Path(tmp) / "bench.mp4"
         write_clip(clip, audio, frames, 15)
         port = free_port()
@@ -83,6 +77,7 @@ def main() -> int:
 
             async def on_ready(host: str, p: int) -> None:
                 marks["cpu"], marks["wall"] = cpu_seconds(), time.time()
+                marks["rss_start_mb"] = rss_mb()
 
             asyncio.run(
                 run_pipeline(
@@ -94,6 +89,7 @@ def main() -> int:
                 )
             )
             pipeline_cpu = cpu_seconds() - marks["cpu"]
+            marks["rss_end_mb"] = rss_mb()
             pipeline_wall = time.time() - marks["wall"]
             time.sleep(0.5)
         finally:
@@ -110,7 +106,7 @@ def main() -> int:
     report = {
         "audio_s": round(len(audio) / 16000, 1),
         "events": len(received),
-        "utterances_spoken": len(SENTENCES) * args.repeat,
+        "utterances_spoken": len(SCENE_SENTENCES) * args.repeat,
         "speech_end_to_subscriber_ms": {
             "p50": round(float(np.percentile(latency, 50)), 1),
             "p95": round(float(np.percentile(latency, 95)), 1),
@@ -121,6 +117,7 @@ def main() -> int:
         "whisper_alone_cpu_s": round(whisper_cpu, 2),
         "cpu_ratio_pipeline_over_whisper": round(pipeline_cpu / whisper_cpu, 2),
         "whisper_alone_words": len(words.split()),
+        "rss_mb_at_start_and_end": [round(marks["rss_start_mb"]), round(marks["rss_end_mb"])],
     }
     print(json.dumps(report, indent=2))
     if args.json:

@@ -11,18 +11,7 @@ import json
 from pathlib import Path
 
 from stream.render import render_scene, write_clip
-
-SENTENCES = (
-    "hi everyone, good morning",
-    "thank you so much for covering my shift yesterday",
-    "could you help me carry these boxes to the back",
-    "i am really sorry about the mess in aisle five",
-    "you should put the sale signs by the entrance",
-    "that was a wonderful display, great job",
-    "no, i do not think we should move the meeting",
-    "the delivery truck arrives at nine tomorrow",
-    "well, i have to go now, see you tomorrow",
-)
+from stream.synth_sentences import SCENE_SENTENCES
 
 
 def main() -> int:
@@ -32,7 +21,7 @@ def main() -> int:
     parser.add_argument("--dark-gain", type=float, default=0.06, help="brightness from two thirds of the clip on")
     args = parser.parse_args()
     audio, frames, noise_s, dark_s = render_scene(
-        SENTENCES, args.snr_db, args.dark_gain, fps=15, seed=0, noise_from_share=1 / 3, dark_from_share=2 / 3
+        SCENE_SENTENCES, args.snr_db, args.dark_gain, fps=15, seed=0, noise_from_share=1 / 3, dark_from_share=2 / 3
     )
     write_clip(args.out, audio, frames, 15)
     size_mb = args.out.stat().st_size / 1e6
