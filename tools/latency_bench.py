@@ -27,8 +27,8 @@ from stream.broker import free_port
 from stream.pipeline import PipelineOptions
 from stream.publisher import BrokerOptions
 from stream.render import render_scene, write_clip
-from stream.synth_sentences import SCENE_SENTENCES
 from stream.run import RunRequest, run_pipeline
+from stream.synth_sentences import SCENE_SENTENCES
 from stream.vad import SegmenterOptions
 
 
