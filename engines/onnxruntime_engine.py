@@ -35,6 +35,9 @@ class OnnxRuntimeEngine:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+        # Idle intra-op threads would otherwise spin between calls and burn the cores that ASR
+        # and capture need; a live stream calls the engine a few times a second, not back to back.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if device == "cuda":
             if not cuda_provider_available():
                 raise BackendUnavailableError(

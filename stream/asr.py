@@ -20,6 +20,7 @@ class AsrOptions:
     compute_type: str = "int8"
     beam_size: int = 1
     language: str = "en"
+    cpu_threads: int = 0  # 0: CTranslate2's default
 
 
 def resolve_model_folder(name: str) -> str:
@@ -40,14 +41,25 @@ def resolve_model_folder(name: str) -> str:
 def load_whisper(options: AsrOptions) -> Any:
     from faster_whisper import WhisperModel
 
-    return WhisperModel(resolve_model_folder(options.model), device=options.device, compute_type=options.compute_type)
+    return WhisperModel(
+        resolve_model_folder(options.model),
+        device=options.device,
+        compute_type=options.compute_type,
+        cpu_threads=options.cpu_threads,
+    )
 
 
 def transcribe(samples: np.ndarray, options: AsrOptions) -> str:
     """Text of 16 kHz mono float32 speech (empty when nothing is recognised)."""
     if len(samples) == 0:
         return ""
+    # One utterance at a time: no timestamps and no conditioning on earlier text to decode.
     segments, _ = load_whisper(options).transcribe(
-        samples.astype(np.float32), language=options.language, beam_size=options.beam_size, vad_filter=False
+        samples.astype(np.float32),
+        language=options.language,
+        beam_size=options.beam_size,
+        vad_filter=False,
+        without_timestamps=True,
+        condition_on_previous_text=False,
     )
     return " ".join(segment.text.strip() for segment in segments).strip()

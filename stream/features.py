@@ -14,6 +14,8 @@ spectral entropy of the waveform, pixel contrast and frame-to-frame change of th
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -170,47 +172,71 @@ def sample_frames(frames: list[VideoFrame], fps: float) -> list[VideoFrame]:
     return out
 
 
-def face_crops(frames: list[VideoFrame], opts: FeatureOptions) -> tuple[np.ndarray, float, list[np.ndarray]]:
-    """(T, size*size) crops in [0, 1], the detected-face share, and the grey frames used."""
-    import cv2
+class FaceTracker:
+    """Face crops frame by frame: detection on every third frame, the last box reused between.
 
-    detector = _face_detector()
-    size = opts.face_size_px
-    crops, greys = [], []
-    found = 0
-    box: tuple[int, int, int, int] | None = None
-    for index, frame in enumerate(frames):
-        grey = cv2.cvtColor(frame.image, cv2.COLOR_BGR2GRAY)
-        greys.append(grey)
-        h, w = grey.shape
-        # Detection every few frames keeps extraction fast; the last box is reused between.
-        if index % 3 == 0 or box is None:
-            scale = 160.0 / max(h, w)
-            small = cv2.resize(grey, (max(1, int(w * scale)), max(1, int(h * scale))))
-            faces = detector.detectMultiScale(small, scaleFactor=1.15, minNeighbors=4, minSize=(24, 24))
-            if len(faces):
-                x, y, fw, fh = max(faces, key=lambda f: f[2] * f[3])
-                box = (int(x / scale), int(y / scale), int(fw / scale), int(fh / scale))
-        if box is not None:
-            found += 1
-            x, y, fw, fh = box
-            region = grey[y : y + fh, x : x + fw]
-        else:
-            side = min(h, w) // 2
-            region = grey[(h - side) // 2 : (h + side) // 2, (w - side) // 2 : (w + side) // 2]
-        crop = cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-        crops.append(crop.reshape(-1))
-    if not crops:
-        return np.zeros((0, size * size), dtype=np.float32), 0.0, []
-    return np.stack(crops), found / len(crops), greys
+    Results are cached by frame time, so windows that overlap (the running quality a few times a
+    second, then the utterance) crop each frame once. Safe to share between threads.
+    """
+
+    def __init__(self, opts: FeatureOptions, cache_frames: int = 900) -> None:
+        self.opts = opts
+        self.cache_frames = cache_frames
+        self._cache: OrderedDict[float, tuple[np.ndarray, float, bool]] = OrderedDict()
+        self._box: tuple[int, int, int, int] | None = None
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def crop(self, frame: VideoFrame) -> tuple[np.ndarray, float, bool]:
+        """(flattened crop in [0, 1], contrast of the grey picture, face found)."""
+        import cv2
+
+        with self._lock:
+            cached = self._cache.get(frame.pts_s)
+            if cached is not None:
+                return cached
+            grey = cv2.cvtColor(frame.image, cv2.COLOR_BGR2GRAY)
+            h, w = grey.shape
+            if self._count % 3 == 0 or self._box is None:
+                scale = 160.0 / max(h, w)
+                small = cv2.resize(grey, (max(1, int(w * scale)), max(1, int(h * scale))))
+                faces = _face_detector().detectMultiScale(small, scaleFactor=1.15, minNeighbors=4, minSize=(24, 24))
+                if len(faces):
+                    x, y, fw, fh = max(faces, key=lambda f: f[2] * f[3])
+                    self._box = (int(x / scale), int(y / scale), int(fw / scale), int(fh / scale))
+            self._count += 1
+            if self._box is not None:
+                x, y, fw, fh = self._box
+                region = grey[y : y + fh, x : x + fw]
+            else:
+                side = min(h, w) // 2
+                region = grey[(h - side) // 2 : (h + side) // 2, (w - side) // 2 : (w + side) // 2]
+            size = self.opts.face_size_px
+            crop = cv2.resize(region, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+            result = (crop.reshape(-1), float(grey.std()) / 255.0, self._box is not None)
+            self._cache[frame.pts_s] = result
+            while len(self._cache) > self.cache_frames:
+                self._cache.popitem(last=False)
+            return result
 
 
-def video_stats_raw(crops: np.ndarray, greys: list[np.ndarray], face_ratio: float) -> RawVideoStats:
+def face_crops(
+    frames: list[VideoFrame], opts: FeatureOptions, tracker: FaceTracker | None = None
+) -> tuple[np.ndarray, float, list[float]]:
+    """(T, size*size) crops in [0, 1], the detected-face share, and each frame's contrast."""
+    tracker = tracker or FaceTracker(opts)
+    results = [tracker.crop(frame) for frame in frames]
+    if not results:
+        return np.zeros((0, opts.video_dim), dtype=np.float32), 0.0, []
+    crops = np.stack([r[0] for r in results])
+    return crops, sum(r[2] for r in results) / len(results), [r[1] for r in results]
+
+
+def video_stats_raw(crops: np.ndarray, contrasts: list[float], face_ratio: float) -> RawVideoStats:
     if len(crops) == 0:
         return RawVideoStats(0.0, 0.0, 0.0)
     motion = float(np.mean(np.sum(np.diff(crops, axis=0) ** 2, axis=1))) if len(crops) > 1 else 0.0
-    contrast = float(np.mean([g.astype(np.float32).std() / 255.0 for g in greys]))
-    return RawVideoStats(motion=motion, contrast=contrast, face_ratio=face_ratio)
+    return RawVideoStats(motion=motion, contrast=float(np.mean(contrasts)), face_ratio=face_ratio)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -266,15 +292,20 @@ class ClipFeatures:
     video_stats: RawVideoStats | None
 
 
-def extract_features(audio: np.ndarray, frames: list[VideoFrame], opts: FeatureOptions) -> ClipFeatures:
-    """Features of one window (or a whole clip): 16 kHz mono samples and its frames."""
+def extract_features(
+    audio: np.ndarray, frames: list[VideoFrame], opts: FeatureOptions, tracker: FaceTracker | None = None
+) -> ClipFeatures:
+    """Features of one window (or a whole clip): 16 kHz mono samples and its frames.
+
+    A live stream passes its FaceTracker so that frames shared by windows are cropped once.
+    """
     has_audio = len(audio) >= opts.window_samples
     audio_feats = log_mel(audio, opts) if has_audio else None
     a_stats = audio_stats_raw(audio, opts) if has_audio else None
     video_feats = None
     v_stats = None
     if frames:
-        crops, face_ratio, greys = face_crops(sample_frames(frames, opts.video_fps), opts)
+        crops, face_ratio, contrasts = face_crops(sample_frames(frames, opts.video_fps), opts, tracker)
         video_feats = crops
-        v_stats = video_stats_raw(crops, greys, face_ratio)
+        v_stats = video_stats_raw(crops, contrasts, face_ratio)
     return ClipFeatures(audio_feats, video_feats, a_stats, v_stats)

@@ -27,6 +27,7 @@ from stream.asr import AsrOptions, transcribe
 from stream.errors import ConfigError
 from stream.features import (
     ClipFeatures,
+    FaceTracker,
     FeatureOptions,
     extract_features,
     score_audio_raw,
@@ -128,6 +129,7 @@ class Pipeline:
         self.engine_name = engine_name
         self.features = check_live_compatible(config)
         self.quality = LiveQuality(config, self.features, options.reference_momentum)
+        self.tracker = FaceTracker(self.features)
         self.stats = PipelineStats()
         self.viewer = make_viewer(options.show)
         self.frames: deque[VideoFrame] = deque()
@@ -236,7 +238,7 @@ class Pipeline:
             t1 = time.perf_counter()
             frames = self._frames_between(utterance.start_s, utterance.end_s)
             feats = await loop.run_in_executor(
-                self.executor, extract_features, utterance.samples, frames, self.features
+                self.executor, extract_features, utterance.samples, frames, self.features, self.tracker
             )
             t2 = time.perf_counter()
             token_count = len(
@@ -334,7 +336,7 @@ class Pipeline:
                 np.concatenate([c.samples for c in self.recent_audio]) if self.recent_audio else np.zeros(0, np.float32)
             )
             frames = self._frames_between(now_s - self.options.quality_window_s, now_s)
-            feats = await loop.run_in_executor(None, extract_features, audio, frames, self.features)
+            feats = await loop.run_in_executor(None, extract_features, audio, frames, self.features, self.tracker)
             q_audio, q_video = self.quality.score(feats)
             self.publisher.send(
                 self.publisher.topic("quality"),
