@@ -69,7 +69,22 @@ def _looks_like_media(location: str) -> bool:
     return "://" in location or "." in location.rsplit("/", 1)[-1]
 
 
+def _quiet_blas() -> contextlib.AbstractContextManager[object]:
+    """numpy's OpenBLAS pool busy-waits after every small matrix product (the mel filterbank, a few
+    per second here): one BLAS thread cut the whole pipeline's CPU time by more than half."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 async def run_pipeline(
+    req: RunRequest, broker: BrokerOptions, pipe_opts: PipelineOptions, seg_opts: SegmenterOptions, on_ready: Any = None
+) -> PipelineStats:
+    with _quiet_blas():
+        return await _run_pipeline(req, broker, pipe_opts, seg_opts, on_ready)
+
+
+async def _run_pipeline(
     req: RunRequest, broker: BrokerOptions, pipe_opts: PipelineOptions, seg_opts: SegmenterOptions, on_ready: Any = None
 ) -> PipelineStats:
     model, tokenizer = load_checkpoint(resolve_ckpt(req.ckpt))
