@@ -25,7 +25,7 @@ def require_binary(name: str, debian_package: str) -> str:
         message = f"{name} not found: apt-get install {debian_package}"
         if REQUIRE_SYSTEM_DEPS:
             pytest.fail(message + " (DFMQ_REQUIRE_SYSTEM_DEPS=1 makes this a failure)")
-        pytest.skip(message)
+        pytest.skip(reason=message)
     return path
 
 

@@ -75,7 +75,7 @@ def test_auto_falls_back_when_backends_are_missing(monkeypatch: pytest.MonkeyPat
 
 def test_tensorrt_unavailable_here_is_a_clear_error() -> None:
     if torch.cuda.is_available():
-        pytest.skip("this test covers machines without TensorRT and CUDA")
+        pytest.skip(reason="this test covers machines without TensorRT and CUDA")
     with pytest.raises(BackendUnavailableError, match="tensorrt is not available"):
         choose_engine("tensorrt")
 
