@@ -119,17 +119,17 @@ def mel_filterbank(sample_rate_hz: int, n_fft: int, mel_bins: int) -> np.ndarray
     return bank
 
 
-def log_mel(samples: np.ndarray, opts: FeatureOptions) -> np.ndarray:
+def log_mel(samples: np.ndarray, opts: FeatureOptions, power: np.ndarray | None = None) -> np.ndarray:
     """(T, mel_bins) float32 log10 mel energies; the audio input of the model."""
-    power = _power_spectrum(samples, opts)
+    power = _power_spectrum(samples, opts) if power is None else power
     n_fft = 2 * (power.shape[1] - 1)
     mel = power @ mel_filterbank(opts.sample_rate_hz, n_fft, opts.mel_bins).T
     return np.log10(mel + 1e-8).astype(np.float32)
 
 
-def audio_stats_raw(samples: np.ndarray, opts: FeatureOptions) -> RawAudioStats:
+def audio_stats_raw(samples: np.ndarray, opts: FeatureOptions, power: np.ndarray | None = None) -> RawAudioStats:
     """Energy, spectral entropy (over an STFT of the waveform) and a noise-floor SNR."""
-    power = _power_spectrum(samples, opts)
+    power = _power_spectrum(samples, opts) if power is None else power
     frame_power = power.sum(axis=1)
     p = power / np.maximum(frame_power[:, None], 1e-20)
     entropy = -(p * np.log(np.maximum(p, 1e-20))).sum(axis=1) / math.log(power.shape[1])
@@ -293,15 +293,21 @@ class ClipFeatures:
 
 
 def extract_features(
-    audio: np.ndarray, frames: list[VideoFrame], opts: FeatureOptions, tracker: FaceTracker | None = None
+    audio: np.ndarray,
+    frames: list[VideoFrame],
+    opts: FeatureOptions,
+    tracker: FaceTracker | None = None,
+    model_inputs: bool = True,
 ) -> ClipFeatures:
     """Features of one window (or a whole clip): 16 kHz mono samples and its frames.
 
-    A live stream passes its FaceTracker so that frames shared by windows are cropped once.
+    A live stream passes its FaceTracker so that frames shared by windows are cropped once;
+    `model_inputs=False` computes the quality statistics alone (the running-quality ticker).
     """
     has_audio = len(audio) >= opts.window_samples
-    audio_feats = log_mel(audio, opts) if has_audio else None
-    a_stats = audio_stats_raw(audio, opts) if has_audio else None
+    power = _power_spectrum(audio, opts) if has_audio else None
+    audio_feats = log_mel(audio, opts, power) if has_audio and model_inputs else None
+    a_stats = audio_stats_raw(audio, opts, power) if has_audio else None
     video_feats = None
     v_stats = None
     if frames:

@@ -336,7 +336,9 @@ class Pipeline:
                 np.concatenate([c.samples for c in self.recent_audio]) if self.recent_audio else np.zeros(0, np.float32)
             )
             frames = self._frames_between(now_s - self.options.quality_window_s, now_s)
-            feats = await loop.run_in_executor(None, extract_features, audio, frames, self.features, self.tracker)
+            feats = await loop.run_in_executor(
+                None, extract_features, audio, frames, self.features, self.tracker, False
+            )
             q_audio, q_video = self.quality.score(feats)
             self.publisher.send(
                 self.publisher.topic("quality"),
