@@ -134,7 +134,7 @@ class Subscriber:
         self.messages: list[tuple[str, bytes, bool]] = []
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dfmq-test-sub", clean_session=False)
         self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload, m.retain))
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("dfmq/#", qos=1)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([("dfmq/#", 1), ("hermes/#", 1)])
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
@@ -170,7 +170,7 @@ def test_one_event_per_utterance_with_quality_following_the_channels(
     broker.start()
     sub = Subscriber(broker.port)
     try:
-        stats = _run(live_ckpt, clip, broker.port)
+        stats = _run(live_ckpt, clip, broker.port, hermes=True)
         time.sleep(0.5)
     finally:
         sub.stop()
@@ -192,6 +192,13 @@ def test_one_event_per_utterance_with_quality_following_the_channels(
     statuses = [p for t, p, _ in sub.messages if t.endswith("/status")]
     assert statuses[0] == b"online" and statuses[-1] == b"offline"
     assert any(t.endswith("/quality") for t, _, _ in sub.messages)
+    hermes = [(t, json.loads(p)) for t, p, _ in sub.messages if t.startswith("hermes/intent/")]
+    assert len(hermes) == len(events)
+    topic, first = hermes[0]
+    assert topic == "hermes/intent/" + first["intent"]["intentName"]
+    assert first["intent"]["intentName"] == str(events[0]["intent"]).title().replace(" ", "")
+    assert first["siteId"] == "test" and first["input"] == events[0]["text"]
+    assert 0 < first["intent"]["confidenceScore"] <= 1
 
 
 def test_broker_restart_mid_stream_loses_and_duplicates_nothing(
