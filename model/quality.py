@@ -140,14 +140,22 @@ class RunningReference:
         return q
 
     def update(self, audio: AudioStats, video: VideoStats) -> None:
+        for value in audio.energy[audio.present].tolist():
+            self.fold(energy=value)
+        for motion, contrast in zip(video.motion[video.present].tolist(), video.contrast[video.present].tolist()):
+            self.fold(motion=motion, contrast=contrast)
+        self.updates += 1
+
+    def fold(self, energy: float | None = None, motion: float | None = None, contrast: float | None = None) -> None:
+        """One observation into the EMA; None leaves that reference as it is (channel absent)."""
         m = self.momentum
         ref = self.current
-        for value in audio.energy[audio.present].tolist():
-            ref.audio_energy = (1 - m) * ref.audio_energy + m * value
-        for motion, contrast in zip(video.motion[video.present].tolist(), video.contrast[video.present].tolist()):
+        if energy is not None:
+            ref.audio_energy = (1 - m) * ref.audio_energy + m * energy
+        if motion is not None:
             ref.video_motion = (1 - m) * ref.video_motion + m * motion
+        if contrast is not None:
             ref.video_contrast = (1 - m) * ref.video_contrast + m * contrast
-        self.updates += 1
 
 
 def raw_batch_references(raw_audio: Tensor, raw_video: Tensor) -> ReferenceStats:

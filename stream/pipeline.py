@@ -23,6 +23,7 @@ import numpy as np
 from engines.base import EngineOutput, WindowBatch
 from engines.batcher import MicroBatcher
 from model.config import DFMQConfig
+from model.quality import RunningReference
 from stream.asr import AsrOptions, transcribe
 from stream.errors import ConfigError
 from stream.features import (
@@ -68,26 +69,26 @@ class PipelineStats:
 
 
 class LiveQuality:
-    """Per-stream running references (EMA over utterances), seeded from the checkpoint."""
+    """Per-stream quality: raw-signal scores against running references (EMA over utterances),
+    seeded from the checkpoint's training statistics."""
 
     def __init__(self, config: DFMQConfig, options: FeatureOptions, momentum: float) -> None:
-        ref = config.reference
-        self.energy, self.motion, self.contrast = ref.audio_energy, ref.video_motion, ref.video_contrast
+        self.reference = RunningReference(config.reference, momentum)
         self.options = options
-        self.momentum = momentum
 
     def score(self, feats: ClipFeatures) -> tuple[float, float]:
-        q_audio = score_audio_raw(feats.audio_stats, self.energy, self.options)
-        q_video = score_video_raw(feats.video_stats, self.motion, self.contrast, self.options)
+        ref = self.reference.current
+        q_audio = score_audio_raw(feats.audio_stats, ref.audio_energy, self.options)
+        q_video = score_video_raw(feats.video_stats, ref.video_motion, ref.video_contrast, self.options)
         return q_audio, q_video
 
     def update(self, feats: ClipFeatures) -> None:
-        m = self.momentum
-        if feats.audio_stats is not None:
-            self.energy = (1 - m) * self.energy + m * feats.audio_stats.energy
-        if feats.video_stats is not None:
-            self.motion = (1 - m) * self.motion + m * feats.video_stats.motion
-            self.contrast = (1 - m) * self.contrast + m * feats.video_stats.contrast
+        a, v = feats.audio_stats, feats.video_stats
+        self.reference.fold(
+            energy=a.energy if a is not None else None,
+            motion=v.motion if v is not None else None,
+            contrast=v.contrast if v is not None else None,
+        )
 
 
 def check_live_compatible(config: DFMQConfig) -> FeatureOptions:
