@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from stream.errors import BackendUnavailableError, ConfigError
-from stream.media import SAMPLE_RATE_HZ, MediaError
+from stream.media import SAMPLE_RATE_HZ, decoded, open_media
 from stream.messages import AudioChunk, VideoFrame
 
 Sink = Callable[[AudioChunk | VideoFrame | None], None]  # None marks the end of the input
@@ -36,28 +36,19 @@ class FileSource:
     """A media file or URL decoded by PyAV on a thread; paced to real time unless `fast`."""
 
     def __init__(self, location: str, options: SourceOptions, audio: bool = True, video: bool = True) -> None:
-        import av
-
         self.location = location
         self.options = options
-        try:
-            self.container = av.open(location, timeout=10.0) if "://" in location else av.open(location)
-        except (av.FFmpegError, OSError) as exc:
-            raise MediaError(location, f"cannot open ({exc})") from exc
-        self.audio_stream = self.container.streams.audio[0] if audio and self.container.streams.audio else None
-        self.video_stream = self.container.streams.video[0] if video and self.container.streams.video else None
-        if self.audio_stream is None and self.video_stream is None:
-            raise MediaError(location, "no audio or video track")
+        self.media = open_media(location, audio, video)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     @property
     def has_audio(self) -> bool:
-        return self.audio_stream is not None
+        return self.media.audio_stream is not None
 
     @property
     def has_video(self) -> bool:
-        return self.video_stream is not None
+        return self.media.video_stream is not None
 
     def start(self, sink: Sink) -> None:
         self._thread = threading.Thread(target=self._run, args=(sink,), name="dfmq-file-source", daemon=True)
@@ -67,16 +58,10 @@ class FileSource:
         self._stop.set()
 
     def _run(self, sink: Sink) -> None:
-        import av
-
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE_HZ)
-        streams = [s for s in (self.audio_stream, self.video_stream) if s is not None]
         started_wall = time.time()
         audio_pos = 0
         chunk = int(SAMPLE_RATE_HZ * self.options.chunk_ms / 1000)
         pending = np.zeros(0, dtype=np.float32)
-        last_frame_s = -1.0
-        first_video_s: float | None = None
 
         def pace(stream_s: float) -> None:
             if self.options.pace == "realtime":
@@ -91,39 +76,26 @@ class FileSource:
             sink(AudioChunk(samples, start_s, SAMPLE_RATE_HZ, time.time()))
             audio_pos += len(samples)
 
+        items = decoded(self.media, self.options.max_video_fps)
         try:
-            for packet in self.container.demux(*streams):
+            for item in items:
                 if self._stop.is_set():
                     break
-                for frame in packet.decode():
-                    if isinstance(frame, av.AudioFrame):
-                        for out in resampler.resample(frame):
-                            pending = np.concatenate([pending, out.to_ndarray().reshape(-1).astype(np.float32)])
-                        while len(pending) >= chunk:
-                            emit_audio(pending[:chunk])
-                            pending = pending[chunk:]
-                    elif isinstance(frame, av.VideoFrame):
-                        pts = float(frame.time) if frame.time is not None else last_frame_s + 1 / 30
-                        if first_video_s is None:
-                            first_video_s = pts
-                        pts -= first_video_s
-                        if pts - last_frame_s < 1.0 / self.options.max_video_fps - 1e-6:
-                            continue
-                        last_frame_s = pts
-                        if not self.has_audio:
-                            pace(pts)
-                        sink(VideoFrame(frame.to_ndarray(format="bgr24"), pts))
-            if self.audio_stream is not None:
-                for out in resampler.resample(None):
-                    pending = np.concatenate([pending, out.to_ndarray().reshape(-1).astype(np.float32)])
-                if len(pending):
-                    emit_audio(pending)
-        except av.FFmpegError as exc:
-            sink(None)
-            raise MediaError(self.location, f"decoding failed ({exc})") from exc
+                if isinstance(item, VideoFrame):
+                    if not self.has_audio:
+                        pace(item.pts_s)
+                    sink(item)
+                    continue
+                pending = np.concatenate([pending, item])
+                while len(pending) >= chunk:
+                    emit_audio(pending[:chunk])
+                    pending = pending[chunk:]
+            if len(pending):
+                emit_audio(pending)
         finally:
-            self.container.close()
-        sink(None)
+            items.close()
+            # The end marker goes out on errors too, so the pipeline flushes what it has.
+            sink(None)
 
 
 def _sounddevice() -> Any:
