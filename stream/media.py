@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ def open_media(source: str, audio: bool = True, video: bool = True) -> OpenMedia
     return OpenMedia(source, container, audio_stream, video_stream)
 
 
-def decoded(media: OpenMedia, max_video_fps: float) -> Iterator[np.ndarray | VideoFrame]:
+def decoded(media: OpenMedia, max_video_fps: float) -> Generator[np.ndarray | VideoFrame, None, None]:
     """16 kHz mono float32 sample blocks and BGR frames in decoding order, frames thinned to
     `max_video_fps` and stamped from the first frame on. Closes the container when done."""
     import av
