@@ -19,11 +19,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 
 from engines.base import EngineOutput, WindowBatch
 from engines.batcher import MicroBatcher
 from model.config import DFMQConfig
-from model.quality import RunningReference
+from model.quality import RunningReference, text_quality
 from stream.asr import AsrOptions, transcribe
 from stream.errors import ConfigError
 from stream.features import (
@@ -202,9 +203,11 @@ class Pipeline:
         self.utterances.put_nowait(utterance)
 
     # ---- per utterance ------------------------------------------------------------------------
-    def _window(self, text: str, feats: ClipFeatures, q_text: float, q_audio: float, q_video: float) -> WindowBatch:
+    def _window(self, text: str, feats: ClipFeatures, q_audio: float, q_video: float) -> WindowBatch:
         cfg = self.config
         tokens = self.tokenizer([text or ""], truncation=True, max_length=cfg.text_max_len, return_tensors="np")
+        # Nothing recognised is no text at all, not the two special tokens of an empty string.
+        q_text = float(text_quality(torch.from_numpy(tokens["attention_mask"]), cfg.text_max_len)[0]) if text else 0.0
 
         def seq(values: np.ndarray | None, dim: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
             if values is None or len(values) == 0:
@@ -242,21 +245,16 @@ class Pipeline:
                 self.executor, extract_features, utterance.samples, frames, self.features, self.tracker
             )
             t2 = time.perf_counter()
-            token_count = len(
-                self.tokenizer(text or "", truncation=True, max_length=self.config.text_max_len)["input_ids"]
-            )
-            q_text = min(1.0, token_count / self.config.text_max_len) if text else 0.0
             q_audio, q_video = self.quality.score(feats)
             self.quality.update(feats)
-            result = await self.batcher.infer(
-                self.options.stream_id, self._window(text, feats, q_text, q_audio, q_video)
-            )
+            window = self._window(text, feats, q_audio, q_video)
+            result = await self.batcher.infer(self.options.stream_id, window)
             t3 = time.perf_counter()
             self._publish(
                 utterance,
                 text,
                 result.output,
-                (q_text, q_audio, q_video),
+                (float(window.quality[0, 0]), q_audio, q_video),
                 {
                     "vad": max(0.0, (dequeued - utterance.speech_end_wall) * 1000),
                     "asr": (t1 - t0) * 1000,
