@@ -52,7 +52,7 @@ def model_fingerprint(model: DFMQMC) -> str:
     return digest.hexdigest()[:16]
 
 
-def export_onnx(model: DFMQMC, out_path: Path, precision: str = "fp32") -> Path:
+def export_onnx(model: DFMQMC, out_path: Path, precision: str = "fp32", fingerprint: str | None = None) -> Path:
     """Export with dynamic batch and sequence axes, then run the ONNX checker on the file."""
     import onnx
 
@@ -99,7 +99,7 @@ def export_onnx(model: DFMQMC, out_path: Path, precision: str = "fp32") -> Path:
         onnx.save(convert_float_to_float16(onnx.load(str(out_path)), keep_io_types=False), str(out_path))
     onnx.checker.check_model(str(out_path), full_check=True)
     meta = {
-        "fingerprint": model_fingerprint(model),
+        "fingerprint": fingerprint or model_fingerprint(model),
         "precision": precision,
         "opset": OPSET,
         "labels": model.config.labels,

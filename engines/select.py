@@ -101,11 +101,13 @@ def choose_engine(preference: str = "auto", device: str | None = None) -> Engine
     raise AssertionError("torch on CPU is always available")
 
 
-def onnx_for(model: DFMQMC, precision: str, cache_dir: Path = CACHE_DIR) -> Path:
+def onnx_for(model: DFMQMC, precision: str, cache_dir: Path = CACHE_DIR, fingerprint: str | None = None) -> Path:
     """The model's ONNX export, reused from the cache when the weights are unchanged."""
-    path = Path(cache_dir) / f"dfmq-{model_fingerprint(model)}-{precision}.onnx"
+    # Hashing every weight takes a moment: callers that already hold the fingerprint pass it.
+    fingerprint = fingerprint or model_fingerprint(model)
+    path = Path(cache_dir) / f"dfmq-{fingerprint}-{precision}.onnx"
     if not path.is_file():
-        export_onnx(model, path, precision)
+        export_onnx(model, path, precision, fingerprint)
     return path
 
 
@@ -139,6 +141,6 @@ def ensure_plan(
         check_plan(plan, key)
     except EngineCacheError as stale:
         log.info("building TensorRT plan %s (%s)", plan, stale.field)
-        onnx_path = onnx_for(model, precision, cache_dir)
+        onnx_path = onnx_for(model, precision, cache_dir, key.model_fingerprint)
         write_plan(build_plan(onnx_path, profile, cfg.audio_dim, cfg.video_dim), key, plan)
     return plan, key, profile
