@@ -30,9 +30,6 @@ class WindowBatch:
     def arrays(self) -> dict[str, np.ndarray]:
         return {name: getattr(self, name) for name in INPUT_NAMES}
 
-    def take(self, rows: slice) -> WindowBatch:
-        return WindowBatch(**{name: value[rows] for name, value in self.arrays().items()})
-
 
 @dataclass
 class EngineOutput:

@@ -55,10 +55,6 @@ class BatcherStats:
     windows: int = 0
     full_batches: int = 0  # closed by max_batch rather than by the deadline
 
-    @property
-    def mean_batch(self) -> float:
-        return self.windows / self.batches if self.batches else 0.0
-
 
 class MicroBatcher:
     def __init__(self, engine: Engine, options: BatcherOptions | None = None, executor: Executor | None = None) -> None:

@@ -131,7 +131,6 @@ class RunningReference:
             raise ValueError(f"momentum must be in (0, 1], got {momentum!r}")
         self.momentum = momentum
         self.current = ReferenceStats(seed.audio_energy, seed.video_motion, seed.video_contrast)
-        self.updates = 0
 
     def score(self, attention_mask: Tensor, text_max_len: int, audio: AudioStats, video: VideoStats) -> Tensor:
         """Score against the references as they stand, then fold these samples into them."""
@@ -144,7 +143,6 @@ class RunningReference:
             self.fold(energy=value)
         for motion, contrast in zip(video.motion[video.present].tolist(), video.contrast[video.present].tolist()):
             self.fold(motion=motion, contrast=contrast)
-        self.updates += 1
 
     def fold(self, energy: float | None = None, motion: float | None = None, contrast: float | None = None) -> None:
         """One observation into the EMA; None leaves that reference as it is (channel absent)."""
