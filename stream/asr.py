@@ -21,6 +21,11 @@ class AsrOptions:
     beam_size: int = 1
     language: str = "en"
     cpu_threads: int = 0  # 0: CTranslate2's default
+    encoder_min_window_s: float = 10.0  # 30.0: stock Whisper (every call padded to 30 s)
+
+    def __post_init__(self) -> None:
+        if not 1.0 <= self.encoder_min_window_s <= 30.0:
+            raise ConfigError("encoder_min_window_s", "seconds in [1, 30] (30 = stock Whisper)", self.encoder_min_window_s)
 
 
 def resolve_model_folder(name: str) -> str:
@@ -39,13 +44,14 @@ def resolve_model_folder(name: str) -> str:
 
 @lru_cache(maxsize=2)
 def load_whisper(options: AsrOptions) -> Any:
-    from faster_whisper import WhisperModel
+    from stream.whisper_window import WindowedWhisper
 
-    return WhisperModel(
+    return WindowedWhisper(
         resolve_model_folder(options.model),
         device=options.device,
         compute_type=options.compute_type,
         cpu_threads=options.cpu_threads,
+        min_window_s=options.encoder_min_window_s,
     )
 
 

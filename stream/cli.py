@@ -190,6 +190,13 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--asr-model", default="tiny.en", help="'tiny.en' (bundled) or a CTranslate2 Whisper folder")
     p.add_argument("--asr-device", default="cpu", choices=["cpu", "cuda"], help="faster-whisper device")
     p.add_argument("--asr-compute-type", default="int8", help="faster-whisper compute type (int8, float16, ...)")
+    p.add_argument("--asr-threads", type=int, default=0, help="CTranslate2 threads (0: its default)")
+    p.add_argument(
+        "--asr-min-window-s",
+        type=float,
+        default=10.0,
+        help="Whisper encoder window: the utterance plus 1 s, at least this (30 = stock Whisper; default 10)",
+    )
     p.add_argument("--show", action="store_true", help="open a window with the video, quality bars and last intent")
     p.add_argument("--min-silence-ms", type=float, default=400.0, help="a pause this long ends an utterance")
     p.add_argument("--max-utterance-s", type=float, default=12.0, help="longer speech is split here")
@@ -320,6 +327,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
+    from stream.asr import AsrOptions
     from stream.pipeline import PipelineOptions
     from stream.publisher import BrokerOptions
     from stream.run import RunRequest, run_pipeline
@@ -334,9 +342,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         pace=args.pace,
         engine=args.engine,
         device=args.device,
-        asr_model=args.asr_model,
-        asr_device=args.asr_device,
-        asr_compute_type=args.asr_compute_type,
+        asr=AsrOptions(
+            model=args.asr_model,
+            device=args.asr_device,
+            compute_type=args.asr_compute_type,
+            cpu_threads=args.asr_threads,
+            encoder_min_window_s=args.asr_min_window_s,
+        ),
         embedded_port=args.embedded_port,
     )
     broker = BrokerOptions(url=args.broker, username=args.username, password=args.password, ca_file=args.ca_file)

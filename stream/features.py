@@ -158,18 +158,24 @@ def _face_detector() -> Any:
 
 
 def sample_frames(frames: list[VideoFrame], fps: float) -> list[VideoFrame]:
-    """Frames at a fixed rate (nearest earlier frame for each tick), whatever the source rate."""
+    """Frames at a fixed rate (nearest earlier frame for each tick), whatever the source rate.
+
+    The ticks lie on one grid of stream time (multiples of 1/fps), not one per window, so that
+    overlapping windows (the running quality, then the utterance) pick the same frames and the
+    FaceTracker crops each of them once."""
     if not frames:
         return []
+    step = 1.0 / fps
+    first_tick = math.ceil(frames[0].pts_s / step - 1e-6)
+    last_tick = math.floor(frames[-1].pts_s / step + 1e-6)
     out = []
-    start, end = frames[0].pts_s, frames[-1].pts_s
-    ticks = np.arange(start, end + 1e-9, 1.0 / fps)
     j = 0
-    for t in ticks:
+    for tick in range(first_tick, last_tick + 1):
+        t = tick * step
         while j + 1 < len(frames) and frames[j + 1].pts_s <= t + 1e-9:
             j += 1
         out.append(frames[j])
-    return out
+    return out or [frames[0]]
 
 
 class FaceTracker:

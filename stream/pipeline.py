@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -144,6 +145,7 @@ class Pipeline:
         self.items: asyncio.Queue[AudioChunk | VideoFrame | None] = asyncio.Queue(options.max_pending_items)
         self.utterances: asyncio.Queue[Utterance | None] = asyncio.Queue(options.max_pending_utterances)
         self.blocking_source = True
+        self.free_slots: threading.Semaphore | None = None
         self.finished = asyncio.Event()
         self.last_quality = {"text": 0.0, "audio": 0.0, "video": 0.0}
         self.last_weights = {"audio": 0.0, "video": 0.0}
@@ -153,6 +155,10 @@ class Pipeline:
     def sink_for(self, loop: asyncio.AbstractEventLoop, blocking: bool) -> Any:
         """What a source thread calls for each item: waits (files) or drops oldest (devices)."""
         self.blocking_source = blocking
+        # A file source takes a slot before it hands an item over and ingest frees it: the wait
+        # happens on the source thread, with one wake-up of the loop per item (a coroutine and a
+        # future per item cost the pipeline more CPU than the VAD).
+        self.free_slots = threading.Semaphore(self.options.max_pending_items) if blocking else None
 
         def put_nowait_dropping(item: AudioChunk | VideoFrame | None) -> None:
             if self.items.full() and item is not END:
@@ -161,8 +167,9 @@ class Pipeline:
             self.items.put_nowait(item)
 
         def sink(item: AudioChunk | VideoFrame | None) -> None:
-            if blocking:
-                asyncio.run_coroutine_threadsafe(self.items.put(item), loop).result()
+            if self.free_slots is not None:
+                self.free_slots.acquire()
+                loop.call_soon_threadsafe(self.items.put_nowait, item)
             else:
                 loop.call_soon_threadsafe(put_nowait_dropping, item)
 
@@ -171,6 +178,8 @@ class Pipeline:
     async def ingest(self) -> None:
         while True:
             item = await self.items.get()
+            if self.free_slots is not None:
+                self.free_slots.release()
             if item is END:
                 for utterance in self.segmenter.flush():
                     await self._queue_utterance(utterance)

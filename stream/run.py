@@ -7,7 +7,8 @@ import contextlib
 import logging
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any
 
 from engines.batcher import BatcherOptions, MicroBatcher
@@ -33,9 +34,7 @@ class RunRequest:
     pace: str = "realtime"
     engine: str = "auto"
     device: str | None = None
-    asr_model: str = "tiny.en"
-    asr_device: str = "cpu"
-    asr_compute_type: str = "int8"
+    asr: AsrOptions = field(default_factory=AsrOptions)
     embedded_port: int = 1883
 
 
@@ -69,18 +68,29 @@ def _looks_like_media(location: str) -> bool:
     return "://" in location or "." in location.rsplit("/", 1)[-1]
 
 
-def _quiet_blas() -> contextlib.AbstractContextManager[object]:
-    """numpy's OpenBLAS pool busy-waits after every small matrix product (the mel filterbank, a few
-    per second here): one BLAS thread cut the whole pipeline's CPU time by more than half."""
+@contextlib.contextmanager
+def _quiet_thread_pools() -> Iterator[None]:
+    """Thread pools that busy-wait between the small jobs of a live stream, one thread each.
+
+    numpy's OpenBLAS pool spins after every small matrix product (the mel filterbank, a few per
+    second): one BLAS thread cut the pipeline's CPU time by more than half. OpenCV's pool does the
+    same around each face detection (tools/latency_bench.py measures both)."""
+    import cv2
     from threadpoolctl import threadpool_limits
 
-    return threadpool_limits(limits=1, user_api="blas")
+    cv2_threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield
+    finally:
+        cv2.setNumThreads(cv2_threads)
 
 
 async def run_pipeline(
     req: RunRequest, broker: BrokerOptions, pipe_opts: PipelineOptions, seg_opts: SegmenterOptions, on_ready: Any = None
 ) -> PipelineStats:
-    with _quiet_blas():
+    with _quiet_thread_pools():
         return await _run_pipeline(req, broker, pipe_opts, seg_opts, on_ready)
 
 
@@ -92,7 +102,7 @@ async def _run_pipeline(
     choice = choose_engine(req.engine, req.device)
     engine = load_engine(model, choice)
     log.info("engine %s (%s)", engine.name, choice.reason)
-    asr = AsrOptions(model=req.asr_model, device=req.asr_device, compute_type=req.asr_compute_type)
+    asr = req.asr
     load_whisper(asr)  # load before the clock starts, not on the first utterance
     source_options = SourceOptions(pace=req.pace)
     sources, files = _sources(req, source_options)
