@@ -20,12 +20,16 @@ class AsrOptions:
     compute_type: str = "int8"
     beam_size: int = 1
     language: str = "en"
-    cpu_threads: int = 0  # 0: CTranslate2's default
+    # One thread: tiny.en's matrices are too small to share, and a second OpenMP thread only adds
+    # CPU at every barrier (tools/latency_bench.py: lower ASR latency and CPU with 1 than with 2).
+    cpu_threads: int = 1  # 0: CTranslate2's default (4, or fewer cores)
     encoder_min_window_s: float = 10.0  # 30.0: stock Whisper (every call padded to 30 s)
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.encoder_min_window_s <= 30.0:
-            raise ConfigError("encoder_min_window_s", "seconds in [1, 30] (30 = stock Whisper)", self.encoder_min_window_s)
+            raise ConfigError(
+                "encoder_min_window_s", "seconds in [1, 30] (30 = stock Whisper)", self.encoder_min_window_s
+            )
 
 
 def resolve_model_folder(name: str) -> str:

@@ -190,7 +190,7 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--asr-model", default="tiny.en", help="'tiny.en' (bundled) or a CTranslate2 Whisper folder")
     p.add_argument("--asr-device", default="cpu", choices=["cpu", "cuda"], help="faster-whisper device")
     p.add_argument("--asr-compute-type", default="int8", help="faster-whisper compute type (int8, float16, ...)")
-    p.add_argument("--asr-threads", type=int, default=0, help="CTranslate2 threads (0: its default)")
+    p.add_argument("--asr-threads", type=int, default=1, help="CTranslate2 threads (default 1; 0: its default)")
     p.add_argument(
         "--asr-min-window-s",
         type=float,

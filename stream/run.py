@@ -7,8 +7,8 @@ import contextlib
 import logging
 import signal
 import time
-from dataclasses import dataclass, field
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from engines.batcher import BatcherOptions, MicroBatcher

@@ -113,3 +113,21 @@ def test_bad_feature_options_are_rejected() -> None:
         FeatureOptions(audio_quality="loudness")
     with pytest.raises(ConfigError, match="sample_rate_hz"):
         FeatureOptions(sample_rate_hz=44100)
+
+
+def test_overlapping_windows_pick_the_same_frames_so_each_is_cropped_once(spoken_clip: MediaClip) -> None:
+    from stream.features import FaceTracker, sample_frames
+
+    frames = spoken_clip.frames  # 15 fps, sampled at 10 fps
+    # The running quality looks at [0.35 s, 2.35 s], the utterance at [1.02 s, 2.9 s].
+    quality = sample_frames([f for f in frames if 0.35 <= f.pts_s <= 2.35], 10.0)
+    utterance = sample_frames([f for f in frames if 1.02 <= f.pts_s <= 2.9], 10.0)
+    shared = {f.pts_s for f in quality} & {f.pts_s for f in utterance}
+    assert len(shared) >= 12  # the 1.1 s .. 2.3 s ticks, one frame each
+    tracker = FaceTracker(FeatureOptions())
+    for frame in quality:
+        tracker.crop(frame)
+    cropped = tracker._count
+    for frame in utterance:
+        tracker.crop(frame)
+    assert tracker._count - cropped == len({f.pts_s for f in utterance} - shared)

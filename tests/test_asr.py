@@ -1,0 +1,55 @@
+"""Speech recognition on real human recordings (tests/data), decoded by PyAV, through the real
+bundled Whisper tiny.en: the live encoder window against stock 30 s Whisper."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stream.asr import AsrOptions, load_whisper, transcribe
+from stream.errors import ConfigError
+from stream.media import decode_clip
+
+DATA = Path(__file__).parent / "data"
+STOCK = AsrOptions(encoder_min_window_s=30.0)
+LIVE = AsrOptions()  # the pipeline's default: the utterance plus 1 s, at least 10 s
+
+
+def words(text: str) -> list[str]:
+    return re.sub(r"[^a-z ]", " ", text.lower()).split()
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        (
+            "jfk.mp3",
+            "and so my fellow americans ask not what your country can do for you ask what you can do for your country",
+        ),
+        # The speaker says "ComfyUI": the live window hears "comfy UI", stock Whisper "comfy eye".
+        ("hotwords.mp3", "then you go into your comfy ui folder again in the comfy ui"),
+    ],
+)
+def test_real_speech_is_read_word_for_word_with_the_live_window(name: str, expected: str) -> None:
+    audio = decode_clip(DATA / name, with_video=False).audio
+    assert words(transcribe(audio, LIVE)) == expected.split()
+
+
+def test_encoder_sees_the_utterance_plus_one_second_not_thirty() -> None:
+    model = load_whisper(LIVE)
+    features = np.zeros((1, 80, 3000), dtype=np.float32)
+    features[..., :1200] = np.random.default_rng(0).uniform(-1.0, 1.0, (1, 80, 1200))  # 12 s of speech
+    encoded = np.array(model.encode(features))
+    assert encoded.shape[1] == (1200 + 100) // 2  # stride-2 convolution: 650 positions, not 1500
+    features[..., 300:] = 0.0  # 3 s of speech: the 10 s floor
+    assert np.array(model.encode(features)).shape[1] == 1000 // 2
+    stock = np.array(load_whisper(STOCK).encode(features))
+    assert stock.shape[1] == 1500
+
+
+def test_window_outside_whisper_range_is_rejected() -> None:
+    with pytest.raises(ConfigError, match="encoder_min_window_s"):
+        AsrOptions(encoder_min_window_s=45.0)
