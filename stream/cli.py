@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from stream.errors import DfmqError
+
+T = TypeVar("T")
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -177,29 +180,34 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--audio", help="'default', a microphone name or index, a FILE or URL, or 'none'")
     p.add_argument("--video", help="camera index (0), /dev/videoN, a FILE or URL, or 'none'")
     p.add_argument("--pace", default="realtime", choices=["realtime", "fast"], help="file replay speed")
-    p.add_argument("--broker", default="embedded", help="'embedded' (default) or mqtt://HOST:PORT / mqtts://HOST:PORT")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help="YAML with sections asr, segmenter, pipeline, broker (configs/live.yaml lists them all with their "
+        "defaults); the flags below override it",
+    )
+    p.add_argument("--broker", help="'embedded' (default) or mqtt://HOST:PORT / mqtts://HOST:PORT")
     p.add_argument("--embedded-port", type=int, default=1883, help="port of the embedded broker (default 1883)")
     p.add_argument("--username", help="MQTT user name")
     p.add_argument("--password", help="MQTT password")
     p.add_argument("--ca-file", help="CA certificate for mqtts://")
-    p.add_argument("--stream-id", default="cam0", help="the <stream-id> in the topics (default cam0)")
+    p.add_argument("--stream-id", help="the <stream-id> in the topics (default cam0)")
     p.add_argument("--no-transcripts", action="store_true", help="leave the transcript out of intent events")
     p.add_argument("--hermes", action="store_true", help="also publish hermes/intent/<intentName> (Rhasspy/Snips)")
     p.add_argument("--engine", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"], help="backend")
     p.add_argument("--device", choices=["cpu", "cuda"], help="engine device (default: fastest available)")
-    p.add_argument("--asr-model", default="tiny.en", help="'tiny.en' (bundled) or a CTranslate2 Whisper folder")
-    p.add_argument("--asr-device", default="cpu", choices=["cpu", "cuda"], help="faster-whisper device")
-    p.add_argument("--asr-compute-type", default="int8", help="faster-whisper compute type (int8, float16, ...)")
-    p.add_argument("--asr-threads", type=int, default=1, help="CTranslate2 threads (default 1; 0: its default)")
+    p.add_argument("--asr-model", help="'tiny.en' (bundled, default) or a CTranslate2 Whisper folder")
+    p.add_argument("--asr-device", choices=["cpu", "cuda"], help="faster-whisper device (default cpu)")
+    p.add_argument("--asr-compute-type", help="faster-whisper compute type (int8, the default; float16, ...)")
+    p.add_argument("--asr-threads", type=int, help="CTranslate2 threads (default 1; 0: its own default)")
     p.add_argument(
         "--asr-min-window-s",
         type=float,
-        default=10.0,
-        help="Whisper encoder window: the utterance plus 1 s, at least this (30 = stock Whisper; default 10)",
+        help="Whisper encoder window: the utterance plus 1 s, at least this (default 10; 30 = stock Whisper)",
     )
     p.add_argument("--show", action="store_true", help="open a window with the video, quality bars and last intent")
-    p.add_argument("--min-silence-ms", type=float, default=400.0, help="a pause this long ends an utterance")
-    p.add_argument("--max-utterance-s", type=float, default=12.0, help="longer speech is split here")
+    p.add_argument("--min-silence-ms", type=float, help="a pause this long ends an utterance (default 400)")
+    p.add_argument("--max-utterance-s", type=float, help="longer speech is split here (default 12)")
 
 
 def _add_broker(sub: Any) -> None:
@@ -323,17 +331,27 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _overridden(options: T, **flags: Any) -> T:
+    """`options` with the flags the user gave (not None) in place of its values."""
+    return dataclasses.replace(options, **{k: v for k, v in flags.items() if v is not None})  # type: ignore[type-var]
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from stream.asr import AsrOptions
-    from stream.pipeline import PipelineOptions
-    from stream.publisher import BrokerOptions
-    from stream.run import RunRequest, run_pipeline
-    from stream.vad import SegmenterOptions
+    from stream.run import RunRequest, load_live_options, run_pipeline
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    live = load_live_options(args.config)
+    asr = _overridden(
+        live.asr,
+        model=args.asr_model,
+        device=args.asr_device,
+        compute_type=args.asr_compute_type,
+        cpu_threads=args.asr_threads,
+        encoder_min_window_s=args.asr_min_window_s,
+    )
     req = RunRequest(
         ckpt=args.ckpt,
         input=args.input,
@@ -342,20 +360,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
         pace=args.pace,
         engine=args.engine,
         device=args.device,
-        asr=AsrOptions(
-            model=args.asr_model,
-            device=args.asr_device,
-            compute_type=args.asr_compute_type,
-            cpu_threads=args.asr_threads,
-            encoder_min_window_s=args.asr_min_window_s,
-        ),
+        asr=asr,
         embedded_port=args.embedded_port,
     )
-    broker = BrokerOptions(url=args.broker, username=args.username, password=args.password, ca_file=args.ca_file)
-    pipe = PipelineOptions(
-        stream_id=args.stream_id, publish_transcripts=not args.no_transcripts, hermes=args.hermes, show=args.show
+    broker = _overridden(
+        live.broker, url=args.broker, username=args.username, password=args.password, ca_file=args.ca_file
     )
-    seg = SegmenterOptions(min_silence_ms=args.min_silence_ms, max_utterance_s=args.max_utterance_s)
+    pipe = _overridden(
+        live.pipeline,
+        stream_id=args.stream_id,
+        publish_transcripts=False if args.no_transcripts else None,
+        hermes=args.hermes or None,
+        show=args.show or None,
+    )
+    seg = _overridden(live.segmenter, min_silence_ms=args.min_silence_ms, max_utterance_s=args.max_utterance_s)
     stats = asyncio.run(run_pipeline(req, broker, pipe, seg))
     print(
         f"dfmq run: {stats.events} intent events from {stats.utterances} utterances; dropped "

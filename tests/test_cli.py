@@ -152,3 +152,33 @@ def test_bad_inputs_exit_2_with_a_clear_message(
     (tmp_path / "bad.yaml").write_text("train:\n  epochz: 3\n")
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_live_yaml_lists_exactly_the_built_in_defaults() -> None:
+    from stream.run import LiveOptions, load_live_options
+
+    shipped = load_live_options(Path(__file__).parents[1] / "configs/live.yaml")
+    assert shipped == LiveOptions()
+
+
+def test_run_config_flags_override_the_file_and_bad_keys_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stream.cli import _overridden
+    from stream.run import load_live_options
+
+    config = tmp_path / "live.yaml"
+    config.write_text("asr:\n  encoder_min_window_s: 15.0\nsegmenter:\n  min_silence_ms: 300.0\n")
+    live = load_live_options(config)
+    assert (live.asr.encoder_min_window_s, live.segmenter.min_silence_ms) == (15.0, 300.0)
+    assert live.asr.cpu_threads == 1  # what the file leaves out keeps its default
+    seg = _overridden(live.segmenter, min_silence_ms=500.0, max_utterance_s=None)
+    assert (seg.min_silence_ms, seg.max_utterance_s) == (500.0, 12.0)
+
+    config.write_text("segmenter:\n  min_silence: 300\n")
+    assert main(["run", "--config", str(config), "--input", "x.mp4"]) == 2
+    err = capsys.readouterr().err
+    assert "min_silence" in err and "live.yaml [segmenter]" in err and "min_silence_ms" in err
+    config.write_text("vad:\n  threshold: 0.4\n")
+    assert main(["run", "--config", str(config), "--input", "x.mp4"]) == 2
+    assert "'vad'" in capsys.readouterr().err
