@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import re
-import resource
 from pathlib import Path
 
 import numpy as np
+from benchkit import cpu_seconds, write_report
 from tqdm import tqdm
 
 from stream.asr import AsrOptions, load_whisper, transcribe
@@ -32,11 +31,6 @@ REAL_SPEECH = {
     "jfk.mp3": "And so my fellow Americans, ask not what your country can do for you, "
     "ask what you can do for your country.",
 }
-
-
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def words(text: str) -> list[str]:
@@ -95,9 +89,7 @@ def main() -> int:
         print(
             f"window {window_s:>4g} s   WER {row['wer_percent']:5.1f} %   CPU {cpu_s:6.2f} s   over half wrong {broken}"
         )
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+    write_report(report, args.json)
     return 0
 
 

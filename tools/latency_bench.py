@@ -13,17 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import resource
-import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from benchkit import cpu_seconds, mosquitto, write_report
 
 from stream.asr import AsrOptions, load_whisper, resolve_model_folder, transcribe
-from stream.broker import free_port
 from stream.messages import AudioChunk
 from stream.pipeline import PipelineOptions
 from stream.publisher import BrokerOptions
@@ -39,11 +36,6 @@ def rss_mb() -> float:
     return float(psutil.Process().memory_info().rss) / 2**20
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", default="default", help="checkpoint (default: the starter model)")
@@ -53,19 +45,12 @@ def main() -> int:
     parser.add_argument("--asr-min-window-s", type=float, default=10.0, help="the pipeline's Whisper encoder window")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
-    mosquitto = shutil.which("mosquitto")
-    if mosquitto is None:
-        raise SystemExit("mosquitto not found: apt-get install mosquitto")
-
     import paho.mqtt.client as mqtt
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, mosquitto() as port:
         audio, frames, _, _ = render_scene(SCENE_SENTENCES * args.repeat, snr_db=60.0, dark_gain=1.0, fps=15, seed=0)
         clip = Path(tmp) / "bench.mp4"
         write_clip(clip, audio, frames, 15)
-        port = free_port()
-        broker = subprocess.Popen([mosquitto, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
         received: list[tuple[float, dict[str, object]]] = []
         sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dfmq-latency-sub")
         sub.on_message = lambda c, u, m: received.append((time.time(), json.loads(m.payload)))
@@ -96,7 +81,6 @@ def main() -> int:
             time.sleep(0.5)
         finally:
             sub.loop_stop()
-            broker.terminate()
 
         # The baselines are stock faster-whisper, as a user would run it alone on this audio: one
         # pass over the whole file (with CTranslate2's default threads and with one; the cheaper
@@ -165,10 +149,7 @@ def main() -> int:
         "whisper_alone_words": len(words.split()),
         "rss_mb_at_start_and_end": [round(marks["rss_start_mb"]), round(marks["rss_end_mb"])],
     }
-    print(json.dumps(report, indent=2))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
+    write_report(report, args.json)
     return 0
 
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import shutil
-import subprocess
 import tempfile
 import threading
 import time
@@ -25,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+from benchkit import mosquitto, write_report
 
-from stream.broker import free_port
 from stream.pipeline import PipelineOptions
 from stream.publisher import BrokerOptions
 from stream.run import RunRequest, run_pipeline
@@ -72,23 +70,17 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=60.0, help="length of the input (default 60)")
     parser.add_argument("--json", type=Path, help="write the figures here (and a plot beside it, .png)")
     args = parser.parse_args()
-    mosquitto = shutil.which("mosquitto")
-    if mosquitto is None:
-        raise SystemExit("mosquitto not found: apt-get install mosquitto")
     import paho.mqtt.client as mqtt
 
     process = psutil.Process()
     samples: list[tuple[float, float, float]] = []  # (wall s, stream s of the last event, RSS MiB)
     last_end = {"s": 0.0, "events": 0}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, mosquitto() as port:
         clip_s = probe_seconds(args.clip)
         times = max(1, round(args.minutes * 60 / clip_s))
         long_clip = Path(tmp) / "long.mp4"
         input_s = repeat_clip(args.clip, times, long_clip)
         print(f"input: {args.clip.name} x {times} = {input_s / 60:.1f} min")
-        port = free_port()
-        broker = subprocess.Popen([mosquitto, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
         sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dfmq-soak-sub")
 
         def on_message(client: object, userdata: object, message: object) -> None:
@@ -123,7 +115,6 @@ def main() -> int:
         finally:
             done.set()  # samples end with the pipeline, before the teardown frees its memory
             sub.loop_stop()
-            broker.terminate()
 
     stream_s = np.array([s[1] for s in samples])
     rss = np.array([s[2] for s in samples])
@@ -141,10 +132,8 @@ def main() -> int:
         "rss_mib_peak": round(float(rss.max()), 1),
         "rss_slope_mib_per_hour_after_first_tenth": round(slope, 1),
     }
-    print(json.dumps(report, indent=2))
+    write_report(report, args.json)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
         plot(stream_s, rss, args.json.with_suffix(".png"))
     return 0
 

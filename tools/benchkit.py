@@ -1,0 +1,44 @@
+"""What the benchmark tools share: process CPU time, a throwaway Mosquitto, the JSON report."""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from stream.broker import free_port
+
+
+def cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@contextmanager
+def mosquitto() -> Iterator[int]:
+    """A Mosquitto on a free local port for the duration; yields the port."""
+    binary = shutil.which("mosquitto")
+    if binary is None:
+        raise SystemExit("mosquitto not found: apt-get install mosquitto")
+    port = free_port()
+    broker = subprocess.Popen([binary, "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)  # until it listens
+        yield port
+    finally:
+        broker.terminate()
+        broker.wait(5.0)
+
+
+def write_report(report: Mapping[str, object], path: Path | None) -> None:
+    """Print the figures; also write them to `path` when given."""
+    print(json.dumps(report, indent=2))
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
