@@ -1,10 +1,11 @@
 """Memory over a long input: the demo clip repeated to an hour, through the whole pipeline.
 
 The clip is remuxed N times into one file (packets copied, timestamps shifted; nothing
-re-encoded), replayed `--pace fast` (as fast as the pipeline goes, so an hour of input takes
-minutes) into a real Mosquitto with a real subscriber counting events. The process's resident
-memory is sampled every second against the stream time of the last event; the figures are the
-RSS after the first tenth of the input, at the end, the peak, and the slope over the rest.
+re-encoded), replayed `--pace fast` (as fast as the pipeline goes: an hour of input takes
+minutes) or `--pace realtime` (the hour) into a real Mosquitto with a real subscriber counting
+events. The process's resident memory is sampled every second against the stream time of the
+last event; the figures are the RSS after the first tenth of the input, in the last second of
+the run, the peak, and the slope over the rest.
 
     .venv/bin/python tools/memory_soak.py --minutes 60 --json docs/results/memory_soak_cpu_2core.json
 
@@ -68,6 +69,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clip", type=Path, default=ROOT / "data/demo/demo.mp4", help="the clip to repeat")
     parser.add_argument("--minutes", type=float, default=60.0, help="length of the input (default 60)")
+    parser.add_argument(
+        "--pace",
+        default="fast",
+        choices=["fast", "realtime"],
+        help="replay speed (default fast; realtime takes the hour)",
+    )
     parser.add_argument("--json", type=Path, help="write the figures here (and a plot beside it, .png)")
     args = parser.parse_args()
     import paho.mqtt.client as mqtt
@@ -100,7 +107,7 @@ def main() -> int:
 
         sampler = threading.Thread(target=sample, daemon=True)
         try:
-            req = RunRequest(input=str(long_clip), pace="fast")
+            req = RunRequest(input=str(long_clip), pace=args.pace)
             started = time.time()
             sampler.start()
             stats = asyncio.run(
@@ -122,6 +129,7 @@ def main() -> int:
     slope = float(np.polyfit(stream_s[settled] / 3600, rss[settled], 1)[0]) if settled.sum() > 2 else float("nan")
     report = {
         "input_min": round(input_s / 60, 1),
+        "pace": args.pace,
         "wall_s": round(wall_s, 1),
         "utterances": stats.utterances,
         "events_published": stats.events,
