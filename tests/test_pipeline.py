@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import re
+import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -229,6 +232,40 @@ def test_broker_restart_mid_stream_loses_and_duplicates_nothing(
     ids = [e["utterance_id"] for e in sub.events()]
     assert sorted(ids) == list(range(len(SENTENCES))), ids
     assert all("text" not in e for e in sub.events())  # --no-transcripts
+
+
+def test_ctrl_c_flushes_what_is_in_flight_and_exits_0(
+    live_ckpt: Path, degraded_clip: tuple[Path, float], tmp_path: Path
+) -> None:
+    """The real command line, interrupted by SIGINT after its first event, as a user would."""
+    clip, _ = degraded_clip
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    sub = Subscriber(broker.port)
+    command = [sys.executable, "-m", "stream.cli", "run", "--ckpt", str(live_ckpt), "--input", str(clip)]
+    command += ["--broker", f"mqtt://127.0.0.1:{broker.port}", "--engine", "onnxruntime", "--stream-id", "test"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 90
+        while not sub.events() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert sub.events(), "no event before the deadline"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        time.sleep(0.3)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sub.stop()
+        broker.stop()
+    assert proc.returncode == 0, err[-2000:]
+    summary = re.search(r"dfmq run: (\d+) intent events from (\d+) utterances", out)
+    assert summary is not None, out
+    events, utterances = int(summary[1]), int(summary[2])
+    assert events == utterances < len(SENTENCES)  # stopped early, and nothing cut was left unpublished
+    assert sorted(e["utterance_id"] for e in sub.events()) == list(range(events))
+    statuses = [p.decode() for t, p, _ in sub.messages if t == "dfmq/test/status"]
+    assert statuses[-1] == "offline"
 
 
 def test_clear_errors_for_bad_inputs(live_ckpt: Path, degraded_clip: tuple[Path, float], tmp_path: Path) -> None:
