@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import re
 import signal
 import subprocess
@@ -12,7 +13,9 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -24,7 +27,7 @@ from stream.features import FeatureOptions
 from stream.media import MediaError
 from stream.pipeline import PipelineOptions
 from stream.publisher import BrokerOptions, parse_broker_url
-from stream.render import render_scene, write_clip
+from stream.render import render_scene, speak, write_clip
 from stream.run import RunRequest, run_pipeline
 from stream.vad import SegmenterOptions
 from tests.conftest import require_binary
@@ -297,3 +300,93 @@ def test_show_without_a_display_says_so(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     with pytest.raises(BackendUnavailableError, match="--show is not available: no display"):
         Viewer()
+
+
+class FakeMicrophone:
+    """PortAudio stand-in (no microphone exists here): calls the InputStream callback from its own
+    thread with `blocksize` frames of a real recording at real-time pace, then silence, as a
+    device does. Everything after the callback is the real pipeline."""
+
+    recording = np.zeros(0, dtype=np.float32)
+
+    class PortAudioError(Exception):
+        pass
+
+    def __init__(self, samplerate: int, channels: int, dtype: str, blocksize: int, device: object, callback: Any):
+        assert (samplerate, channels, dtype) == (16000, 1, "float32")
+        self.blocksize, self.callback = blocksize, callback
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def InputStream(**kwargs: Any) -> FakeMicrophone:  # sounddevice's name
+        return FakeMicrophone(**kwargs)
+
+    def _run(self) -> None:
+        position, started = 0, time.monotonic()
+        while not self._stop.is_set():
+            block = self.recording[position : position + self.blocksize]
+            block = np.pad(block, (0, self.blocksize - len(block)))
+            self.callback(block[:, None], self.blocksize, None, None)
+            position += self.blocksize
+            time.sleep(max(0.0, started + position / 16000 - time.monotonic()))
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def close(self) -> None:
+        self._thread.join(2.0)
+
+
+def test_microphone_path_end_to_end_until_ctrl_c(
+    live_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import stream.sources
+
+    require_binary("espeak-ng", "espeak-ng")
+    pause = np.zeros(16000, dtype=np.float32)
+    FakeMicrophone.recording = np.concatenate(
+        [pause, speak("thank you so much for the help"), pause, speak("see you tomorrow, bye"), pause]
+    )
+    monkeypatch.setattr(stream.sources, "_sounddevice", lambda: FakeMicrophone)
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    sub = Subscriber(broker.port)
+
+    finished = threading.Event()
+
+    def interrupt_after_two_events() -> None:
+        deadline = time.time() + 60
+        while len(sub.events()) < 2 and time.time() < deadline and not finished.is_set():
+            time.sleep(0.05)
+        if not finished.is_set():  # the pipeline's handler is installed only while it runs
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends; `dfmq run` flushes and returns
+
+    interrupter = threading.Thread(target=interrupt_after_two_events, daemon=True)
+    interrupter.start()
+    try:
+        req = RunRequest(ckpt=str(live_ckpt), audio="default", video="none", engine="onnxruntime")
+        stats = asyncio.run(
+            run_pipeline(
+                req,
+                BrokerOptions(url=f"mqtt://127.0.0.1:{broker.port}"),
+                PipelineOptions(stream_id="test"),
+                SegmenterOptions(),
+            )
+        )
+        time.sleep(0.3)
+    finally:
+        finished.set()
+        interrupter.join(5.0)
+        sub.stop()
+        broker.stop()
+    events = sub.events()
+    assert stats.events == stats.utterances == len(events) == 2
+    assert stats.dropped_items == stats.dropped_utterances == 0
+    assert "thank" in str(events[0]["text"]).lower() and "tomorrow" in str(events[1]["text"]).lower()
+    # One clock from the device's sample count: the second sentence starts after the first ends.
+    assert 0.8 < float(events[0]["start"]) < float(events[0]["end"]) < float(events[1]["start"])
+    assert all(e["quality"]["video"] == 0.0 for e in events)  # type: ignore[index]
