@@ -21,7 +21,7 @@ from stream.errors import ConfigError
 from stream.options import from_mapping, load_yaml
 from stream.pipeline import Pipeline, PipelineOptions, PipelineStats, check_live_compatible
 from stream.publisher import BrokerOptions, Publisher, parse_broker_url
-from stream.sources import CameraSource, FileSource, MicSource, SourceOptions
+from stream.sources import CameraSource, FileSource, MicSource, SourceOptions, StreamClock
 from stream.vad import Segmenter, SegmenterOptions
 
 log = logging.getLogger("dfmq.run")
@@ -80,15 +80,16 @@ def _sources(req: RunRequest, options: SourceOptions) -> tuple[list[Any], bool]:
         raise ConfigError("--audio/--video", "at least one source (or --input FILE)", "none")
     sources: list[Any] = []
     files = True
+    clock = StreamClock()
     if audio != "none":
         if audio == "default" or audio.isdigit() or not _looks_like_media(audio):
-            sources.append(MicSource(audio, options))
+            sources.append(MicSource(audio, options, clock))
             files = False
         else:
             sources.append(FileSource(audio, options, video=False))
     if video != "none":
         if video.isdigit() or video.startswith("/dev/video"):
-            sources.append(CameraSource(video, options))
+            sources.append(CameraSource(video, options, clock))
             files = False
         else:
             sources.append(FileSource(video, options, audio=False))

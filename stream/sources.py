@@ -1,7 +1,8 @@
 """Capture: files and network streams (PyAV), microphones (sounddevice), cameras (OpenCV).
 
-Every AudioChunk and VideoFrame is stamped on one stream clock (seconds since the source
-started); `wall_s` on audio says when its last sample was captured or read.
+Every AudioChunk and VideoFrame is stamped on one stream clock: a file's own time stamps, or for
+live devices a StreamClock shared by the microphone and the camera (seconds since the first of
+them delivered anything). `wall_s` on audio says when its last sample was captured or read.
 """
 
 from __future__ import annotations
@@ -98,6 +99,21 @@ class FileSource:
             sink(None)
 
 
+class StreamClock:
+    """The one clock of a live run: monotonic seconds since the first device delivered anything."""
+
+    def __init__(self) -> None:
+        self._origin_s: float | None = None
+        self._lock = threading.Lock()
+
+    def now_s(self) -> float:
+        with self._lock:
+            now = time.monotonic()
+            if self._origin_s is None:
+                self._origin_s = now
+            return now - self._origin_s
+
+
 def _sounddevice() -> Any:
     try:
         import sounddevice
@@ -113,7 +129,7 @@ def _sounddevice() -> Any:
 class MicSource:
     """A microphone through PortAudio; the callback only copies and hands over, never blocks."""
 
-    def __init__(self, device: str | int | None, options: SourceOptions) -> None:
+    def __init__(self, device: str | int | None, options: SourceOptions, clock: StreamClock) -> None:
         sd = _sounddevice()
         self.sd = sd
         self.device = int(device) if isinstance(device, str) and device.isdigit() else device
@@ -123,15 +139,22 @@ class MicSource:
             raise ConfigError("--audio", f"a microphone name or index from `dfmq devices` ({exc})", device) from exc
         self.info = info
         self.options = options
+        self.clock = clock
         self._stream: Any = None
         self._pos = 0
+        self._offset_s: float | None = None
 
     def start(self, sink: Sink) -> None:
         blocksize = int(SAMPLE_RATE_HZ * self.options.chunk_ms / 1000)
 
         def callback(indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+            if self._offset_s is None:
+                # Anchored once on the shared clock (the first block began a block ago), then
+                # counted in samples: the device's own clock, with no jitter between chunks.
+                self._offset_s = max(0.0, self.clock.now_s() - frames / SAMPLE_RATE_HZ)
             samples = indata[:, 0].astype(np.float32).copy()
-            sink(AudioChunk(samples, self._pos / SAMPLE_RATE_HZ, SAMPLE_RATE_HZ, time.time()))
+            start_s = self._offset_s + self._pos / SAMPLE_RATE_HZ
+            sink(AudioChunk(samples, start_s, SAMPLE_RATE_HZ, time.time()))
             self._pos += frames
 
         device = None if self.device in (None, "default") else self.device
@@ -154,7 +177,7 @@ class MicSource:
 class CameraSource:
     """A webcam through OpenCV, read on a thread, frames stamped on the stream clock."""
 
-    def __init__(self, device: str, options: SourceOptions) -> None:
+    def __init__(self, device: str, options: SourceOptions, clock: StreamClock) -> None:
         import cv2
 
         index: int | str = int(device) if device.isdigit() else device
@@ -164,17 +187,17 @@ class CameraSource:
                 "--video", "a camera index or /dev/videoN that can be opened (see `dfmq devices`)", device
             )
         self.options = options
+        self.clock = clock
         self._stop = threading.Event()
 
     def start(self, sink: Sink) -> None:
         def run() -> None:
-            started = time.monotonic()
             last = -1.0
             while not self._stop.is_set():
                 ok, image = self.capture.read()
                 if not ok:
                     break
-                t = time.monotonic() - started
+                t = self.clock.now_s()
                 if t - last >= 1.0 / self.options.max_video_fps:
                     last = t
                     sink(VideoFrame(image, t))

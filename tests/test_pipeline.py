@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
 import os
 import re
@@ -390,3 +391,23 @@ def test_microphone_path_end_to_end_until_ctrl_c(
     # One clock from the device's sample count: the second sentence starts after the first ends.
     assert 0.8 < float(events[0]["start"]) < float(events[0]["end"]) < float(events[1]["start"])
     assert all(e["quality"]["video"] == 0.0 for e in events)  # type: ignore[index]
+
+
+def test_microphone_and_camera_share_one_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    import stream.sources
+    from stream.messages import AudioChunk
+    from stream.sources import MicSource, SourceOptions, StreamClock
+
+    monkeypatch.setattr(stream.sources, "_sounddevice", lambda: FakeMicrophone)
+    FakeMicrophone.recording = np.zeros(16000, dtype=np.float32)
+    clock = StreamClock()
+    assert clock.now_s() == 0.0  # the camera's first frame starts the clock
+    time.sleep(0.3)
+    chunks: list[AudioChunk] = []
+    mic = MicSource("default", SourceOptions(), clock)
+    mic.start(lambda item: chunks.append(item))  # type: ignore[arg-type]
+    time.sleep(0.2)
+    mic.stop()
+    assert 0.25 < chunks[0].start_s < 0.35  # on the camera's clock, not restarted at 0
+    gaps = [b.start_s - a.end_s for a, b in itertools.pairwise(chunks)]
+    assert max(abs(g) for g in gaps) < 1e-9  # then sample-counted: contiguous chunks
