@@ -73,7 +73,7 @@ class Segmenter:
         self._in_speech = False
         self._next_id = 0
         self._last_wall = 0.0
-        self._clock_s = 0.0
+        self._last_wall_s = 0.0
 
     def _window_s(self) -> float:
         return WINDOW / 16000
@@ -83,12 +83,12 @@ class Segmenter:
             self._pending_start_s = chunk.start_s
         self._pending = np.concatenate([self._pending, chunk.samples])
         self._last_wall = chunk.wall_s or time.time()
+        self._last_wall_s = chunk.end_s
         out: list[Utterance] = []
         while len(self._pending) >= WINDOW:
             window, self._pending = self._pending[:WINDOW], self._pending[WINDOW:]
             start_s = self._pending_start_s
             self._pending_start_s += self._window_s()
-            self._clock_s = start_s + self._window_s()
             utterance = self._step(window, start_s)
             if utterance is not None:
                 out.append(utterance)
@@ -139,10 +139,10 @@ class Segmenter:
         if speech_ms < self.options.min_speech_ms:
             return None
         end_s = start_s + len(samples) / 16000
-        # The trailing pad is silence: speech ended that much before the end of the samples, and
-        # the newest chunk (stamped _last_wall) is _clock_s on the stream clock.
+        # The trailing pad is silence: speech ended that much before the end of the samples. The
+        # newest chunk's last sample (stream time _last_wall_s) was captured at _last_wall.
         speech_end_s = end_s if forced else end_s - min(self.options.speech_pad_ms / 1000, end_s - start_s)
-        speech_end_wall = self._last_wall - max(0.0, self._clock_s - speech_end_s)
+        speech_end_wall = self._last_wall - max(0.0, self._last_wall_s - speech_end_s)
         utterance = Utterance(self._next_id, start_s, end_s, samples, speech_end_wall, forced)
         self._next_id += 1
         return utterance

@@ -326,11 +326,12 @@ class FakeMicrophone:
     def _run(self) -> None:
         position, started = 0, time.monotonic()
         while not self._stop.is_set():
+            # A block is delivered once it has been captured: one block after its first sample.
+            time.sleep(max(0.0, started + (position + self.blocksize) / 16000 - time.monotonic()))
             block = self.recording[position : position + self.blocksize]
             block = np.pad(block, (0, self.blocksize - len(block)))
             self.callback(block[:, None], self.blocksize, None, None)
             position += self.blocksize
-            time.sleep(max(0.0, started + position / 16000 - time.monotonic()))
 
     def start(self) -> None:
         self._thread.start()
@@ -406,7 +407,7 @@ def test_microphone_and_camera_share_one_clock(monkeypatch: pytest.MonkeyPatch) 
     chunks: list[AudioChunk] = []
     mic = MicSource("default", SourceOptions(), clock)
     mic.start(lambda item: chunks.append(item))  # type: ignore[arg-type]
-    time.sleep(0.2)
+    time.sleep(0.45)
     mic.stop()
     assert 0.25 < chunks[0].start_s < 0.35  # on the camera's clock, not restarted at 0
     gaps = [b.start_s - a.end_s for a, b in itertools.pairwise(chunks)]
