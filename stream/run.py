@@ -193,6 +193,9 @@ async def _run_pipeline(
         log.info("pipeline done in %.1f s: %s", time.monotonic() - started, stats)
         await publisher.close()
         await asyncio.wait_for(publisher_task, 30.0)
+        for source in sources:
+            if source.error is not None:
+                raise source.error
         return stats
     finally:
         if not publisher_task.done():

@@ -7,6 +7,7 @@ them delivered anything). `wall_s` on audio says when its last sample was captur
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -15,9 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from stream.errors import BackendUnavailableError, ConfigError
-from stream.media import SAMPLE_RATE_HZ, decoded, open_media
+from stream.errors import BackendUnavailableError, ConfigError, DfmqError
+from stream.media import SAMPLE_RATE_HZ, MediaError, decoded, open_media
 from stream.messages import AudioChunk, VideoFrame
+
+log = logging.getLogger("dfmq.sources")
 
 Sink = Callable[[AudioChunk | VideoFrame | None], None]  # None marks the end of the input
 
@@ -43,6 +46,7 @@ class FileSource:
         self.location = location
         self.options = options
         self.media = open_media(location, audio, video)
+        self.error: DfmqError | None = None  # what ended the input early; `dfmq run` reports it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -96,6 +100,10 @@ class FileSource:
                     pending = pending[chunk:]
             if len(pending):
                 emit_audio(pending)
+        except MediaError as exc:
+            # What was read before still goes through the pipeline; the run then fails with this.
+            self.error = exc
+            log.error("%s", exc)
         finally:
             items.close()
             # The end marker goes out on errors too, so the pipeline flushes what it has.
@@ -143,6 +151,7 @@ class MicSource:
         self.info = info
         self.options = options
         self.clock = clock
+        self.error: DfmqError | None = None  # never set: a microphone has no end of input
         self._stream: Any = None
         self._pos = 0
         self._offset_s: float | None = None
@@ -191,6 +200,8 @@ class CameraSource:
             )
         self.options = options
         self.clock = clock
+        self.device = device
+        self.error: DfmqError | None = None
         self._stop = threading.Event()
 
     def start(self, sink: Sink) -> None:
@@ -199,6 +210,9 @@ class CameraSource:
             while not self._stop.is_set():
                 ok, image = self.capture.read()
                 if not ok:
+                    # Unplugged or taken by another program: audio goes on, the run reports it.
+                    self.error = MediaError(self.device, f"the camera stopped delivering frames at {last:.1f} s")
+                    log.error("%s", self.error)
                     break
                 t = self.clock.now_s()
                 if t - last >= 1.0 / self.options.max_video_fps:

@@ -157,7 +157,7 @@ class Subscriber:
         self.client.disconnect()
 
 
-def _run(ckpt: Path, clip: Path, port: int, pace: str = "fast", **pipe: object) -> object:
+def _run(ckpt: Path, clip: Path | str, port: int, pace: str = "fast", **pipe: object) -> object:
     req = RunRequest(ckpt=str(ckpt), input=str(clip), pace=pace, engine="onnxruntime")
     return asyncio.run(
         run_pipeline(
@@ -206,6 +206,52 @@ def test_one_event_per_utterance_with_quality_following_the_channels(
     assert first["intent"]["intentName"] == str(events[0]["intent"]).title().replace(" ", "")
     assert first["siteId"] == "test" and first["input"] == events[0]["text"]
     assert 0 < first["intent"]["confidenceScore"] <= 1
+
+
+def _faststart_copy(clip: Path, out: Path) -> Path:
+    """The clip remuxed with its index first, as files meant for streaming are."""
+    import av
+
+    with av.open(str(clip)) as source, av.open(str(out), "w", options={"movflags": "faststart"}) as sink:
+        streams = {s.index: sink.add_stream_from_template(s) for s in source.streams}
+        for packet in source.demux():
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                sink.mux(packet)
+    return out
+
+
+def test_a_clip_over_http_gives_the_same_events_and_a_broken_stream_fails_the_run(
+    live_ckpt: Path, degraded_clip: tuple[Path, float], tmp_path: Path
+) -> None:
+    """`--input http://...`: PyAV reads the network stream; a local HTTP server stands in for a camera's."""
+    import functools
+    import http.server
+
+    clip, _ = degraded_clip
+    streamable = _faststart_copy(clip, tmp_path / "streamable.mp4")
+    (tmp_path / "index_at_end.mp4").write_bytes(clip.read_bytes())
+    # Python's server cannot seek (no Range requests): a file whose index sits at its end breaks
+    # off mid-stream there, as a dropped network stream does.
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    sub = Subscriber(broker.port)
+    try:
+        stats = _run(live_ckpt, f"{base}/{streamable.name}", broker.port)
+        time.sleep(0.5)
+        events = sub.events()
+        with pytest.raises(MediaError, match=r"index_at_end\.mp4.*decoding failed"):
+            _run(live_ckpt, f"{base}/index_at_end.mp4", broker.port)
+    finally:
+        sub.stop()
+        broker.stop()
+        server.shutdown()
+    assert len(events) == len(SENTENCES) == stats.events  # type: ignore[attr-defined]
+    assert "thank" in str(events[0]["text"]).lower()
 
 
 def test_broker_restart_mid_stream_loses_and_duplicates_nothing(
