@@ -458,3 +458,56 @@ def test_microphone_and_camera_share_one_clock(monkeypatch: pytest.MonkeyPatch) 
     assert 0.25 < chunks[0].start_s < 0.35  # on the camera's clock, not restarted at 0
     gaps = [b.start_s - a.end_s for a, b in itertools.pairwise(chunks)]
     assert max(abs(g) for g in gaps) < 1e-9  # then sample-counted: contiguous chunks
+
+
+def test_asr_behind_a_live_source_drops_the_oldest_utterances_and_counts_them(
+    live_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow ASR (injected: real Whisper is fast here) behind a microphone that never waits."""
+    import stream.pipeline
+    import stream.sources
+
+    require_binary("espeak-ng", "espeak-ng")
+    words = ("yes", "no", "thanks", "sorry", "hello", "goodbye")
+    FakeMicrophone.recording = np.concatenate([p for w in words for p in (speak(w), np.zeros(9600, np.float32))])
+    monkeypatch.setattr(stream.sources, "_sounddevice", lambda: FakeMicrophone)
+    real_transcribe = stream.pipeline.transcribe
+
+    def slow_transcribe(samples: np.ndarray, options: Any) -> str:
+        time.sleep(3.0)  # twice the spacing of the words below
+        return real_transcribe(samples, options)
+
+    monkeypatch.setattr(stream.pipeline, "transcribe", slow_transcribe)
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    sub = Subscriber(broker.port)
+    finished = threading.Event()
+
+    def interrupt_after_the_recording() -> None:
+        if not finished.wait(len(FakeMicrophone.recording) / 16000 + 1.0):
+            os.kill(os.getpid(), signal.SIGINT)
+
+    interrupter = threading.Thread(target=interrupt_after_the_recording, daemon=True)
+    interrupter.start()
+    try:
+        req = RunRequest(ckpt=str(live_ckpt), audio="default", video="none", engine="onnxruntime")
+        stats = asyncio.run(
+            run_pipeline(
+                req,
+                BrokerOptions(url=f"mqtt://127.0.0.1:{broker.port}"),
+                PipelineOptions(stream_id="test", max_pending_utterances=1),
+                SegmenterOptions(),
+            )
+        )
+        time.sleep(0.3)
+    finally:
+        finished.set()
+        interrupter.join(5.0)
+        sub.stop()
+        broker.stop()
+    assert stats.utterances == len(words)
+    assert stats.dropped_utterances >= 1
+    assert stats.events + stats.dropped_utterances == stats.utterances  # each one published or counted
+    assert len(sub.events()) == stats.events
+    ids = [e["utterance_id"] for e in sub.events()]
+    assert ids == sorted(ids) and ids[-1] == len(words) - 1  # the newest survive, in order
