@@ -21,7 +21,7 @@ from stream.errors import ConfigError
 from stream.options import from_mapping, load_yaml
 from stream.pipeline import Pipeline, PipelineOptions, PipelineStats, check_live_compatible
 from stream.publisher import BrokerOptions, Publisher, parse_broker_url
-from stream.sources import CameraSource, FileSource, MicSource, SourceOptions, StreamClock
+from stream.sources import CameraSource, FileSource, MicSource, Source, SourceOptions, StreamClock
 from stream.vad import Segmenter, SegmenterOptions
 
 log = logging.getLogger("dfmq.run")
@@ -69,7 +69,7 @@ def load_live_options(path: Path | None) -> LiveOptions:
     )
 
 
-def _sources(req: RunRequest, options: SourceOptions) -> tuple[list[Any], bool]:
+def _sources(req: RunRequest, options: SourceOptions) -> tuple[list[Source], bool]:
     """The sources to start and whether they are files (which may wait) or live devices."""
     if req.input is not None:
         if req.audio or req.video:
@@ -78,7 +78,7 @@ def _sources(req: RunRequest, options: SourceOptions) -> tuple[list[Any], bool]:
     audio, video = req.audio or "none", req.video or "none"
     if audio == "none" and video == "none":
         raise ConfigError("--audio/--video", "at least one source (or --input FILE)", "none")
-    sources: list[Any] = []
+    sources: list[Source] = []
     files = True
     clock = StreamClock()
     if audio != "none":

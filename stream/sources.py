@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -23,6 +23,16 @@ from stream.messages import AudioChunk, VideoFrame
 log = logging.getLogger("dfmq.sources")
 
 Sink = Callable[[AudioChunk | VideoFrame | None], None]  # None marks the end of the input
+
+
+class Source(Protocol):
+    """What `dfmq run` starts: items go to the sink from the source's own thread or callback."""
+
+    error: DfmqError | None  # what ended the input early, reported when the run ends
+
+    def start(self, sink: Sink) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 @dataclass
