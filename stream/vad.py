@@ -73,7 +73,7 @@ class Segmenter:
         self._in_speech = False
         self._next_id = 0
         self._last_wall = 0.0
-        self._last_wall_s = 0.0
+        self._last_chunk_end_s = 0.0
 
     def _window_s(self) -> float:
         return WINDOW / 16000
@@ -83,7 +83,7 @@ class Segmenter:
             self._pending_start_s = chunk.start_s
         self._pending = np.concatenate([self._pending, chunk.samples])
         self._last_wall = chunk.wall_s or time.time()
-        self._last_wall_s = chunk.end_s
+        self._last_chunk_end_s = chunk.end_s
         out: list[Utterance] = []
         while len(self._pending) >= WINDOW:
             window, self._pending = self._pending[:WINDOW], self._pending[WINDOW:]
@@ -140,9 +140,9 @@ class Segmenter:
             return None
         end_s = start_s + len(samples) / 16000
         # The trailing pad is silence: speech ended that much before the end of the samples. The
-        # newest chunk's last sample (stream time _last_wall_s) was captured at _last_wall.
+        # newest chunk ends at _last_chunk_end_s (stream time), captured at _last_wall (unix time).
         speech_end_s = end_s if forced else end_s - min(self.options.speech_pad_ms / 1000, end_s - start_s)
-        speech_end_wall = self._last_wall - max(0.0, self._last_wall_s - speech_end_s)
+        speech_end_wall = self._last_wall - max(0.0, self._last_chunk_end_s - speech_end_s)
         utterance = Utterance(self._next_id, start_s, end_s, samples, speech_end_wall, forced)
         self._next_id += 1
         return utterance
