@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from stream.broker import free_port
 from stream.errors import BackendUnavailableError, ConfigError
 from stream.features import FeatureOptions
 from stream.media import MediaError
-from stream.pipeline import PipelineOptions
+from stream.pipeline import PipelineOptions, PipelineStats
 from stream.publisher import BrokerOptions, parse_broker_url
 from stream.render import render_scene, speak, write_clip
 from stream.run import RunRequest, run_pipeline
@@ -157,16 +158,43 @@ class Subscriber:
         self.client.disconnect()
 
 
-def _run(ckpt: Path, clip: Path | str, port: int, pace: str = "fast", **pipe: object) -> object:
-    req = RunRequest(ckpt=str(ckpt), input=str(clip), pace=pace, engine="onnxruntime")
+def _run_request(req: RunRequest, port: int, **pipe: object) -> PipelineStats:
     return asyncio.run(
         run_pipeline(
             req,
             BrokerOptions(url=f"mqtt://127.0.0.1:{port}"),
-            PipelineOptions(stream_id="test", **pipe),
+            PipelineOptions(stream_id="test", **pipe),  # type: ignore[arg-type]
             SegmenterOptions(),
         )
-    )  # type: ignore[arg-type]
+    )
+
+
+def _run(ckpt: Path, clip: Path | str, port: int, pace: str = "fast", **pipe: object) -> PipelineStats:
+    return _run_request(RunRequest(ckpt=str(ckpt), input=str(clip), pace=pace, engine="onnxruntime"), port, **pipe)
+
+
+def _run_microphone(
+    ckpt: Path, port: int, stop_when: Callable[[], bool], limit_s: float, **pipe: object
+) -> PipelineStats:
+    """`dfmq run --audio default` on the FakeMicrophone, interrupted by SIGINT (what Ctrl-C sends)
+    once `stop_when()` holds or after `limit_s`; the run flushes and returns."""
+    finished = threading.Event()
+
+    def interrupt() -> None:
+        deadline = time.time() + limit_s
+        while not stop_when() and time.time() < deadline and not finished.is_set():
+            time.sleep(0.05)
+        if not finished.is_set():  # the pipeline's handler is installed only while it runs
+            os.kill(os.getpid(), signal.SIGINT)
+
+    interrupter = threading.Thread(target=interrupt, daemon=True)
+    interrupter.start()
+    try:
+        req = RunRequest(ckpt=str(ckpt), audio="default", video="none", engine="onnxruntime")
+        return _run_request(req, port, **pipe)
+    finally:
+        finished.set()
+        interrupter.join(5.0)
 
 
 def test_one_event_per_utterance_with_quality_following_the_channels(
@@ -183,7 +211,7 @@ def test_one_event_per_utterance_with_quality_following_the_channels(
         sub.stop()
         broker.stop()
     events = sub.events()
-    assert len(events) == len(SENTENCES) == stats.events  # type: ignore[attr-defined]
+    assert len(events) == len(SENTENCES) == stats.events
     for event in events:
         assert set(event) >= REQUIRED
         assert event["intent"] in MINTREC_LABELS and 0 < event["confidence"] <= 1  # type: ignore[operator]
@@ -250,7 +278,7 @@ def test_a_clip_over_http_gives_the_same_events_and_a_broken_stream_fails_the_ru
         sub.stop()
         broker.stop()
         server.shutdown()
-    assert len(events) == len(SENTENCES) == stats.events  # type: ignore[attr-defined]
+    assert len(events) == len(SENTENCES) == stats.events
     assert "thank" in str(events[0]["text"]).lower()
 
 
@@ -404,31 +432,10 @@ def test_microphone_path_end_to_end_until_ctrl_c(
     broker.start()
     sub = Subscriber(broker.port)
 
-    finished = threading.Event()
-
-    def interrupt_after_two_events() -> None:
-        deadline = time.time() + 60
-        while len(sub.events()) < 2 and time.time() < deadline and not finished.is_set():
-            time.sleep(0.05)
-        if not finished.is_set():  # the pipeline's handler is installed only while it runs
-            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends; `dfmq run` flushes and returns
-
-    interrupter = threading.Thread(target=interrupt_after_two_events, daemon=True)
-    interrupter.start()
     try:
-        req = RunRequest(ckpt=str(live_ckpt), audio="default", video="none", engine="onnxruntime")
-        stats = asyncio.run(
-            run_pipeline(
-                req,
-                BrokerOptions(url=f"mqtt://127.0.0.1:{broker.port}"),
-                PipelineOptions(stream_id="test"),
-                SegmenterOptions(),
-            )
-        )
+        stats = _run_microphone(live_ckpt, broker.port, stop_when=lambda: len(sub.events()) >= 2, limit_s=60.0)
         time.sleep(0.3)
     finally:
-        finished.set()
-        interrupter.join(5.0)
         sub.stop()
         broker.stop()
     events = sub.events()
@@ -481,28 +488,13 @@ def test_asr_behind_a_live_source_drops_the_oldest_utterances_and_counts_them(
     broker = Mosquitto(tmp_path)
     broker.start()
     sub = Subscriber(broker.port)
-    finished = threading.Event()
-
-    def interrupt_after_the_recording() -> None:
-        if not finished.wait(len(FakeMicrophone.recording) / 16000 + 1.0):
-            os.kill(os.getpid(), signal.SIGINT)
-
-    interrupter = threading.Thread(target=interrupt_after_the_recording, daemon=True)
-    interrupter.start()
     try:
-        req = RunRequest(ckpt=str(live_ckpt), audio="default", video="none", engine="onnxruntime")
-        stats = asyncio.run(
-            run_pipeline(
-                req,
-                BrokerOptions(url=f"mqtt://127.0.0.1:{broker.port}"),
-                PipelineOptions(stream_id="test", max_pending_utterances=1),
-                SegmenterOptions(),
-            )
+        recording_s = len(FakeMicrophone.recording) / 16000
+        stats = _run_microphone(
+            live_ckpt, broker.port, stop_when=lambda: False, limit_s=recording_s + 1.0, max_pending_utterances=1
         )
         time.sleep(0.3)
     finally:
-        finished.set()
-        interrupter.join(5.0)
         sub.stop()
         broker.stop()
     assert stats.utterances == len(words)
