@@ -26,6 +26,8 @@ class AsrOptions:
     encoder_min_window_s: float = 10.0  # 30.0: stock Whisper (every call padded to 30 s)
 
     def __post_init__(self) -> None:
+        if self.cpu_threads < 0:
+            raise ConfigError("cpu_threads", "0 (CTranslate2's default) or a positive thread count", self.cpu_threads)
         if not 1.0 <= self.encoder_min_window_s <= 30.0:
             raise ConfigError(
                 "encoder_min_window_s", "seconds in [1, 30] (30 = stock Whisper)", self.encoder_min_window_s

@@ -50,6 +50,8 @@ def test_encoder_sees_the_utterance_plus_one_second_not_thirty() -> None:
     assert stock.shape[1] == 1500
 
 
-def test_window_outside_whisper_range_is_rejected() -> None:
+def test_window_outside_whisper_range_and_negative_threads_are_rejected() -> None:
     with pytest.raises(ConfigError, match="encoder_min_window_s"):
         AsrOptions(encoder_min_window_s=45.0)
+    with pytest.raises(ConfigError, match=r"cpu_threads.*got -2"):
+        AsrOptions(cpu_threads=-2)
