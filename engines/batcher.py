@@ -14,7 +14,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from engines.base import Engine, EngineOutput, WindowBatch, pad_and_stack
-from stream.errors import ConfigError
+from model.errors import ConfigError
 
 
 @dataclass

@@ -16,7 +16,7 @@ from engines.base import Engine
 from engines.export import example_batch
 from engines.select import EngineChoice, load_engine, torch_cuda_available
 from model.dfmq import DFMQMC
-from stream.errors import DfmqError
+from model.errors import DfmqError
 
 # DFMQ-MC as the paper reports it (RTX 4090, MIntRec test set).
 PAPER_ROW = {"params_m": 263.85, "gpu_mem_mb": 7917.29, "samples_per_s": 29.10, "ms_per_sample": 7.5}

@@ -13,7 +13,7 @@ import torch
 
 from engines.base import INPUT_NAMES, OUTPUT_NAMES, WindowBatch
 from model.dfmq import DFMQMC
-from stream.errors import ConfigError
+from model.errors import ConfigError
 
 PRECISIONS = ("fp32", "fp16")
 OPSET = 17

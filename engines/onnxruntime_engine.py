@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from engines.base import INPUT_NAMES, EngineOutput, WindowBatch
-from stream.errors import BackendUnavailableError
+from model.errors import BackendUnavailableError
 
 
 def import_onnxruntime() -> Any:

@@ -19,7 +19,7 @@ from engines.tensorrt_engine import (
     write_plan,
 )
 from model.dfmq import DFMQMC
-from stream.errors import BackendUnavailableError, ConfigError
+from model.errors import BackendUnavailableError, ConfigError
 
 log = logging.getLogger("dfmq.engines")
 ENGINE_NAMES = ("auto", "torch", "onnxruntime", "tensorrt")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from engines.base import INPUT_NAMES, OUTPUT_NAMES, EngineOutput, WindowBatch
-from stream.errors import BackendUnavailableError, DfmqError
+from model.errors import BackendUnavailableError, DfmqError
 
 CACHE_DIR = Path(__file__).resolve().parent / "cache"
 

@@ -12,7 +12,7 @@ import torch
 
 from model.config import DFMQConfig
 from model.dfmq import DFMQMC, build_text_encoder
-from stream.errors import CheckpointError, ConfigError
+from model.errors import CheckpointError, ConfigError
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream.errors import ConfigError
+from model.errors import ConfigError
 
 FUSION_MODES = ("dynamic", "equal")
 

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from model.config import MELD_DA_LABELS, MINTREC_LABELS
-from stream.errors import DataError
-from stream.features import RawAudioStats, RawVideoStats
+from model.errors import DataError
+from model.features import RawAudioStats, RawVideoStats
 
 DATASETS = ("mintrec", "meld-da")
 SPLITS = ("train", "dev", "test")

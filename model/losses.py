@@ -8,8 +8,8 @@ from torch import Tensor
 
 from model.config import ReferenceStats
 from model.dfmq import DFMQMC, ForwardOutput, masked_weights
+from model.features import FeatureOptions
 from model.quality import audio_stats, quality_vector, raw_quality_vector, video_stats
-from stream.features import FeatureOptions
 
 
 def supervised_contrastive(features: Tensor, labels: Tensor, temperature: float) -> Tensor:

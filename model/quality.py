@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from model.config import ReferenceStats
-from stream.features import FeatureOptions, score_audio_arrays, score_video_arrays
+from model.features import FeatureOptions, score_audio_arrays, score_video_arrays
 
 
 @dataclass
@@ -174,7 +174,7 @@ def raw_quality_vector(
     reference: ReferenceStats,
     options: FeatureOptions,
 ) -> Tensor:
-    """`q = [q_t, q_a, q_v]` from raw-signal statistics, with the formulas of `stream.features`."""
+    """`q = [q_t, q_a, q_v]` from raw-signal statistics, with the formulas of `model.features`."""
     a = raw_audio.detach().cpu().double().numpy()
     v = raw_video.detach().cpu().double().numpy()
     q_audio = score_audio_arrays(a[..., 0], a[..., 1], a[..., 2], reference.audio_energy, options)

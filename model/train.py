@@ -22,6 +22,8 @@ from model.checkpoint import load_checkpoint, new_model, save_checkpoint
 from model.config import DFMQConfig, ReferenceStats
 from model.data import Batch, Collator, FeatureStore, Sample, dataset_labels, load_split, read_tsv
 from model.dfmq import DFMQMC
+from model.errors import ConfigError, DataError
+from model.features import FeatureOptions
 from model.losses import consistency_loss, fomaml_loss, supervised_contrastive
 from model.metrics import classification_metrics, save_confusion_matrix
 from model.quality import (
@@ -32,8 +34,6 @@ from model.quality import (
     raw_quality_vector,
     video_stats,
 )
-from stream.errors import ConfigError, DataError
-from stream.features import FeatureOptions
 
 
 @dataclass

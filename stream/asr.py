@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from stream.errors import ConfigError
+from model.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from stream.errors import DfmqError
+from model.errors import DfmqError
 
 T = TypeVar("T")
 
@@ -314,9 +314,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_extract(args: argparse.Namespace) -> int:
+    from model.features import FeatureOptions
     from stream.asr import AsrOptions
     from stream.extract import run_extract
-    from stream.features import FeatureOptions
 
     options = FeatureOptions(audio_quality=args.audio_quality, video_quality=args.video_quality)
     return run_extract(args.clips, args.labels, args.out, options, AsrOptions(model=args.asr_model))

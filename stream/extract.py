@@ -19,9 +19,9 @@ from tqdm import tqdm
 
 from model.config import MINTREC_LABELS
 from model.data import FEATURE_OPTIONS_FILE, QUALITY_STATS_FILE
+from model.errors import DataError
+from model.features import FeatureOptions, extract_features
 from stream.asr import AsrOptions, transcribe
-from stream.errors import DataError
-from stream.features import FeatureOptions, extract_features
 from stream.media import MediaError, decode_clip
 
 MEDIA_SUFFIXES = (".mp4", ".mkv", ".webm", ".wav", ".flac", ".mp3", ".mov", ".avi")

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from stream.errors import DfmqError
+from model.errors import DfmqError
 from stream.messages import MediaClip, VideoFrame
 
 SAMPLE_RATE_HZ = 16000

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from stream.errors import ConfigError
+from model.errors import ConfigError
 
 T = TypeVar("T")
 

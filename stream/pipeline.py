@@ -25,10 +25,8 @@ import torch
 from engines.base import EngineOutput, WindowBatch
 from engines.batcher import MicroBatcher
 from model.config import DFMQConfig
-from model.quality import RunningReference, text_quality
-from stream.asr import AsrOptions, transcribe
-from stream.errors import ConfigError
-from stream.features import (
+from model.errors import ConfigError
+from model.features import (
     ClipFeatures,
     FaceTracker,
     FeatureOptions,
@@ -36,6 +34,8 @@ from stream.features import (
     score_audio_raw,
     score_video_raw,
 )
+from model.quality import RunningReference, text_quality
+from stream.asr import AsrOptions, transcribe
 from stream.messages import AudioChunk, IntentEvent, Utterance, VideoFrame
 from stream.publisher import Publisher
 from stream.show import make_viewer

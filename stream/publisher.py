@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
-from stream.errors import ConfigError
+from model.errors import ConfigError
 
 
 @dataclass

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stream.errors import DfmqError
+from model.errors import DfmqError
 from stream.media import SAMPLE_RATE_HZ
 
 

@@ -15,9 +15,9 @@ from typing import Any
 from engines.batcher import BatcherOptions, MicroBatcher
 from engines.select import choose_engine, load_engine
 from model.checkpoint import load_checkpoint, resolve_ckpt
+from model.errors import ConfigError
 from stream.asr import AsrOptions, load_whisper
 from stream.broker import EmbeddedBroker
-from stream.errors import ConfigError
 from stream.options import from_mapping, load_yaml
 from stream.pipeline import Pipeline, PipelineOptions, PipelineStats, check_live_compatible
 from stream.publisher import BrokerOptions, Publisher, parse_broker_url

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from stream.errors import BackendUnavailableError
+from model.errors import BackendUnavailableError
 
 WINDOW = "dfmq"
 

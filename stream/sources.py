@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from stream.errors import BackendUnavailableError, ConfigError, DfmqError
+from model.errors import BackendUnavailableError, ConfigError, DfmqError
 from stream.media import SAMPLE_RATE_HZ, MediaError, decoded, open_media
 from stream.messages import AudioChunk, VideoFrame
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from model.config import MINTREC_LABELS
 from model.data import read_tsv
-from stream.errors import ConfigError
+from model.errors import ConfigError
 from stream.render import FaceStyle, add_white_noise, render_face, speak, write_clip
 from stream.synth_sentences import NEUTRAL_INTENTS, NEUTRAL_PHRASES, OWN_SENTENCES
 

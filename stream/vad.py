@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stream.errors import ConfigError
+from model.errors import ConfigError
 from stream.messages import AudioChunk, Utterance
 
 WINDOW = 512  # samples per VAD step at 16 kHz (32 ms), as the model expects

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model.errors import ConfigError
 from stream.asr import AsrOptions, load_whisper, transcribe
-from stream.errors import ConfigError
 from stream.media import decode_clip
 
 DATA = Path(__file__).parent / "data"

@@ -12,7 +12,7 @@ from engines.export import example_batch
 from engines.torch_engine import TorchEngine
 from model.checkpoint import WEIGHTS_FILE, load_checkpoint, new_model, save_checkpoint
 from model.config import MINTREC_LABELS, DFMQConfig
-from stream.errors import CheckpointError
+from model.errors import CheckpointError
 
 
 def test_compact_checkpoint_round_trip(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 from model.checkpoint import default_text_encoder_folder, load_tokenizer
 from model.config import MELD_DA_LABELS, MINTREC_LABELS
 from model.data import Collator, FeatureStore, load_split, read_split
-from stream.errors import DataError
+from model.errors import DataError
 
 
 def test_mintrec_layout_with_features(tiny_mintrec: Path) -> None:

@@ -20,8 +20,8 @@ from engines.torch_engine import TorchEngine
 from model.checkpoint import default_text_encoder_folder, load_tokenizer, save_checkpoint
 from model.config import DFMQConfig
 from model.dfmq import DFMQMC
+from model.errors import BackendUnavailableError
 from stream.cli import main
-from stream.errors import BackendUnavailableError
 from tests.conftest import tiny_text_encoder
 
 

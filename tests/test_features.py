@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stream.features import (
+from model.features import (
     FeatureOptions,
     RawVideoStats,
     extract_features,
@@ -107,7 +107,7 @@ def test_unreadable_and_missing_files_are_named(tmp_path: Path) -> None:
 
 
 def test_bad_feature_options_are_rejected() -> None:
-    from stream.errors import ConfigError
+    from model.errors import ConfigError
 
     with pytest.raises(ConfigError, match="audio_quality"):
         FeatureOptions(audio_quality="loudness")
@@ -116,7 +116,7 @@ def test_bad_feature_options_are_rejected() -> None:
 
 
 def test_overlapping_windows_pick_the_same_frames_so_each_is_cropped_once(spoken_clip: MediaClip) -> None:
-    from stream.features import FaceTracker, sample_frames
+    from model.features import FaceTracker, sample_frames
 
     frames = spoken_clip.frames  # 15 fps, sampled at 10 fps
     # The running quality looks at [0.35 s, 2.35 s], the utterance at [1.02 s, 2.9 s].

@@ -23,9 +23,9 @@ import torch
 
 from model.checkpoint import new_model, save_checkpoint
 from model.config import MINTREC_LABELS, DFMQConfig
+from model.errors import BackendUnavailableError, ConfigError
+from model.features import FeatureOptions
 from stream.broker import free_port
-from stream.errors import BackendUnavailableError, ConfigError
-from stream.features import FeatureOptions
 from stream.media import MediaError
 from stream.pipeline import PipelineOptions, PipelineStats
 from stream.publisher import BrokerOptions, parse_broker_url

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stream.features import FeatureOptions, extract_features, score_audio_raw, score_video_raw
+from model.features import FeatureOptions, extract_features, score_audio_raw, score_video_raw
 from stream.messages import VideoFrame
 from stream.render import render_scene
 

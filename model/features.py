@@ -16,14 +16,28 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from stream.errors import ConfigError
-from stream.messages import VideoFrame
+from model.errors import ConfigError
+
+
+class TimedImage(Protocol):
+    """A picture stamped on the stream clock (the live pipeline's frame message is one); declared
+    here so that the feature code needs nothing from the pipeline above it."""
+
+    @property
+    def image(self) -> np.ndarray: ...  # (H, W, 3) uint8 BGR
+
+    @property
+    def pts_s(self) -> float: ...
+
+
+FrameT = TypeVar("FrameT", bound=TimedImage)
 
 AUDIO_QUALITY_FORMULAS = ("paper", "snr")
 VIDEO_QUALITY_FORMULAS = ("paper", "relative")
@@ -157,7 +171,7 @@ def _face_detector() -> Any:
     return detector
 
 
-def sample_frames(frames: list[VideoFrame], fps: float) -> list[VideoFrame]:
+def sample_frames(frames: Sequence[FrameT], fps: float) -> list[FrameT]:
     """Frames at a fixed rate (nearest earlier frame for each tick), whatever the source rate.
 
     The ticks lie on one grid of stream time (multiples of 1/fps), not one per window, so that
@@ -193,7 +207,7 @@ class FaceTracker:
         self._count = 0
         self._lock = threading.Lock()
 
-    def crop(self, frame: VideoFrame) -> tuple[np.ndarray, float, bool]:
+    def crop(self, frame: TimedImage) -> tuple[np.ndarray, float, bool]:
         """(flattened crop in [0, 1], contrast of the grey picture, face found)."""
         import cv2
 
@@ -227,7 +241,7 @@ class FaceTracker:
 
 
 def face_crops(
-    frames: list[VideoFrame], opts: FeatureOptions, tracker: FaceTracker | None = None
+    frames: Sequence[TimedImage], opts: FeatureOptions, tracker: FaceTracker | None = None
 ) -> tuple[np.ndarray, float, list[float]]:
     """(T, size*size) crops in [0, 1], the detected-face share, and each frame's contrast."""
     tracker = tracker or FaceTracker(opts)
@@ -300,7 +314,7 @@ class ClipFeatures:
 
 def extract_features(
     audio: np.ndarray,
-    frames: list[VideoFrame],
+    frames: Sequence[TimedImage],
     opts: FeatureOptions,
     tracker: FaceTracker | None = None,
     model_inputs: bool = True,
