@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -11,27 +10,7 @@ from typing import Any
 import numpy as np
 
 from model.errors import ConfigError
-
-
-@dataclass(frozen=True)
-class AsrOptions:
-    model: str = "tiny.en"  # 'tiny.en' = the bundled CTranslate2 folder, or a model folder path
-    device: str = "cpu"
-    compute_type: str = "int8"
-    beam_size: int = 1
-    language: str = "en"
-    # One thread: tiny.en's matrices are too small to share, and a second OpenMP thread only adds
-    # CPU at every barrier (tools/latency_bench.py: lower ASR latency and CPU with 1 than with 2).
-    cpu_threads: int = 1  # 0: CTranslate2's default (4, or fewer cores)
-    encoder_min_window_s: float = 10.0  # 30.0: stock Whisper (every call padded to 30 s)
-
-    def __post_init__(self) -> None:
-        if self.cpu_threads < 0:
-            raise ConfigError("cpu_threads", "0 (CTranslate2's default) or a positive thread count", self.cpu_threads)
-        if not 1.0 <= self.encoder_min_window_s <= 30.0:
-            raise ConfigError(
-                "encoder_min_window_s", "seconds in [1, 30] (30 = stock Whisper)", self.encoder_min_window_s
-            )
+from stream.options import AsrOptions
 
 
 def resolve_model_folder(name: str) -> str:

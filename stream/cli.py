@@ -315,8 +315,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def _cmd_extract(args: argparse.Namespace) -> int:
     from model.features import FeatureOptions
-    from stream.asr import AsrOptions
     from stream.extract import run_extract
+    from stream.options import AsrOptions
 
     options = FeatureOptions(audio_quality=args.audio_quality, video_quality=args.video_quality)
     return run_extract(args.clips, args.labels, args.out, options, AsrOptions(model=args.asr_model))
@@ -340,7 +340,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from stream.run import RunRequest, load_live_options, run_pipeline
+    from stream.options import load_live_options
+    from stream.run import RunRequest, run_pipeline
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     live = load_live_options(args.config)

@@ -10,10 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from stream.broker import free_port
-from stream.pipeline import PipelineOptions
-from stream.publisher import BrokerOptions
+from stream.options import BrokerOptions, PipelineOptions, SegmenterOptions
 from stream.run import RunRequest, run_pipeline
-from stream.vad import SegmenterOptions
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CLIP = REPO / "data" / "demo" / "demo.mp4"

@@ -21,8 +21,9 @@ from model.config import MINTREC_LABELS
 from model.data import FEATURE_OPTIONS_FILE, QUALITY_STATS_FILE
 from model.errors import DataError
 from model.features import FeatureOptions, extract_features
-from stream.asr import AsrOptions, transcribe
+from stream.asr import transcribe
 from stream.media import MediaError, decode_clip
+from stream.options import AsrOptions
 
 MEDIA_SUFFIXES = (".mp4", ".mkv", ".webm", ".wav", ".flac", ".mp3", ".mov", ".avi")
 SPLIT_SHARES = (("train", 0.8), ("dev", 0.1), ("test", 0.1))

@@ -35,29 +35,15 @@ from model.features import (
     score_video_raw,
 )
 from model.quality import RunningReference, text_quality
-from stream.asr import AsrOptions, transcribe
+from stream.asr import transcribe
 from stream.messages import AudioChunk, IntentEvent, Utterance, VideoFrame
+from stream.options import AsrOptions, PipelineOptions
 from stream.publisher import Publisher
 from stream.show import make_viewer
 from stream.vad import Segmenter
 
 log = logging.getLogger("dfmq.pipeline")
 END = None
-
-
-@dataclass
-class PipelineOptions:
-    stream_id: str = "cam0"
-    top_k: int = 3
-    publish_transcripts: bool = True
-    hermes: bool = False
-    quality_interval_s: float = 0.5
-    quality_window_s: float = 2.0
-    video_buffer_s: float = 30.0
-    max_pending_utterances: int = 8
-    max_pending_items: int = 2000
-    reference_momentum: float = 0.2
-    show: bool = False
 
 
 @dataclass

@@ -16,19 +16,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from model.errors import ConfigError
-
-
-@dataclass
-class BrokerOptions:
-    url: str = "embedded"
-    username: str | None = None
-    password: str | None = None
-    ca_file: str | None = None
-    client_id: str | None = None
-    outbox_max: int = 10_000
-    backoff_min_s: float = 0.2
-    backoff_max_s: float = 5.0
-    connect_timeout_s: float = 10.0  # `dfmq run` gives up with a clear error after this
+from stream.options import BrokerOptions
 
 
 def parse_broker_url(url: str) -> tuple[str, int, bool]:

@@ -9,20 +9,19 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from engines.batcher import BatcherOptions, MicroBatcher
 from engines.select import choose_engine, load_engine
 from model.checkpoint import load_checkpoint, resolve_ckpt
 from model.errors import ConfigError
-from stream.asr import AsrOptions, load_whisper
+from stream.asr import load_whisper
 from stream.broker import EmbeddedBroker
-from stream.options import from_mapping, load_yaml
-from stream.pipeline import Pipeline, PipelineOptions, PipelineStats, check_live_compatible
-from stream.publisher import BrokerOptions, Publisher, parse_broker_url
+from stream.options import AsrOptions, BrokerOptions, PipelineOptions, SegmenterOptions
+from stream.pipeline import Pipeline, PipelineStats, check_live_compatible
+from stream.publisher import Publisher, parse_broker_url
 from stream.sources import CameraSource, FileSource, MicSource, Source, SourceOptions, StreamClock
-from stream.vad import Segmenter, SegmenterOptions
+from stream.vad import Segmenter
 
 log = logging.getLogger("dfmq.run")
 
@@ -38,35 +37,6 @@ class RunRequest:
     device: str | None = None
     asr: AsrOptions = field(default_factory=AsrOptions)
     embedded_port: int = 1883
-
-
-LIVE_SECTIONS = ("asr", "segmenter", "pipeline", "broker")
-
-
-@dataclass
-class LiveOptions:
-    """Everything `dfmq run` tunes besides its inputs, one section of `configs/live.yaml` each."""
-
-    asr: AsrOptions = field(default_factory=AsrOptions)
-    segmenter: SegmenterOptions = field(default_factory=SegmenterOptions)
-    pipeline: PipelineOptions = field(default_factory=PipelineOptions)
-    broker: BrokerOptions = field(default_factory=BrokerOptions)
-
-
-def load_live_options(path: Path | None) -> LiveOptions:
-    """The options of a YAML file (sections asr, segmenter, pipeline, broker); defaults without one."""
-    if path is None:
-        return LiveOptions()
-    raw = load_yaml(path)
-    for section in raw:
-        if section not in LIVE_SECTIONS:
-            raise ConfigError("section", f"one of {list(LIVE_SECTIONS)}", section, str(path))
-    return LiveOptions(
-        asr=from_mapping(AsrOptions, raw.get("asr"), f"{path} [asr]"),
-        segmenter=from_mapping(SegmenterOptions, raw.get("segmenter"), f"{path} [segmenter]"),
-        pipeline=from_mapping(PipelineOptions, raw.get("pipeline"), f"{path} [pipeline]"),
-        broker=from_mapping(BrokerOptions, raw.get("broker"), f"{path} [broker]"),
-    )
 
 
 def _sources(req: RunRequest, options: SourceOptions) -> tuple[list[Source], bool]:

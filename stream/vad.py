@@ -4,30 +4,14 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
-from model.errors import ConfigError
 from stream.messages import AudioChunk, Utterance
+from stream.options import SegmenterOptions
 
 WINDOW = 512  # samples per VAD step at 16 kHz (32 ms), as the model expects
 CONTEXT = 64
-
-
-@dataclass
-class SegmenterOptions:
-    threshold: float = 0.5
-    min_silence_ms: float = 400.0  # a pause this long ends an utterance
-    min_speech_ms: float = 250.0  # shorter bursts are dropped
-    speech_pad_ms: float = 150.0  # kept on both sides of the speech
-    max_utterance_s: float = 12.0  # longer speech is split here
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.threshold < 1.0:
-            raise ConfigError("threshold", "a probability in (0, 1)", self.threshold)
-        if self.max_utterance_s <= self.min_speech_ms / 1000:
-            raise ConfigError("max_utterance_s", "longer than min_speech_ms", self.max_utterance_s)
 
 
 class SileroVad:

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from model.errors import ConfigError
-from stream.asr import AsrOptions, load_whisper, transcribe
+from stream.asr import load_whisper, transcribe
 from stream.media import decode_clip
+from stream.options import AsrOptions
 
 DATA = Path(__file__).parent / "data"
 STOCK = AsrOptions(encoder_min_window_s=30.0)

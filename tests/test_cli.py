@@ -155,7 +155,7 @@ def test_bad_inputs_exit_2_with_a_clear_message(
 
 
 def test_live_yaml_lists_exactly_the_built_in_defaults() -> None:
-    from stream.run import LiveOptions, load_live_options
+    from stream.options import LiveOptions, load_live_options
 
     shipped = load_live_options(Path(__file__).parents[1] / "configs/live.yaml")
     assert shipped == LiveOptions()
@@ -165,7 +165,7 @@ def test_run_config_flags_override_the_file_and_bad_keys_are_named(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from stream.cli import _overridden
-    from stream.run import load_live_options
+    from stream.options import load_live_options
 
     config = tmp_path / "live.yaml"
     config.write_text("asr:\n  encoder_min_window_s: 15.0\nsegmenter:\n  min_silence_ms: 300.0\n")

@@ -27,11 +27,11 @@ from model.errors import BackendUnavailableError, ConfigError
 from model.features import FeatureOptions
 from stream.broker import free_port
 from stream.media import MediaError
-from stream.pipeline import PipelineOptions, PipelineStats
-from stream.publisher import BrokerOptions, parse_broker_url
+from stream.options import BrokerOptions, PipelineOptions, SegmenterOptions
+from stream.pipeline import PipelineStats
+from stream.publisher import parse_broker_url
 from stream.render import render_scene, speak, write_clip
 from stream.run import RunRequest, run_pipeline
-from stream.vad import SegmenterOptions
 from tests.conftest import require_binary
 
 pytestmark = pytest.mark.broker

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from stream.messages import AudioChunk, Utterance
+from stream.options import SegmenterOptions
 from stream.render import speak
-from stream.vad import Segmenter, SegmenterOptions
+from stream.vad import Segmenter
 from tests.conftest import require_binary
 
 RATE = 16000

@@ -21,8 +21,9 @@ import numpy as np
 from benchkit import cpu_seconds, write_report
 from tqdm import tqdm
 
-from stream.asr import AsrOptions, load_whisper, transcribe
+from stream.asr import load_whisper, transcribe
 from stream.media import decode_clip
+from stream.options import AsrOptions
 from stream.render import speak
 from stream.synth_sentences import OWN_SENTENCES
 

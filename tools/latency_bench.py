@@ -20,14 +20,13 @@ from pathlib import Path
 import numpy as np
 from benchkit import cpu_seconds, mosquitto, write_report
 
-from stream.asr import AsrOptions, load_whisper, resolve_model_folder, transcribe
+from stream.asr import load_whisper, resolve_model_folder, transcribe
 from stream.messages import AudioChunk
-from stream.pipeline import PipelineOptions
-from stream.publisher import BrokerOptions
+from stream.options import AsrOptions, BrokerOptions, PipelineOptions, SegmenterOptions
 from stream.render import render_scene, write_clip
 from stream.run import RunRequest, run_pipeline
 from stream.synth_sentences import SCENE_SENTENCES
-from stream.vad import Segmenter, SegmenterOptions
+from stream.vad import Segmenter
 
 
 def rss_mb() -> float:

@@ -26,10 +26,8 @@ import numpy as np
 import psutil
 from benchkit import mosquitto, write_report
 
-from stream.pipeline import PipelineOptions
-from stream.publisher import BrokerOptions
+from stream.options import BrokerOptions, PipelineOptions, SegmenterOptions
 from stream.run import RunRequest, run_pipeline
-from stream.vad import SegmenterOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 
