@@ -207,6 +207,11 @@ class FaceTracker:
         self._count = 0
         self._lock = threading.Lock()
 
+    @property
+    def last_box(self) -> tuple[int, int, int, int] | None:
+        """The newest face box (x, y, width, height in pixels), None before a face was found."""
+        return self._box
+
     def crop(self, frame: TimedImage) -> tuple[np.ndarray, float, bool]:
         """(flattened crop in [0, 1], contrast of the grey picture, face found)."""
         import cv2

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from model.features import ClipFeatures
+
 
 @dataclass
 class AudioChunk:
@@ -57,6 +59,27 @@ class Utterance:
 
 
 @dataclass
+class Transcript:
+    """An utterance with what the recogniser heard in it."""
+
+    utterance: Utterance
+    text: str
+    dequeued_wall: float  # unix time at which transcription began (the VAD's share ends here)
+    asr_ms: float
+
+
+@dataclass
+class ScoredWindow:
+    """An utterance ready for the model: its transcript, features and quality scores."""
+
+    transcript: Transcript
+    features: ClipFeatures
+    quality_audio: float
+    quality_video: float
+    features_ms: float
+
+
+@dataclass
 class IntentEvent:
     """What subscribers of dfmq/<stream_id>/intent receive (as JSON)."""
 
@@ -75,3 +98,22 @@ class IntentEvent:
     engine: str
     latency_ms: dict[str, float]
     schema: str = "dfmq.intent/1"
+
+
+@dataclass
+class QualityReport:
+    """Running quality of the last seconds, between and during utterances (dfmq/<id>/quality)."""
+
+    stream_id: str
+    time_s: float  # stream time of the newest sample or frame scored
+    wall_s: float
+    audio: float
+    video: float
+    camera: bool  # a video source has delivered frames
+    microphone: bool  # an audio source has delivered samples
+    face_box_px: tuple[int, int, int, int] | None = None  # x, y, width, height in the newest frame
+    schema: str = "dfmq.quality/1"
+
+
+# What every sink receives; each takes the kinds it shows and ignores the rest.
+SinkMessage = IntentEvent | QualityReport | VideoFrame

@@ -8,19 +8,32 @@ import logging
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from engines.batcher import BatcherOptions, MicroBatcher
 from engines.select import choose_engine, load_engine
 from model.checkpoint import load_checkpoint, resolve_ckpt
-from model.errors import ConfigError
+from model.errors import ConfigError, DfmqError
+from model.features import FaceTracker
 from stream.asr import load_whisper
 from stream.broker import EmbeddedBroker
 from stream.options import AsrOptions, BrokerOptions, PipelineOptions, SegmenterOptions
-from stream.pipeline import Pipeline, PipelineStats, check_live_compatible
+from stream.pipeline import Pipeline, PipelineStats
 from stream.publisher import Publisher, parse_broker_url
+from stream.sinks import HermesSink, MqttSink, Sink
 from stream.sources import CameraSource, FileSource, MicSource, Source, SourceOptions, StreamClock
+from stream.stages import (
+    Deciding,
+    LiveQuality,
+    MediaBuffer,
+    QualityTicker,
+    Scoring,
+    Segmenting,
+    Transcribing,
+    check_live_compatible,
+)
 from stream.vad import Segmenter
 
 log = logging.getLogger("dfmq.run")
@@ -96,19 +109,24 @@ async def run_pipeline(
         return await _run_pipeline(req, broker, pipe_opts, seg_opts, on_ready)
 
 
+def _sinks(publisher: Publisher, options: PipelineOptions) -> list[Sink]:
+    """Every output of the run; a new output is one line here."""
+    sinks: list[Sink] = [MqttSink(publisher)]
+    if options.hermes:
+        sinks.append(HermesSink(publisher))
+    if options.show:
+        from stream.show import ViewerSink
+
+        sinks.append(ViewerSink())
+    return sinks
+
+
 async def _run_pipeline(
     req: RunRequest, broker: BrokerOptions, pipe_opts: PipelineOptions, seg_opts: SegmenterOptions, on_ready: Any = None
 ) -> PipelineStats:
-    model, tokenizer = load_checkpoint(resolve_ckpt(req.ckpt))
-    check_live_compatible(model.config)
-    choice = choose_engine(req.engine, req.device)
-    engine = load_engine(model, choice)
-    log.info("engine %s (%s)", engine.name, choice.reason)
-    asr = req.asr
-    load_whisper(asr)  # load before the clock starts, not on the first utterance
-    source_options = SourceOptions(pace=req.pace)
-    sources, files = _sources(req, source_options)
-
+    # Cheap checks first: the media opens (a missing track or a bad file fails here), the broker
+    # answers and accepts us, then the model and Whisper load.
+    sources, files = _sources(req, SourceOptions(pace=req.pace))
     embedded = None
     if broker.url == "embedded":
         embedded = EmbeddedBroker(port=req.embedded_port)
@@ -116,61 +134,80 @@ async def _run_pipeline(
         host, port, tls = "127.0.0.1", req.embedded_port, False
     else:
         host, port, tls = parse_broker_url(broker.url)
-    publisher = Publisher(broker, pipe_opts.stream_id, host, port, tls)
-    publisher_task = asyncio.create_task(publisher.run())
+    sinks = _sinks(Publisher(broker, pipe_opts.stream_id, host, port, tls), pipe_opts)
+    started: list[Sink] = []
+    failing = False
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dfmq-work")
     try:
-        try:
-            await publisher.wait_connected(broker.connect_timeout_s)
-        except TimeoutError:
-            raise ConfigError("--broker", f"an MQTT broker answering at {host}:{port}", broker.url) from None
-        batcher = MicroBatcher(engine, BatcherOptions(max_batch=8, max_delay_ms=2.0))
-        pipeline = Pipeline(
-            model.config, tokenizer, batcher, publisher, pipe_opts, Segmenter(seg_opts), asr, engine.name
-        )
+        for sink in sinks:
+            await sink.start()
+            started.append(sink)
+        pipeline = _build_pipeline(req, sources, not files, sinks, pipe_opts, seg_opts, executor)
         loop = asyncio.get_running_loop()
-        ends = {"count": 0}
-        sink = pipeline.sink_for(loop, blocking=files)
-
-        def source_sink(item: Any) -> None:
-            # Several sources: the pipeline ends when the last one does.
-            if item is None:
-                ends["count"] += 1
-                if ends["count"] < len(sources):
-                    return
-            sink(item)
-
-        stop = asyncio.Event()
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signal.SIGINT, stop.set)
-            loop.add_signal_handler(signal.SIGTERM, stop.set)
+            loop.add_signal_handler(signal.SIGINT, pipeline.stop)
+            loop.add_signal_handler(signal.SIGTERM, pipeline.stop)
         if on_ready is not None:
             await on_ready(host, port)
-        for source in sources:
-            source.start(source_sink)
-
-        async def stop_sources() -> None:
-            await stop.wait()
-            log.info("stopping: flushing what is in flight")
-            for source in sources:
-                source.stop()
-            if not files:
-                sink(None)
-
-        stopper = asyncio.create_task(stop_sources())
-        started = time.monotonic()
-        stats = await pipeline.run()
-        stopper.cancel()
-        log.info("pipeline done in %.1f s: %s", time.monotonic() - started, stats)
-        await publisher.close()
-        await asyncio.wait_for(publisher_task, 30.0)
-        for source in sources:
-            if source.error is not None:
-                raise source.error
-        return stats
+        began = time.monotonic()
+        async with pipeline.deciding.batcher:
+            stats = await pipeline.run()
+        log.info("pipeline done in %.1f s: %s", time.monotonic() - began, stats)
+    except BaseException:
+        failing = True
+        raise
     finally:
-        if not publisher_task.done():
-            publisher_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await publisher_task
+        executor.shutdown(wait=False)
+        await _close_sinks(started, raise_failure=not failing)
         if embedded is not None:
             await embedded.stop()
+    for source in sources:
+        if source.error is not None:
+            raise source.error
+    return stats
+
+
+def _build_pipeline(
+    req: RunRequest,
+    sources: list[Source],
+    live: bool,
+    sinks: list[Sink],
+    pipe_opts: PipelineOptions,
+    seg_opts: SegmenterOptions,
+    executor: ThreadPoolExecutor,
+) -> Pipeline:
+    model, tokenizer = load_checkpoint(resolve_ckpt(req.ckpt))
+    features = check_live_compatible(model.config)
+    choice = choose_engine(req.engine, req.device)
+    engine = load_engine(model, choice)
+    log.info("engine %s (%s)", engine.name, choice.reason)
+    load_whisper(req.asr)  # load before the clock starts, not on the first utterance
+    buffer = MediaBuffer(pipe_opts)
+    quality = LiveQuality(model.config, features, pipe_opts.reference_momentum)
+    tracker = FaceTracker(features)
+    batcher = MicroBatcher(engine, BatcherOptions(max_batch=8, max_delay_ms=2.0))
+    return Pipeline(
+        sources=sources,
+        live=live,
+        segmenting=Segmenting(Segmenter(seg_opts), buffer),
+        transcribing=Transcribing(req.asr, executor),
+        scoring=Scoring(buffer, quality, tracker, executor),
+        deciding=Deciding(model.config, tokenizer, batcher, pipe_opts, engine.name),
+        ticker=QualityTicker(buffer, quality, tracker, pipe_opts),
+        sinks=sinks,
+        options=pipe_opts,
+    )
+
+
+async def _close_sinks(sinks: list[Sink], raise_failure: bool) -> None:
+    """Close every sink, the MQTT one last (the others may still hand it messages); the first
+    failure is raised once all are closed, unless the run is already failing with its own."""
+    error: BaseException | None = None
+    for sink in reversed(sinks):
+        try:
+            await sink.close()
+        except DfmqError as exc:
+            log.error("%s", exc)
+            error = error or exc
+    if error is not None and raise_failure:
+        raise error

@@ -49,7 +49,7 @@ def test_compact_checkpoint_round_trip(tmp_path: Path) -> None:
 
 def test_shipped_starter_model_loads_offline_and_is_live_compatible() -> None:
     from model.checkpoint import STARTER_DIR, resolve_ckpt
-    from stream.pipeline import check_live_compatible
+    from stream.stages import check_live_compatible
 
     assert resolve_ckpt("default") == STARTER_DIR
     model, tokenizer = load_checkpoint(resolve_ckpt("default"))

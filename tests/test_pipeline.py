@@ -471,20 +471,20 @@ def test_asr_behind_a_live_source_drops_the_oldest_utterances_and_counts_them(
     live_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A slow ASR (injected: real Whisper is fast here) behind a microphone that never waits."""
-    import stream.pipeline
     import stream.sources
+    import stream.stages
 
     require_binary("espeak-ng", "espeak-ng")
     words = ("yes", "no", "thanks", "sorry", "hello", "goodbye")
     FakeMicrophone.recording = np.concatenate([p for w in words for p in (speak(w), np.zeros(9600, np.float32))])
     monkeypatch.setattr(stream.sources, "_sounddevice", lambda: FakeMicrophone)
-    real_transcribe = stream.pipeline.transcribe
+    real_transcribe = stream.stages.transcribe
 
     def slow_transcribe(samples: np.ndarray, options: Any) -> str:
         time.sleep(3.0)  # twice the spacing of the words below
         return real_transcribe(samples, options)
 
-    monkeypatch.setattr(stream.pipeline, "transcribe", slow_transcribe)
+    monkeypatch.setattr(stream.stages, "transcribe", slow_transcribe)
     broker = Mosquitto(tmp_path)
     broker.start()
     sub = Subscriber(broker.port)

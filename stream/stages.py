@@ -1,0 +1,282 @@
+"""The stages of the live path, each one small unit with a typed message in and out.
+
+    capture items ─► Segmenting ─► Utterance ─► Transcribing ─► Transcript
+        ─► Scoring (features + quality) ─► ScoredWindow ─► Deciding ─► IntentEvent
+    MediaBuffer (recent frames and audio) ─► QualityTicker ─► QualityReport
+
+`stream/pipeline.py` joins them with bounded queues and fans their outputs out to the sinks.
+Blocking work (ASR, features) runs in an executor handed in by the wiring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from concurrent.futures import Executor
+from typing import Any
+
+import numpy as np
+import torch
+
+from engines.base import WindowBatch
+from engines.batcher import MicroBatcher
+from model.config import DFMQConfig
+from model.errors import ConfigError
+from model.features import ClipFeatures, FaceTracker, FeatureOptions, extract_features, score_audio_raw, score_video_raw
+from model.quality import RunningReference, text_quality
+from stream.asr import transcribe
+from stream.messages import AudioChunk, IntentEvent, QualityReport, ScoredWindow, Transcript, Utterance, VideoFrame
+from stream.options import AsrOptions, PipelineOptions
+from stream.vad import Segmenter
+
+
+def check_live_compatible(config: DFMQConfig) -> FeatureOptions:
+    """The feature options live extraction must use: those the checkpoint was trained on."""
+    if config.feature_options is None:
+        raise ConfigError(
+            "--ckpt",
+            "a checkpoint trained on features from `dfmq extract` (e.g. 'default'); this one was trained on "
+            f"benchmark features ({config.audio_dim}-d audio, {config.video_dim}-d video) that live media cannot "
+            "reproduce",
+            "a benchmark-feature checkpoint",
+        )
+    options = FeatureOptions(**config.feature_options)
+    if (options.mel_bins, options.video_dim) != (config.audio_dim, config.video_dim):
+        raise ConfigError(
+            "--ckpt", f"feature widths {config.audio_dim}/{config.video_dim}", f"{options.mel_bins}/{options.video_dim}"
+        )
+    return options
+
+
+class MediaBuffer:
+    """The last seconds of frames and audio, written by segmenting, read by scoring and the ticker.
+
+    Bounded by stream time (`video_buffer_s`, `quality_window_s`), so memory does not grow with the
+    length of the input."""
+
+    def __init__(self, options: PipelineOptions) -> None:
+        self.options = options
+        self.frames: deque[VideoFrame] = deque()
+        self.recent_audio: deque[AudioChunk] = deque()
+        self.has_video = False
+        self.has_audio = False
+        self.audio_clock_s = 0.0
+
+    def add_frame(self, frame: VideoFrame) -> None:
+        self.has_video = True
+        self.frames.append(frame)
+        while self.frames and self.frames[0].pts_s < frame.pts_s - self.options.video_buffer_s:
+            self.frames.popleft()
+
+    def add_audio(self, chunk: AudioChunk) -> None:
+        self.has_audio = True
+        self.audio_clock_s = chunk.end_s
+        self.recent_audio.append(chunk)
+        while self.recent_audio and self.recent_audio[0].start_s < chunk.end_s - self.options.quality_window_s:
+            self.recent_audio.popleft()
+
+    def frames_between(self, start_s: float, end_s: float) -> list[VideoFrame]:
+        return [f for f in self.frames if start_s <= f.pts_s <= end_s]
+
+    def now_s(self) -> float:
+        if self.has_audio:
+            return self.audio_clock_s
+        return self.frames[-1].pts_s if self.frames else 0.0
+
+    def recent_samples(self) -> np.ndarray:
+        if not self.recent_audio:
+            return np.zeros(0, np.float32)
+        return np.concatenate([c.samples for c in self.recent_audio])
+
+
+class LiveQuality:
+    """Per-stream quality: raw-signal scores against running references (EMA over utterances),
+    seeded from the checkpoint's training statistics."""
+
+    def __init__(self, config: DFMQConfig, options: FeatureOptions, momentum: float) -> None:
+        self.reference = RunningReference(config.reference, momentum)
+        self.options = options
+
+    def score(self, feats: ClipFeatures) -> tuple[float, float]:
+        ref = self.reference.current
+        q_audio = score_audio_raw(feats.audio_stats, ref.audio_energy, self.options)
+        q_video = score_video_raw(feats.video_stats, ref.video_motion, ref.video_contrast, self.options)
+        return q_audio, q_video
+
+    def update(self, feats: ClipFeatures) -> None:
+        a, v = feats.audio_stats, feats.video_stats
+        self.reference.fold(
+            energy=a.energy if a is not None else None,
+            motion=v.motion if v is not None else None,
+            contrast=v.contrast if v is not None else None,
+        )
+
+
+class Segmenting:
+    """Capture items in, finished utterances out; frames and audio also go to the media buffer."""
+
+    def __init__(self, segmenter: Segmenter, buffer: MediaBuffer) -> None:
+        self.segmenter = segmenter
+        self.buffer = buffer
+
+    def process(self, item: AudioChunk | VideoFrame) -> list[Utterance]:
+        if isinstance(item, VideoFrame):
+            self.buffer.add_frame(item)
+            return []
+        self.buffer.add_audio(item)
+        return self.segmenter.process(item)
+
+    def flush(self) -> list[Utterance]:
+        """The utterance being spoken when the input ended, cut where it is."""
+        return self.segmenter.flush()
+
+
+class Transcribing:
+    def __init__(self, asr: AsrOptions, executor: Executor) -> None:
+        self.asr = asr
+        self.executor = executor
+
+    async def process(self, utterance: Utterance) -> Transcript:
+        dequeued = time.time()
+        started = time.perf_counter()
+        text = await asyncio.get_running_loop().run_in_executor(self.executor, transcribe, utterance.samples, self.asr)
+        return Transcript(utterance, text, dequeued, (time.perf_counter() - started) * 1000)
+
+
+class Scoring:
+    """Features of the utterance's audio and frames, and their quality against the running references."""
+
+    def __init__(self, buffer: MediaBuffer, quality: LiveQuality, tracker: FaceTracker, executor: Executor) -> None:
+        self.buffer = buffer
+        self.quality = quality
+        self.tracker = tracker
+        self.executor = executor
+
+    async def process(self, transcript: Transcript) -> ScoredWindow:
+        utterance = transcript.utterance
+        started = time.perf_counter()
+        frames = self.buffer.frames_between(utterance.start_s, utterance.end_s)
+        feats = await asyncio.get_running_loop().run_in_executor(
+            self.executor, extract_features, utterance.samples, frames, self.quality.options, self.tracker
+        )
+        q_audio, q_video = self.quality.score(feats)
+        self.quality.update(feats)
+        return ScoredWindow(transcript, feats, q_audio, q_video, (time.perf_counter() - started) * 1000)
+
+
+class Deciding:
+    """The model's decision on one window (through the shared micro-batcher) as an intent event."""
+
+    def __init__(
+        self,
+        config: DFMQConfig,
+        tokenizer: Any,
+        batcher: MicroBatcher,
+        options: PipelineOptions,
+        engine_name: str,
+    ) -> None:
+        self.config = config
+        self.tokenizer = tokenizer
+        self.batcher = batcher
+        self.options = options
+        self.engine_name = engine_name
+
+    def window(self, scored: ScoredWindow) -> WindowBatch:
+        cfg = self.config
+        text = scored.transcript.text
+        tokens = self.tokenizer([text or ""], truncation=True, max_length=cfg.text_max_len, return_tensors="np")
+        # Nothing recognised is no text at all, not the two special tokens of an empty string.
+        q_text = float(text_quality(torch.from_numpy(tokens["attention_mask"]), cfg.text_max_len)[0]) if text else 0.0
+
+        def seq(values: np.ndarray | None, dim: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
+            if values is None or len(values) == 0:
+                return np.zeros((1, 1, dim), np.float32), np.zeros((1, 1), bool)
+            values = values[:max_len]
+            return values[None].astype(np.float32), np.ones((1, len(values)), bool)
+
+        audio, audio_mask = seq(scored.features.audio, cfg.audio_dim, cfg.audio_max_len)
+        video, video_mask = seq(scored.features.video, cfg.video_dim, cfg.video_max_len)
+        return WindowBatch(
+            input_ids=tokens["input_ids"].astype(np.int64),
+            attention_mask=tokens["attention_mask"].astype(np.int64),
+            audio=audio,
+            audio_mask=audio_mask,
+            video=video,
+            video_mask=video_mask,
+            quality=np.array([[q_text, scored.quality_audio, scored.quality_video]], dtype=np.float32),
+        )
+
+    async def process(self, scored: ScoredWindow) -> IntentEvent:
+        started = time.perf_counter()
+        window = self.window(scored)
+        result = await self.batcher.infer(self.options.stream_id, window)
+        engine_ms = (time.perf_counter() - started) * 1000
+        probs = result.output.probs[0]
+        weights = result.output.weights[0]
+        order = np.argsort(-probs)[: self.options.top_k]
+        labels = self.config.labels
+        transcript = scored.transcript
+        utterance = transcript.utterance
+        now = time.time()
+        latency = {
+            "vad": max(0.0, (transcript.dequeued_wall - utterance.speech_end_wall) * 1000),
+            "asr": transcript.asr_ms,
+            "features": scored.features_ms,
+            "engine": engine_ms,
+            "batch_wait": result.wait_ms,
+            "total": (now - utterance.speech_end_wall) * 1000,
+        }
+        return IntentEvent(
+            stream_id=self.options.stream_id,
+            utterance_id=utterance.utterance_id,
+            start=round(utterance.start_s, 3),
+            end=round(utterance.end_s, 3),
+            speech_end_wall=round(utterance.speech_end_wall, 3),
+            published_wall=round(now, 3),
+            text=transcript.text if self.options.publish_transcripts else None,
+            intent=labels[int(order[0])],
+            confidence=round(float(probs[order[0]]), 4),
+            top_k=[{"intent": labels[int(i)], "confidence": round(float(probs[i]), 4)} for i in order],
+            quality={
+                "text": round(float(window.quality[0, 0]), 3),
+                "audio": round(scored.quality_audio, 3),
+                "video": round(scored.quality_video, 3),
+            },
+            weights={"audio": round(float(weights[0]), 3), "video": round(float(weights[1]), 3)},
+            engine=self.engine_name,
+            latency_ms={k: round(v, 1) for k, v in latency.items()},
+        )
+
+
+class QualityTicker:
+    """Running quality of the last seconds, scored without model inputs (no log-mel, no crops kept)."""
+
+    def __init__(
+        self, buffer: MediaBuffer, quality: LiveQuality, tracker: FaceTracker, options: PipelineOptions
+    ) -> None:
+        self.buffer = buffer
+        self.quality = quality
+        self.tracker = tracker
+        self.options = options
+
+    async def process(self) -> QualityReport | None:
+        buffer = self.buffer
+        if not buffer.recent_audio and not buffer.frames:
+            return None
+        now_s = buffer.now_s()
+        frames = buffer.frames_between(now_s - self.options.quality_window_s, now_s)
+        feats = await asyncio.get_running_loop().run_in_executor(
+            None, extract_features, buffer.recent_samples(), frames, self.quality.options, self.tracker, False
+        )
+        q_audio, q_video = self.quality.score(feats)
+        return QualityReport(
+            stream_id=self.options.stream_id,
+            time_s=round(now_s, 3),
+            wall_s=round(time.time(), 3),
+            audio=round(q_audio, 3),
+            video=round(q_video, 3),
+            camera=buffer.has_video,
+            microphone=buffer.has_audio,
+            face_box_px=self.tracker.last_box,
+        )
