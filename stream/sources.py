@@ -49,13 +49,27 @@ class SourceOptions:
             raise ConfigError("--pace", "'realtime' or 'fast'", self.pace)
 
 
+def _requirement(audio: bool, video: bool) -> tuple[str | None, str | None]:
+    """The track a file source cannot do without, and what to tell a user whose file lacks it."""
+    if audio and video:  # --input
+        return "audio", "expected a file with an audio stream; use --audio FILE --video FILE to combine separate files"
+    if audio:  # --audio FILE
+        return "audio", "expected a file with an audio stream for --audio"
+    if video:  # --video FILE
+        return "video", "expected a file with a video stream for --video; use --video none to run on sound alone"
+    return None, None
+
+
 class FileSource:
     """A media file or URL decoded by PyAV on a thread; paced to real time unless `fast`."""
 
     def __init__(self, location: str, options: SourceOptions, audio: bool = True, video: bool = True) -> None:
         self.location = location
         self.options = options
-        self.media = open_media(location, audio, video)
+        # Utterances come from speech, so a file that is to give the audio must have it; a file
+        # given for the picture alone (--video FILE) must have a picture. --input's video is optional.
+        required, hint = _requirement(audio, video)
+        self.media = open_media(location, audio, video, required=required, hint=hint)
         self.error: DfmqError | None = None  # what ended the input early; `dfmq run` reports it
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -110,6 +124,8 @@ class FileSource:
                     pending = pending[chunk:]
             if len(pending):
                 emit_audio(pending)
+            if self.has_audio and audio_pos == 0 and not self._stop.is_set():
+                raise MediaError(self.location, "its audio track holds no samples (nothing could be decoded)")
         except MediaError as exc:
             # What was read before still goes through the pipeline; the run then fails with this.
             self.error = exc
