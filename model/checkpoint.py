@@ -106,7 +106,9 @@ def read_checkpoint_config(ckpt_dir: Path) -> tuple[DFMQConfig, dict[str, Any]]:
     version = payload.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(ckpt_dir, f"format_version {version!r}, this dfmq reads {FORMAT_VERSION}")
-    return DFMQConfig.from_dict(payload["model"], source=str(cfg_path)), payload
+    # Checkpoints from before the gated weights were trained with the paper's softmax.
+    model_section = {"fusion_weights": "paper", **payload["model"]}
+    return DFMQConfig.from_dict(model_section, source=str(cfg_path)), payload
 
 
 def load_checkpoint(ckpt_dir: Path, device: str = "cpu") -> tuple[DFMQMC, Any]:

@@ -13,6 +13,9 @@ from typing import Any
 from model.errors import ConfigError
 
 FUSION_MODES = ("dynamic", "equal")
+# 'gated': one gate per channel from its own quality, zero below `quality_floor` (the default);
+# 'paper': the paper's softmax over (audio, video), whose weights sum to 1.
+FUSION_WEIGHTS = ("gated", "paper")
 
 MINTREC_LABELS = (
     "Complain",
@@ -84,6 +87,9 @@ class DFMQConfig:
     predictor_init: str = "random"  # or "monotone": start from weights that follow quality
     dropout: float = 0.1
     fusion: str = "dynamic"
+    fusion_weights: str = "gated"
+    quality_floor: float = 0.15  # a channel scoring below this gets weight 0 (gated weights)
+    quality_floor_ramp: float = 0.1  # the gate opens linearly over this much quality above the floor
     use_quality: bool = True
     use_consistency: bool = True
     lambda_supcon: float = 1.0
@@ -106,6 +112,12 @@ class DFMQConfig:
             raise ConfigError("predictor_init", "'random' or 'monotone'", self.predictor_init)
         if self.fusion not in FUSION_MODES:
             raise ConfigError("fusion", f"one of {FUSION_MODES}", self.fusion)
+        if self.fusion_weights not in FUSION_WEIGHTS:
+            raise ConfigError("fusion_weights", f"one of {FUSION_WEIGHTS}", self.fusion_weights)
+        if not 0.0 <= self.quality_floor < 1.0:
+            raise ConfigError("quality_floor", "a quality in [0, 1)", self.quality_floor)
+        if not 0.0 < self.quality_floor_ramp <= 1.0:
+            raise ConfigError("quality_floor_ramp", "a quality width in (0, 1]", self.quality_floor_ramp)
         if len(self.labels) < 2:
             raise ConfigError("labels", "at least 2 labels", self.labels)
         if len(set(self.labels)) != len(self.labels):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +113,56 @@ class WeightPredictor(nn.Module):
         return self.fc2(F.relu(self.fc1(quality)))
 
 
+class GatedWeightPredictor(nn.Module):
+    """Weights a dead channel cannot win: one gate per channel, each a function of that channel's
+    own quality only, non-decreasing in it, and zero below the quality floor.
+
+    Per channel m (audio: q_a, video: q_v): `h = relu(softplus(W1_m) q_m + b1_m)`,
+    `w_m = sigmoid(softplus(W2_m) . h + b2_m) * ramp(q_m)`, with
+    `ramp(q) = clamp((q - floor) / floor_ramp, 0, 1)`. Non-negative slopes make each weight
+    non-decreasing in its own quality; no other channel's score enters, so a black camera can never
+    gain weight because the room got loud (the paper's softmax over (audio, video) does exactly
+    that: its two weights sum to 1). Both weights may fall together; text, the fusion's backbone,
+    always keeps weight 1. Same size as the paper's predictor: two layers of `hidden` units.
+    """
+
+    def __init__(self, hidden: int, floor: float, floor_ramp: float, init: str = "random", prior_slope: float = 6.0):
+        super().__init__()
+        self.floor, self.floor_ramp = floor, floor_ramp
+        self.w1 = nn.Parameter(torch.randn(2, hidden) * 0.5)
+        self.b1 = nn.Parameter(torch.zeros(2, hidden))
+        self.w2 = nn.Parameter(torch.randn(2, hidden) * 0.5)
+        self.b2 = nn.Parameter(torch.zeros(2))
+        if init == "monotone":
+            # Start from w_m = sigmoid(slope (q_m - 0.5)) above the floor: one unit carries q_m
+            # through, the others start silent (softplus(-12) ~ 6e-6) and join in by their gradients.
+            with torch.no_grad():
+                self.w1.fill_(-12.0)
+                self.w1[:, 0] = math.log(math.e - 1.0)  # softplus^-1(1)
+                self.b1.zero_()
+                self.w2.fill_(-12.0)
+                self.w2[:, 0] = prior_slope + math.log(-math.expm1(-prior_slope))  # softplus^-1(slope)
+                self.b2.fill_(-prior_slope / 2)
+
+    def parameter_list(self) -> list[Tensor]:
+        return [self.w1, self.b1, self.w2, self.b2]
+
+    def forward(self, quality: Tensor, presence: Tensor) -> Tensor:
+        params = [p.unsqueeze(0) for p in self.parameter_list()]
+        return gated_weights(params, quality.unsqueeze(0), presence.unsqueeze(0), self.floor, self.floor_ramp)[0]
+
+
+def gated_weights(params: list[Tensor], quality: Tensor, presence: Tensor, floor: float, floor_ramp: float) -> Tensor:
+    """`GatedWeightPredictor` with one parameter set per task: params (T, 2, H) ... (T, 2),
+    quality (T, K, 3), presence (T, K, 2) -> weights (T, K, 2). Shared with the FOMAML loss."""
+    w1, b1, w2, b2 = params
+    own = quality[..., 1:3].unsqueeze(-1)  # (T, K, 2, 1): each channel sees its own score only
+    hidden = F.relu(F.softplus(w1).unsqueeze(1) * own + b1.unsqueeze(1))  # (T, K, 2, H)
+    logits = (F.softplus(w2).unsqueeze(1) * hidden).sum(-1) + b2.unsqueeze(1)  # (T, K, 2)
+    ramp = ((quality[..., 1:3] - floor) / floor_ramp).clamp(0.0, 1.0)
+    return torch.sigmoid(logits) * ramp * presence
+
+
 def masked_weights(logits: Tensor, presence: Tensor) -> Tensor:
     """Softmax over the present modalities; a missing modality gets weight 0 (both missing: 0, 0)."""
     shifted = logits - logits.max(dim=-1, keepdim=True).values
@@ -132,7 +183,13 @@ class DFMQMC(nn.Module):
         self.video_encoder = SequenceEncoder(
             config.video_dim, inner, width, config.nonverbal_layers, config.nonverbal_heads, config.dropout
         )
-        self.predictor = WeightPredictor(config.predictor_hidden, config.predictor_init)
+        self.predictor: WeightPredictor | GatedWeightPredictor
+        if config.fusion_weights == "paper":
+            self.predictor = WeightPredictor(config.predictor_hidden, config.predictor_init)
+        else:
+            self.predictor = GatedWeightPredictor(
+                config.predictor_hidden, config.quality_floor, config.quality_floor_ramp, config.predictor_init
+            )
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(width, config.num_labels)
         self.text_head = nn.Linear(width, config.num_labels)
@@ -183,6 +240,8 @@ class DFMQMC(nn.Module):
         if not self.config.use_quality:
             # The ablation: the predictor still runs, but on a constant instead of the scores.
             quality = torch.ones_like(quality)
+        if isinstance(self.predictor, GatedWeightPredictor):
+            return self.predictor(quality, presence)
         return masked_weights(self.predictor(quality), presence)
 
     def fuse(self, encoded: Encoded, weights: Tensor) -> Tensor:

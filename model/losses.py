@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from model.config import ReferenceStats
-from model.dfmq import DFMQMC, ForwardOutput, masked_weights
+from model.dfmq import DFMQMC, ForwardOutput, GatedWeightPredictor, gated_weights, masked_weights
 from model.features import FeatureOptions
 from model.quality import audio_stats, quality_vector, raw_quality_vector, video_stats
 
@@ -162,13 +162,21 @@ def fomaml_loss(
     cls_w, cls_b = model.classifier.weight.detach(), model.classifier.bias.detach()
     task_labels = labels.unsqueeze(1).expand(batch, copies)
 
+    predictor = model.predictor
+
     def task_loss(params: list[Tensor], part: slice) -> Tensor:
-        weights = masked_weights(_batched_predictor(params, q[:, part]), copy_presence[:, part])
+        if isinstance(predictor, GatedWeightPredictor):
+            weights = gated_weights(params, q[:, part], copy_presence[:, part], predictor.floor, predictor.floor_ramp)
+        else:
+            weights = masked_weights(_batched_predictor(params, q[:, part]), copy_presence[:, part])
         fused = h_text + weights[..., :1] * h_audio[:, part] + weights[..., 1:] * h_video[:, part]
         logits = F.linear(fused, cls_w, cls_b)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), task_labels[:, part].reshape(-1), reduction="sum")
 
-    init = [model.predictor.fc1.weight, model.predictor.fc1.bias, model.predictor.fc2.weight, model.predictor.fc2.bias]
+    if isinstance(predictor, GatedWeightPredictor):
+        init = predictor.parameter_list()
+    else:
+        init = [predictor.fc1.weight, predictor.fc1.bias, predictor.fc2.weight, predictor.fc2.bias]
     fast = [p.detach().unsqueeze(0).repeat(batch, *([1] * p.dim())) for p in init]
     support = slice(0, n_support)
     for _ in range(cfg.maml_inner_steps):

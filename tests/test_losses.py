@@ -35,9 +35,10 @@ def _quality(model: DFMQMC, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, R
     return quality_vector(x["attention_mask"], model.config.text_max_len, a, v, ref), ref
 
 
-@pytest.fixture
-def model(tiny_model_config: DFMQConfig) -> DFMQMC:
+@pytest.fixture(params=["gated", "paper"])
+def model(tiny_model_config: DFMQConfig, request: pytest.FixtureRequest) -> DFMQMC:
     torch.manual_seed(0)
+    tiny_model_config.fusion_weights = request.param
     return DFMQMC(tiny_model_config, tiny_text_encoder(32))
 
 
@@ -86,7 +87,12 @@ def test_meta_training_learns_to_trust_the_informative_modality(model: DFMQMC) -
             model.classifier.weight[label] = h_audio[labels == label].mean(0) * 5
     optimizer = torch.optim.Adam(model.predictor.parameters(), lr=0.05)
     q, ref = _quality(model, x)
-    start = model.fusion_weights(q, torch.ones(8, 2))[:, 0].mean().item()
+    def audio_lead() -> float:
+        # Gated weights need not sum to 1: what must grow is audio's lead over video.
+        w = model.fusion_weights(q, torch.ones(8, 2))
+        return (w[:, 0] - w[:, 1]).mean().item()
+
+    start = audio_lead()
     for _ in range(30):
         out = model.forward_all(quality=q, **x)
         loss = fomaml_loss(
@@ -95,8 +101,8 @@ def test_meta_training_learns_to_trust_the_informative_modality(model: DFMQMC) -
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    end = model.fusion_weights(q, torch.ones(8, 2))[:, 0].mean().item()
-    assert end > start + 0.1, (start, end)
+    end = audio_lead()
+    assert end > start + 0.2, (start, end)
 
 
 def test_consistency_loss_sends_no_gradient_into_the_text_branch(model: DFMQMC) -> None:
@@ -112,9 +118,9 @@ def test_consistency_loss_sends_no_gradient_into_the_text_branch(model: DFMQMC) 
     assert model.video_head.weight.grad is not None and model.video_head.weight.grad.abs().sum() > 0
 
 
-def test_missing_modalities_get_no_weight_and_equal_fusion_is_half(
-    model: DFMQMC, tiny_model_config: DFMQConfig
-) -> None:
+def test_missing_modalities_get_no_weight_and_equal_fusion_is_half(tiny_model_config: DFMQConfig) -> None:
+    tiny_model_config.fusion_weights = "paper"
+    model = DFMQMC(tiny_model_config, tiny_text_encoder(32))
     x = _inputs()
     x["audio_mask"][1] = False
     x["video_mask"][1] = False
@@ -145,3 +151,45 @@ def test_supervised_contrastive_prefers_clustered_classes() -> None:
     clustered = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
     mixed = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9]])
     assert supervised_contrastive(clustered, labels, 0.1) < supervised_contrastive(mixed, labels, 0.1)
+
+
+@pytest.mark.parametrize("init", ["random", "monotone"])
+def test_gated_weights_keep_their_promises_over_a_quality_grid(tiny_model_config: DFMQConfig, init: str) -> None:
+    """Below the floor a channel gets <= 0.02; a weight never falls as its own quality rises and
+    never moves when another channel's quality (text included) changes."""
+    tiny_model_config.predictor_init = init
+    torch.manual_seed(1)
+    model = DFMQMC(tiny_model_config, tiny_text_encoder(32))
+    assert_gated_weight_properties(model)
+
+
+def assert_gated_weight_properties(model: DFMQMC, steps: int = 21) -> None:
+    """The three properties of the gated weights, checked on `model`'s predictor over a grid of
+    (q_text, q_audio, q_video); shared with the test of the shipped checkpoint."""
+    grid = torch.linspace(0, 1, steps)
+    qt, qa, qv = torch.meshgrid(grid, grid, grid, indexing="ij")
+    quality = torch.stack([qt, qa, qv], -1).reshape(-1, 3)
+    with torch.no_grad():
+        w = model.fusion_weights(quality, torch.ones(len(quality), 2)).reshape(steps, steps, steps, 2)
+    floor = model.config.quality_floor
+    below = grid < floor
+    assert w[:, below, :, 0].max() <= 0.02 and w[:, :, below, 1].max() <= 0.02
+    assert (w[:, 1:, :, 0] - w[:, :-1, :, 0]).min() >= -1e-6  # audio weight non-decreasing in q_a
+    assert (w[:, :, 1:, 1] - w[:, :, :-1, 1]).min() >= -1e-6  # video weight non-decreasing in q_v
+    # Independent of the other scores: the audio weight is the same whatever q_t and q_v are.
+    assert (w[..., 0] - w[:1, :, :1, 0]).abs().max() <= 1e-6
+    assert (w[..., 1] - w[:1, :1, :, 1]).abs().max() <= 1e-6
+    with torch.no_grad():
+        absent = model.fusion_weights(torch.ones(2, 3), torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+    assert absent[0, 0] == 0 and absent[1, 1] == 0  # a missing channel gets nothing
+
+
+def test_the_paper_weights_let_a_dead_camera_gain_when_audio_degrades(tiny_model_config: DFMQConfig) -> None:
+    """Why the gated weights exist: with the softmax over (audio, video), lowering q_a raises w_v
+    even when q_v is 0."""
+    tiny_model_config.fusion_weights = "paper"
+    tiny_model_config.predictor_init = "monotone"
+    model = DFMQMC(tiny_model_config, tiny_text_encoder(32))
+    with torch.no_grad():
+        w = model.fusion_weights(torch.tensor([[0.5, 0.9, 0.0], [0.5, 0.1, 0.0]]), torch.ones(2, 2))
+    assert w[1, 1] > w[0, 1] + 0.2 and w[1, 1] > 0.4

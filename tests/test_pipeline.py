@@ -62,10 +62,10 @@ REQUIRED = {
 
 @pytest.fixture(scope="module")
 def live_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A live-compatible checkpoint whose weight predictor is set by hand to follow quality.
+    """A live-compatible checkpoint whose weight predictor starts from weights that follow quality.
 
     The pipeline's plumbing is under test here (quality -> predictor -> weights -> event), not
-    training: logits (8 q_a, 8 q_v) give the cleaner channel the larger weight.
+    training: the gated predictor's monotone start gives the cleaner channel the larger weight.
     """
     torch.manual_seed(0)
     config = DFMQConfig(
@@ -74,18 +74,10 @@ def live_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
         video_dim=256,
         video_max_len=100,
         nonverbal_width=64,
+        predictor_init="monotone",
         feature_options=dataclasses.asdict(FeatureOptions()),
     )
     model, tokenizer = new_model(config)
-    with torch.no_grad():
-        model.predictor.fc1.weight.zero_()
-        model.predictor.fc1.bias.zero_()
-        model.predictor.fc1.weight[0, 1] = 1.0
-        model.predictor.fc1.weight[1, 2] = 1.0
-        model.predictor.fc2.weight.zero_()
-        model.predictor.fc2.bias.zero_()
-        model.predictor.fc2.weight[0, 0] = 8.0
-        model.predictor.fc2.weight[1, 1] = 8.0
     model.config.reference.audio_energy = 0.0
     model.config.reference.video_motion = 0.2
     model.config.reference.video_contrast = 0.2
