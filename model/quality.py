@@ -45,6 +45,43 @@ def text_quality(attention_mask: Tensor, max_len: int) -> Tensor:
     return (attention_mask.to(torch.float32).sum(dim=1) / float(max_len)).clamp(0.0, 1.0)
 
 
+@dataclass
+class RecogniserScores:
+    """What faster-whisper says of its own transcript (segment means over the utterance)."""
+
+    avg_logprob: float  # mean token log-probability
+    no_speech_prob: float  # probability that the window holds no speech at all
+    compression_ratio: float  # gzip ratio of the text: repeated phrases (hallucinations) compress well
+
+
+# Whisper's own fallback thresholds (faster-whisper's defaults): a segment under -1.0 mean
+# log-probability or over a 2.4 compression ratio is treated as failed decoding, and over 0.6
+# no-speech probability as silence. The ramps end where clean speech sits (measured with
+# tools/trust_bench.py on espeak-ng and real speech: clean avg_logprob mostly above -0.45,
+# compression ratio below 1.9).
+LOGPROB_FAIL, LOGPROB_GOOD = -1.0, -0.45
+COMPRESSION_GOOD, COMPRESSION_FAIL = 1.9, 2.4
+
+
+def recogniser_confidence(scores: RecogniserScores) -> float:
+    """How far the recogniser's transcript can be trusted, in [0, 1]: the product of three ramps
+    (any one failing sinks it): log-probability from -1.0 to -0.45, speech probability
+    `1 - no_speech_prob`, and compression ratio from 2.4 down to 1.9."""
+    q_logprob = min(1.0, max(0.0, (scores.avg_logprob - LOGPROB_FAIL) / (LOGPROB_GOOD - LOGPROB_FAIL)))
+    q_speech = min(1.0, max(0.0, 1.0 - scores.no_speech_prob))
+    q_repeat = min(1.0, max(0.0, (COMPRESSION_FAIL - scores.compression_ratio) / (COMPRESSION_FAIL - COMPRESSION_GOOD)))
+    return q_logprob * q_speech * q_repeat
+
+
+def recognised_text_quality(coverage: float, confidence: float) -> float:
+    """Live (and `dfmq extract`) text quality: `q_text = confidence * (1 + coverage) / 2`.
+
+    The paper's token coverage alone rises under noise (garbage transcripts are longer), so the
+    recogniser's confidence gates it: an unreliable transcript scores low however long it is, and
+    among reliable ones a fuller sentence still scores higher than a single word."""
+    return confidence * (1.0 + coverage) / 2.0
+
+
 def spectral_entropy(frames: Tensor) -> Tensor:
     """Normalised spectral entropy per frame over the last dimension: flat spectrum -> 1."""
     power = torch.fft.rfft(frames.to(torch.float32), dim=-1).abs().pow(2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from model.errors import ConfigError
+from model.quality import RecogniserScores
 from stream.options import AsrOptions
 
 
@@ -40,10 +42,22 @@ def load_whisper(options: AsrOptions) -> Any:
     )
 
 
-def transcribe(samples: np.ndarray, options: AsrOptions) -> str:
-    """Text of 16 kHz mono float32 speech (empty when nothing is recognised)."""
+@dataclass
+class Recognised:
+    """A transcript and what the recogniser says of it."""
+
+    text: str  # empty when nothing was recognised
+    scores: RecogniserScores
+
+
+NOTHING = RecogniserScores(avg_logprob=-10.0, no_speech_prob=1.0, compression_ratio=0.0)
+
+
+def transcribe(samples: np.ndarray, options: AsrOptions) -> Recognised:
+    """Text of 16 kHz mono float32 speech, with the segments' mean log-probability, the highest
+    no-speech probability and the highest compression ratio (the worst segment decides)."""
     if len(samples) == 0:
-        return ""
+        return Recognised("", NOTHING)
     # One utterance at a time: no timestamps and no conditioning on earlier text to decode.
     segments, _ = load_whisper(options).transcribe(
         samples.astype(np.float32),
@@ -53,4 +67,15 @@ def transcribe(samples: np.ndarray, options: AsrOptions) -> str:
         without_timestamps=True,
         condition_on_previous_text=False,
     )
-    return " ".join(segment.text.strip() for segment in segments).strip()
+    segments = list(segments)
+    text = " ".join(segment.text.strip() for segment in segments).strip()
+    if not segments:
+        return Recognised(text, NOTHING)
+    return Recognised(
+        text,
+        RecogniserScores(
+            avg_logprob=float(np.mean([s.avg_logprob for s in segments])),
+            no_speech_prob=float(max(s.no_speech_prob for s in segments)),
+            compression_ratio=float(max(s.compression_ratio for s in segments)),
+        ),
+    )

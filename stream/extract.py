@@ -97,7 +97,7 @@ def _clean_text(text: str) -> str:
 def _extract_one(path: Path, row: LabelRow, options: FeatureOptions, asr: AsrOptions) -> dict[str, Any]:
     clip = decode_clip(path)
     feats = extract_features(clip.audio, clip.frames, options)
-    text = row.text if row.text else transcribe(clip.audio, asr)
+    text = row.text if row.text else transcribe(clip.audio, asr).text
     return {
         "text": _clean_text(text),
         "audio": feats.audio,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model.features import ClipFeatures
+from model.quality import RecogniserScores
 
 
 @dataclass
@@ -64,6 +65,7 @@ class Transcript:
 
     utterance: Utterance
     text: str
+    scores: RecogniserScores
     dequeued_wall: float  # unix time at which transcription began (the VAD's share ends here)
     asr_ms: float
 

@@ -24,7 +24,7 @@ from engines.batcher import MicroBatcher
 from model.config import DFMQConfig
 from model.errors import ConfigError
 from model.features import ClipFeatures, FaceTracker, FeatureOptions, extract_features, score_audio_raw, score_video_raw
-from model.quality import RunningReference, text_quality
+from model.quality import RunningReference, recognised_text_quality, recogniser_confidence, text_quality
 from stream.asr import transcribe
 from stream.messages import AudioChunk, IntentEvent, QualityReport, ScoredWindow, Transcript, Utterance, VideoFrame
 from stream.options import AsrOptions, PipelineOptions
@@ -140,8 +140,8 @@ class Transcribing:
     async def process(self, utterance: Utterance) -> Transcript:
         dequeued = time.time()
         started = time.perf_counter()
-        text = await asyncio.get_running_loop().run_in_executor(self.executor, transcribe, utterance.samples, self.asr)
-        return Transcript(utterance, text, dequeued, (time.perf_counter() - started) * 1000)
+        heard = await asyncio.get_running_loop().run_in_executor(self.executor, transcribe, utterance.samples, self.asr)
+        return Transcript(utterance, heard.text, heard.scores, dequeued, (time.perf_counter() - started) * 1000)
 
 
 class Scoring:
@@ -187,7 +187,10 @@ class Deciding:
         text = scored.transcript.text
         tokens = self.tokenizer([text or ""], truncation=True, max_length=cfg.text_max_len, return_tensors="np")
         # Nothing recognised is no text at all, not the two special tokens of an empty string.
-        q_text = float(text_quality(torch.from_numpy(tokens["attention_mask"]), cfg.text_max_len)[0]) if text else 0.0
+        q_text = 0.0
+        if text:
+            coverage = float(text_quality(torch.from_numpy(tokens["attention_mask"]), cfg.text_max_len)[0])
+            q_text = recognised_text_quality(coverage, recogniser_confidence(scored.transcript.scores))
 
         def seq(values: np.ndarray | None, dim: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
             if values is None or len(values) == 0:

@@ -36,7 +36,7 @@ def words(text: str) -> list[str]:
 )
 def test_real_speech_is_read_word_for_word_with_the_live_window(name: str, expected: str) -> None:
     audio = decode_clip(DATA / name, with_video=False).audio
-    assert words(transcribe(audio, LIVE)) == expected.split()
+    assert words(transcribe(audio, LIVE).text) == expected.split()
 
 
 def test_encoder_sees_the_utterance_plus_one_second_not_thirty() -> None:

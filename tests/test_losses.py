@@ -87,6 +87,7 @@ def test_meta_training_learns_to_trust_the_informative_modality(model: DFMQMC) -
             model.classifier.weight[label] = h_audio[labels == label].mean(0) * 5
     optimizer = torch.optim.Adam(model.predictor.parameters(), lr=0.05)
     q, ref = _quality(model, x)
+
     def audio_lead() -> float:
         # Gated weights need not sum to 1: what must grow is audio's lead over video.
         w = model.fusion_weights(q, torch.ones(8, 2))

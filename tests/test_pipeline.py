@@ -472,7 +472,7 @@ def test_asr_behind_a_live_source_drops_the_oldest_utterances_and_counts_them(
     monkeypatch.setattr(stream.sources, "_sounddevice", lambda: FakeMicrophone)
     real_transcribe = stream.stages.transcribe
 
-    def slow_transcribe(samples: np.ndarray, options: Any) -> str:
+    def slow_transcribe(samples: np.ndarray, options: Any) -> Any:
         time.sleep(3.0)  # twice the spacing of the words below
         return real_transcribe(samples, options)
 

@@ -80,7 +80,7 @@ def main() -> int:
         errors = total = broken = 0
         before = cpu_seconds()
         for ref, audio in tqdm(spoken, desc=f"window {window_s:g} s", unit="utt", leave=False):
-            ref_words, hyp_words = words(ref), words(transcribe(audio, options))
+            ref_words, hyp_words = words(ref), words(transcribe(audio, options).text)
             distance = edit_distance(ref_words, hyp_words)
             errors, total = errors + distance, total + len(ref_words)
             broken += distance > len(ref_words) // 2
