@@ -1,11 +1,21 @@
-"""Typed options of `dfmq run`: dataclasses filled once from `configs/live.yaml`, checked at the boundary."""
+"""Typed options of `dfmq run`: dataclasses filled once from `configs/live.yaml`, checked at the boundary.
+
+Every field declares its rule once (`_option(default, rule)`); `check_fields`, called from each
+`__post_init__`, applies them, so values from the YAML file and the command-line overrides applied
+later with `dataclasses.replace` are checked alike, before anything heavy loads. Rules that relate
+two fields of a section are the few lines after `check_fields` in that section's `__post_init__`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 import yaml
 
@@ -28,7 +38,9 @@ def load_yaml(path: Path) -> dict[str, Any]:
 
 
 def from_mapping(cls: type[T], data: dict[str, Any] | None, source: str) -> T:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys and values of the wrong type."""
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and values of the wrong type.
+
+    Fields with a rule (`_option`) are checked by the class itself; an error it raises gets `source`."""
     data = dict(data or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for key, value in data.items():
@@ -39,76 +51,242 @@ def from_mapping(cls: type[T], data: dict[str, Any] | None, source: str) -> T:
             kind = type(default)
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
                 data[key] = float(value)
+            elif "rule" in fields[key].metadata:
+                continue  # the rule names the accepted range, not only the type
             elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
                 raise ConfigError(key, f"a {kind.__name__}", value, source)
-    return cls(**data)
+    try:
+        return cls(**data)
+    except ConfigError as exc:
+        if exc.source is not None:
+            raise
+        raise ConfigError(exc.key, exc.expected, exc.got, source) from None
+
+
+# --- rules: what an option accepts, in words (for the error) and as a test --------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    expected: str  # shown as "option 'KEY' expected <expected>, got VALUE"
+    accepts: Callable[[Any], bool]
+    secret: bool = False  # the error gives the type of a bad value, not the value (passwords)
+
+
+def _option(default: Any, rule: Rule) -> Any:
+    """A dataclass field with its rule; `check_fields` applies it."""
+    return field(default=default, metadata={"rule": rule})
+
+
+def check_fields(options: Any) -> None:
+    """Raise ConfigError for the first field of dataclass `options` its rule rejects."""
+    for f in dataclasses.fields(options):
+        rule: Rule = f.metadata["rule"]  # every option declares one
+        value = getattr(options, f.name)
+        if not rule.accepts(value):
+            raise ConfigError(f.name, rule.expected, f"<a {type(value).__name__}, not shown>" if rule.secret else value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _count(minimum: int = 1, note: str = "") -> Rule:
+    return Rule(
+        f"a whole number >= {minimum}{note}",
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum,
+    )
+
+
+def _number(
+    unit: str,
+    low: float,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    note: str = "",
+) -> Rule:
+    """A finite int or float (never a bool) in [low, high], either end open when asked; high=None: no top."""
+    if high is None:
+        expected = f"{unit}, finite and {'>' if low_open else '>='} {low:g}{note}"
+    else:
+        expected = f"{unit} in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}{note}"
+
+    def accepts(v: Any) -> bool:
+        if not _is_number(v) or not math.isfinite(v):
+            return False
+        above = v > low if low_open else v >= low
+        below = high is None or (v < high if high_open else v <= high)
+        return above and below
+
+    return Rule(expected, accepts)
+
+
+def _one_of(values: Collection[str], expected: str | None = None) -> Rule:
+    return Rule(expected or f"one of {', '.join(values)}", lambda v: isinstance(v, str) and v in values)
+
+
+def _flag() -> Rule:
+    return Rule("true or false", lambda v: isinstance(v, bool))
+
+
+def _text(*, optional: bool, empty: bool = False) -> Rule:
+    kind = "a string" if empty else "a non-empty string"
+    return Rule(
+        f"{kind} or null" if optional else kind,
+        lambda v: (optional and v is None) or (isinstance(v, str) and (empty or v != "")),
+    )
+
+
+def _existing_file() -> Rule:
+    return Rule("an existing file or null", lambda v: v is None or (isinstance(v, str) and Path(v).is_file()))
+
+
+def _asr_model_ok(value: Any) -> bool:
+    return isinstance(value, str) and (value == "tiny.en" or (Path(value) / "model.bin").is_file())
+
+
+def _broker_url_ok(value: Any) -> bool:
+    if value == "embedded":
+        return True
+    if not isinstance(value, str):
+        return False
+    parsed = urlparse(value)
+    try:
+        port = parsed.port
+    except ValueError:  # not a number, or outside 0..65535
+        return False
+    return parsed.scheme in ("mqtt", "mqtts") and bool(parsed.hostname) and port != 0
+
+
+# It becomes a level of the MQTT topics dfmq/<stream_id>/...: no '/', no wildcards '+' '#', not empty.
+STREAM_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+ASR_DEVICES = ("cpu", "cuda")
+# faster-whisper passes compute_type to CTranslate2, which accepts these (and converts the weights).
+COMPUTE_TYPES = (
+    "default",
+    "auto",
+    "int8",
+    "int8_float16",
+    "int8_float32",
+    "int8_bfloat16",
+    "int16",
+    "float16",
+    "bfloat16",
+    "float32",
+)
+# faster_whisper.tokenizer._LANGUAGE_CODES (faster-whisper 1.2), written out so that checking an
+# option does not import faster-whisper and CTranslate2.
+_WHISPER_LANGUAGE_LIST = (
+    "af am ar as az ba be bg bn bo br bs ca cs cy da de el en es et eu fa fi fo fr gl gu ha haw he hi hr ht "
+    "hu hy id is it ja jw ka kk km kn ko la lb ln lo lt lv mg mi mk ml mn mr ms mt my ne nl nn no oc pa pl "
+    "ps pt ro ru sa sd si sk sl sn so sq sr su sv sw ta te tg th tk tl tr tt uk ur uz vi yi yo zh yue"
+)
+WHISPER_LANGUAGES = tuple(_WHISPER_LANGUAGE_LIST.split())
 
 
 @dataclass(frozen=True)
 class AsrOptions:
-    model: str = "tiny.en"  # 'tiny.en' = the bundled CTranslate2 folder, or a model folder path
-    device: str = "cpu"
-    compute_type: str = "int8"
-    beam_size: int = 1
-    language: str = "en"
+    # 'tiny.en' = the bundled CTranslate2 folder, or a model folder path
+    model: str = _option(
+        "tiny.en", Rule("'tiny.en' (bundled) or a CTranslate2 model folder containing model.bin", _asr_model_ok)
+    )
+    device: str = _option("cpu", _one_of(ASR_DEVICES))
+    compute_type: str = _option("int8", _one_of(COMPUTE_TYPES))
+    beam_size: int = _option(1, _count(1))
+    language: str = _option(
+        "en", _one_of(WHISPER_LANGUAGES, f"a Whisper language code (en, de, fr, ...: {len(WHISPER_LANGUAGES)} in all)")
+    )
     # One thread: tiny.en's matrices are too small to share, and a second OpenMP thread only adds
     # CPU at every barrier (tools/latency_bench.py: lower ASR latency and CPU with 1 than with 2).
-    cpu_threads: int = 1  # 0: CTranslate2's default (4, or fewer cores)
-    encoder_min_window_s: float = 10.0  # 30.0: stock Whisper (every call padded to 30 s)
+    cpu_threads: int = _option(1, _count(0, " (0: CTranslate2's default)"))  # 0: 4, or fewer cores
+    # 30.0: stock Whisper (every call padded to 30 s)
+    encoder_min_window_s: float = _option(10.0, _number("seconds", 1, 30, note=" (30 = stock Whisper)"))
 
     def __post_init__(self) -> None:
-        if self.cpu_threads < 0:
-            raise ConfigError("cpu_threads", "0 (CTranslate2's default) or a positive thread count", self.cpu_threads)
-        if not 1.0 <= self.encoder_min_window_s <= 30.0:
-            raise ConfigError(
-                "encoder_min_window_s", "seconds in [1, 30] (30 = stock Whisper)", self.encoder_min_window_s
-            )
+        check_fields(self)
 
 
 @dataclass
 class SegmenterOptions:
-    threshold: float = 0.5
-    min_silence_ms: float = 400.0  # a pause this long ends an utterance
-    min_speech_ms: float = 250.0  # shorter bursts are dropped
-    speech_pad_ms: float = 150.0  # kept on both sides of the speech
-    max_utterance_s: float = 12.0  # longer speech is split here
+    threshold: float = _option(0.5, _number("a probability", 0, 1, low_open=True, high_open=True))
+    min_silence_ms: float = _option(400.0, _number("milliseconds", 0))  # a pause this long ends an utterance
+    min_speech_ms: float = _option(250.0, _number("milliseconds", 0))  # shorter bursts are dropped
+    speech_pad_ms: float = _option(150.0, _number("milliseconds", 0))  # kept on both sides of the speech
+    max_utterance_s: float = _option(12.0, _number("seconds", 0, low_open=True))  # longer speech is split here
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.threshold < 1.0:
-            raise ConfigError("threshold", "a probability in (0, 1)", self.threshold)
+        check_fields(self)
         if self.max_utterance_s <= self.min_speech_ms / 1000:
-            raise ConfigError("max_utterance_s", "longer than min_speech_ms", self.max_utterance_s)
+            raise ConfigError(
+                "max_utterance_s",
+                f"seconds, longer than min_speech_ms ({self.min_speech_ms:g} ms)",
+                self.max_utterance_s,
+            )
 
 
 @dataclass
 class PipelineOptions:
-    stream_id: str = "cam0"
-    top_k: int = 3
-    publish_transcripts: bool = True
-    hermes: bool = False
-    quality_interval_s: float = 0.5
-    quality_window_s: float = 2.0
-    video_buffer_s: float = 30.0
-    max_pending_utterances: int = 8
-    max_pending_items: int = 2000
-    reference_momentum: float = 0.2
-    show: bool = False
+    stream_id: str = _option(
+        "cam0",
+        Rule(
+            "1 to 64 characters of A-Z a-z 0-9 _ . - (it is a level of the MQTT topics)",
+            lambda v: isinstance(v, str) and STREAM_ID.fullmatch(v) is not None,
+        ),
+    )
+    top_k: int = _option(3, _count(1))
+    publish_transcripts: bool = _option(True, _flag())
+    hermes: bool = _option(False, _flag())
+    # Every tick scores the last quality_window_s (face tracking included, on the worker thread that
+    # ASR needs too) and publishes one MQTT message per stream. Below 50 ms (20 messages a second)
+    # that floods the broker and every subscriber and takes CPU from ASR, while the quality of a
+    # 2 s window cannot change meaningfully faster than that; 0 would be a busy loop.
+    quality_interval_s: float = _option(0.5, _number("seconds", 0.05))
+    quality_window_s: float = _option(2.0, _number("seconds", 0, low_open=True))
+    video_buffer_s: float = _option(30.0, _number("seconds", 0, low_open=True))
+    # asyncio.Queue(0) would be unbounded, and 0 capture slots would block the file sources for good.
+    max_pending_utterances: int = _option(8, _count(1))
+    max_pending_items: int = _option(2000, _count(1))
+    reference_momentum: float = _option(0.2, _number("a fraction", 0, 1, low_open=True))  # model.quality
+    show: bool = _option(False, _flag())
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.video_buffer_s < self.quality_window_s:
+            raise ConfigError(
+                "video_buffer_s", f"seconds, at least quality_window_s ({self.quality_window_s:g})", self.video_buffer_s
+            )
 
 
 @dataclass
 class BrokerOptions:
-    url: str = "embedded"
-    username: str | None = None
-    password: str | None = None
-    ca_file: str | None = None
-    client_id: str | None = None
-    outbox_max: int = 10_000
-    backoff_min_s: float = 0.2
-    backoff_max_s: float = 5.0
-    connect_timeout_s: float = 10.0  # `dfmq run` gives up with a clear error after this
+    url: str = _option("embedded", Rule("'embedded', mqtt://HOST[:PORT] or mqtts://HOST[:PORT]", _broker_url_ok))
+    username: str | None = _option(None, _text(optional=True, empty=True))
+    password: str | None = _option(None, dataclasses.replace(_text(optional=True, empty=True), secret=True))
+    ca_file: str | None = _option(None, _existing_file())  # CA certificate(s) for mqtts://
+    cert_file: str | None = _option(None, _existing_file())  # client certificate (may hold the key too)
+    key_file: str | None = _option(None, _existing_file())  # its private key, if not in cert_file
+    client_id: str | None = _option(None, _text(optional=True))  # None: dfmq-<stream_id>
+    outbox_max: int = _option(10_000, _count(1))
+    # A backoff of 0 would reconnect in a tight loop (the delay doubles from 0 and stays 0).
+    backoff_min_s: float = _option(0.2, _number("seconds", 0.01))
+    backoff_max_s: float = _option(5.0, _number("seconds", 0.01))
+    connect_timeout_s: float = _option(10.0, _number("seconds", 0, low_open=True))  # then a clear error
+    # After the input ends, how long `dfmq run` waits for the broker to take the queued events.
+    drain_timeout_s: float = _option(30.0, _number("seconds", 0))
+    # While the broker is away, a warning with the queued count is logged this often.
+    outage_warning_interval_s: float = _option(10.0, _number("seconds", 0, low_open=True))
 
-
-LIVE_SECTIONS = ("asr", "segmenter", "pipeline", "broker")
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if self.backoff_min_s > self.backoff_max_s:
+            raise ConfigError(
+                "backoff_min_s", f"seconds, at most backoff_max_s ({self.backoff_max_s:g})", self.backoff_min_s
+            )
+        if self.key_file is not None and self.cert_file is None:
+            raise ConfigError("key_file", "null unless cert_file (its client certificate) is given", self.key_file)
 
 
 @dataclass
@@ -121,6 +299,14 @@ class LiveOptions:
     broker: BrokerOptions = field(default_factory=BrokerOptions)
 
 
+LIVE_SECTIONS: dict[str, type[Any]] = {
+    "asr": AsrOptions,
+    "segmenter": SegmenterOptions,
+    "pipeline": PipelineOptions,
+    "broker": BrokerOptions,
+}
+
+
 def load_live_options(path: Path | None) -> LiveOptions:
     """The options of a YAML file (sections asr, segmenter, pipeline, broker); defaults without one."""
     if path is None:
@@ -130,8 +316,5 @@ def load_live_options(path: Path | None) -> LiveOptions:
         if section not in LIVE_SECTIONS:
             raise ConfigError("section", f"one of {list(LIVE_SECTIONS)}", section, str(path))
     return LiveOptions(
-        asr=from_mapping(AsrOptions, raw.get("asr"), f"{path} [asr]"),
-        segmenter=from_mapping(SegmenterOptions, raw.get("segmenter"), f"{path} [segmenter]"),
-        pipeline=from_mapping(PipelineOptions, raw.get("pipeline"), f"{path} [pipeline]"),
-        broker=from_mapping(BrokerOptions, raw.get("broker"), f"{path} [broker]"),
+        **{name: from_mapping(cls, raw.get(name), f"{path} [{name}]") for name, cls in LIVE_SECTIONS.items()}
     )
