@@ -211,9 +211,21 @@ def _add_run(sub: Any) -> None:
 
 
 def _add_broker(sub: Any) -> None:
-    p = sub.add_parser("broker", help="run the embedded MQTT broker alone (Ctrl-C stops it)")
+    p = sub.add_parser(
+        "broker",
+        help="run the embedded MQTT broker alone (Ctrl-C stops it)",
+        description="The embedded MQTT broker (amqtt). Anonymous on loopback; on any other address it needs "
+        "--username/--password, or --allow-anonymous to let anyone who reaches it publish and subscribe.",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=1883, help="port (default 1883)")
+    p.add_argument("--username", help="the one user allowed to connect (with --password)")
+    p.add_argument("--password", help="that user's password (kept in memory as an Argon2 hash)")
+    p.add_argument(
+        "--allow-anonymous",
+        action="store_true",
+        help="accept clients without credentials on a non-loopback --host (prints a warning)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -385,15 +397,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_broker(args: argparse.Namespace) -> int:
     import asyncio
+    import contextlib
+    import signal
 
-    from stream.broker import EmbeddedBroker
+    from stream.broker import EmbeddedBroker, is_loopback
+
+    broker = EmbeddedBroker(args.host, args.port, args.username, args.password, args.allow_anonymous)
+    if broker.anonymous and not is_loopback(args.host):
+        print(
+            f"dfmq broker: warning: anonymous on {args.host}:{args.port}: anyone who can reach it can publish "
+            "and subscribe (--username/--password to require a login)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     async def serve() -> None:
-        broker = EmbeddedBroker(args.host, args.port)
         await broker.start()
-        print(f"embedded MQTT broker on {args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+        login = "anonymous" if broker.anonymous else f"user {args.username}"
+        print(f"embedded MQTT broker on {args.host}:{args.port}, {login} (Ctrl-C stops it)", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGINT, stop.set)
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
         try:
-            await asyncio.Event().wait()
+            await stop.wait()
         finally:
             await broker.stop()
 
