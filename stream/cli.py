@@ -190,6 +190,8 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--embedded-port", type=int, default=1883, help="port of the embedded broker (default 1883)")
     p.add_argument("--username", help="MQTT user name")
     p.add_argument("--password", help="MQTT password")
+    p.add_argument("--cert-file", help="client TLS certificate (mqtts://)")
+    p.add_argument("--key-file", help="its private key, when not inside --cert-file")
     p.add_argument("--ca-file", help="CA certificate for mqtts://")
     p.add_argument("--stream-id", help="the <stream-id> in the topics (default cam0)")
     p.add_argument("--no-transcripts", action="store_true", help="leave the transcript out of intent events")
@@ -353,7 +355,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import logging
 
     from stream.options import load_live_options
-    from stream.run import RunRequest, run_pipeline
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     live = load_live_options(args.config)
@@ -365,6 +366,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
         cpu_threads=args.asr_threads,
         encoder_min_window_s=args.asr_min_window_s,
     )
+    broker = _overridden(
+        live.broker,
+        url=args.broker,
+        username=args.username,
+        password=args.password,
+        ca_file=args.ca_file,
+        cert_file=args.cert_file,
+        key_file=args.key_file,
+    )
+    pipe = _overridden(
+        live.pipeline,
+        stream_id=args.stream_id,
+        publish_transcripts=False if args.no_transcripts else None,
+        hermes=args.hermes or None,
+        show=args.show or None,
+    )
+    seg = _overridden(live.segmenter, min_silence_ms=args.min_silence_ms, max_utterance_s=args.max_utterance_s)
+    # Imported once every option is checked: a bad value fails before torch loads.
+    from stream.run import RunRequest, run_pipeline
+
     req = RunRequest(
         ckpt=args.ckpt,
         input=args.input,
@@ -376,17 +397,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
         asr=asr,
         embedded_port=args.embedded_port,
     )
-    broker = _overridden(
-        live.broker, url=args.broker, username=args.username, password=args.password, ca_file=args.ca_file
-    )
-    pipe = _overridden(
-        live.pipeline,
-        stream_id=args.stream_id,
-        publish_transcripts=False if args.no_transcripts else None,
-        hermes=args.hermes or None,
-        show=args.show or None,
-    )
-    seg = _overridden(live.segmenter, min_silence_ms=args.min_silence_ms, max_utterance_s=args.max_utterance_s)
     stats = asyncio.run(run_pipeline(req, broker, pipe, seg))
     print(
         f"dfmq run: {stats.events} intent events from {stats.utterances} utterances; dropped "

@@ -29,7 +29,7 @@ from stream.broker import free_port
 from stream.media import MediaError
 from stream.options import BrokerOptions, PipelineOptions, SegmenterOptions
 from stream.pipeline import PipelineStats
-from stream.publisher import parse_broker_url
+from stream.publisher import BrokerConnectError, parse_broker_url
 from stream.render import render_scene, speak, write_clip
 from stream.run import RunRequest, run_pipeline
 from tests.conftest import require_binary
@@ -102,6 +102,9 @@ class Mosquitto:
         self.conf = folder / "mosquitto.conf"
         self.conf.write_text(
             f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {folder}/\n"
+            # As root, Mosquitto drops to user `mosquitto`, which cannot write the persistence file
+            # in a test's folder: messages it acknowledged would not survive a restart.
+            + ("user root\n" if os.geteuid() == 0 else "")
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -356,17 +359,8 @@ def test_clear_errors_for_bad_inputs(live_ckpt: Path, degraded_clip: tuple[Path,
         asyncio.run(run_pipeline(req, BrokerOptions(url="embedded"), PipelineOptions(), SegmenterOptions()))
     req = RunRequest(ckpt=str(live_ckpt), input=str(degraded_clip[0]), pace="fast")
     unreachable = BrokerOptions(url=f"mqtt://127.0.0.1:{free_port()}", backoff_max_s=0.5, connect_timeout_s=1.5)
-    with pytest.raises(ConfigError, match="an MQTT broker answering"):
+    with pytest.raises(BrokerConnectError, match="connection refused"):
         asyncio.run(run_pipeline(req, unreachable, PipelineOptions(), SegmenterOptions()))
-
-
-def test_show_without_a_display_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    from stream.show import Viewer
-
-    monkeypatch.delenv("DISPLAY", raising=False)
-    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
-    with pytest.raises(BackendUnavailableError, match="--show is not available: no display"):
-        Viewer()
 
 
 class FakeMicrophone:
