@@ -1,13 +1,15 @@
-"""`dfmq run --show`: the canvas alone, the sink's redraw schedule, and a real window on Xvfb read
-back from the X server's framebuffer."""
+"""`dfmq run --show`: the canvas alone, the sink's redraw schedule, a real window on Xvfb read back
+from the X server's framebuffer, and the command itself drawing a real clip's run there."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import select
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +32,7 @@ from stream.show import (
     QUALITY_BAR_BGR,
     VIDEO_HEIGHT_PX,
     WEIGHT_BAR_BGR,
+    WINDOW_TITLE,
     ViewerSink,
     render_canvas,
 )
@@ -404,3 +407,153 @@ def test_a_lost_display_connection_leaves_the_run_going(xvfb: str, caplog: pytes
 
     asyncio.run(scenario())
     assert "window lost" in caplog.text
+
+
+# `dfmq run --show` itself: the command in a subprocess on Xvfb, a real clip, the embedded broker.
+
+SHOW_SENTENCES = ("thank you so much for the help", "hello there, good morning")
+INTENT_LEFT_PX = show.BAR_X_PX + BAR_LENGTH_PX + 60 - 3  # the intent column (antialiased edge)
+
+
+@pytest.fixture(scope="module")
+def talking_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[np.ndarray]]:
+    """Two spoken sentences (espeak-ng) and a drawn talking face, clean: about 7 s at 15 fps."""
+    require_binary("espeak-ng", "espeak-ng")
+    from stream.render import render_scene, write_clip
+
+    audio, frames, _, _ = render_scene(SHOW_SENTENCES, snr_db=40.0, dark_gain=1.0, fps=15, seed=1)
+    path = tmp_path_factory.mktemp("media") / "talking.mp4"
+    write_clip(path, audio, frames, 15)
+    return path, frames
+
+
+class IntentListener:
+    """paho-mqtt on dfmq/+/intent of the run's embedded broker, connecting once it listens."""
+
+    def __init__(self, port: int) -> None:
+        import paho.mqtt.client as mqtt
+
+        self.port = port
+        self.events: list[dict[str, Any]] = []
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dfmq-test-show")
+        self.client.on_message = lambda c, u, m: self.events.append(json.loads(m.payload))
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe("dfmq/+/intent", 1)
+        self.connected = False
+
+    def try_connect(self) -> bool:
+        if not self.connected:
+            try:
+                self.client.connect("127.0.0.1", self.port)
+            except OSError:  # the broker does not listen yet
+                return False
+            self.client.loop_start()
+            self.connected = True
+        return self.client.is_connected()
+
+    def stop(self) -> None:
+        if self.connected:
+            self.client.loop_stop()
+            self.client.disconnect()
+
+
+def _closest_frame_error(video: np.ndarray, frames: list[np.ndarray]) -> float:
+    """Median absolute difference between the video area and the nearest clip frame, letterboxed."""
+    scale, x0, y0 = show.video_placement(frames[0].shape)
+    h, w = round(frames[0].shape[0] * scale), round(frames[0].shape[1] * scale)
+    shown = video[y0 : y0 + h, x0 : x0 + w].astype(np.int16)
+    return min(
+        float(np.median(np.abs(shown - cv2.resize(f, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.int16))))
+        for f in frames
+    )
+
+
+def test_dfmq_run_show_draws_the_run_in_its_window(
+    xvfb: str, talking_clip: tuple[Path, list[np.ndarray]], tmp_path: Path
+) -> None:
+    """The real command: its window shows the clip's video, the running quality bars, then the
+    first intent event's weights, text quality and name, as the event published on MQTT says."""
+    from Xlib import error as xerror
+
+    from stream.broker import free_port
+
+    clip, frames = talking_clip
+    port = free_port()
+    command = [
+        sys.executable, "-m", "stream.cli", "run", "--show", "--input", str(clip), "--pace", "realtime",
+        "--broker", "embedded", "--embedded-port", str(port), "--stream-id", "show", "--engine", "onnxruntime",
+        "--ckpt", "default",
+    ]  # fmt: skip
+    log_path = tmp_path / "run.log"
+    screen = Screen(xvfb)
+    listener = IntentListener(port)
+    began = time.monotonic()
+    with log_path.open("wb") as log:
+        run = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "DISPLAY": xvfb})
+    try:
+        seen_video: float | None = None  # when the window first showed a frame of the clip
+        shot: np.ndarray | None = None  # the screen once the intent is drawn
+        window_image = np.zeros(0)
+        deadline = time.monotonic() + 60
+        while shot is None:
+            if run.poll() is not None or time.monotonic() > deadline:
+                state = "exited" if run.returncode is not None else "timed out"
+                pytest.fail(
+                    f"dfmq run {state} before an intent was drawn (video seen: {seen_video is not None}):\n"
+                    + log_path.read_text(errors="replace")[-3000:]
+                )
+            listener.try_connect()
+            time.sleep(0.05)
+            try:
+                window = screen.window(WINDOW_TITLE)
+                if window is None:
+                    continue
+                full = screen.grab()
+                origin = screen.root.translate_coords(window, 0, 0)
+            except xerror.XError:  # the window went between two requests
+                continue
+            image = full[origin.y : origin.y + CANVAS_HEIGHT_PX, origin.x : origin.x + CANVAS_WIDTH_PX]
+            if seen_video is None:
+                if image[:VIDEO_HEIGHT_PX].max() > 0:
+                    seen_video = time.monotonic() - began
+                continue
+            bars = _bars(image[VIDEO_HEIGHT_PX:])
+            if len(bars) == 5 and all(bars[row][0] > 0 for row in (0, 3, 4)):  # q text, w audio, w video
+                shot, window_image = full, image
+        cv2.imwrite("/tmp/dfmq_show_e2e.png", shot)
+        drawn_at = time.monotonic() - began
+        rc = run.wait(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+        listener.stop()
+        screen.display.close()
+    output = log_path.read_text(errors="replace")
+    assert rc == 0, output[-3000:]
+    assert "2 intent events from 2 utterances" in output
+
+    # The video: a frame of the clip, not black, with the face box of the running quality.
+    video = window_image[:VIDEO_HEIGHT_PX]
+    assert video.mean() > 20 and video.std() > 20
+    assert _closest_frame_error(video, frames) < 6
+    assert (video == np.array(FACE_BOX_BGR, np.uint8)).all(axis=2).sum() > 1000
+    # The bars: running q audio and q video non-empty; q text and the weights the event's.
+    bars = _bars(window_image[VIDEO_HEIGHT_PX:])
+    assert [length for _, length, _ in bars] == [BAR_LENGTH_PX] * 5
+    assert [colour for _, _, colour in bars] == [QUALITY_BAR_BGR] * 3 + [WEIGHT_BAR_BGR] * 2
+    assert bars[1][0] > 0 and bars[2][0] > 0
+    assert listener.events  # the first at least: the run went on for seconds after it was drawn
+    panel = window_image[VIDEO_HEIGHT_PX:, INTENT_LEFT_PX:]
+
+    def drawn_as(event: dict[str, Any]) -> bool:
+        expected = [event["quality"]["text"], event["weights"]["audio"], event["weights"]["video"]]
+        fractions = [bars[row][0] for row in (0, 3, 4)]
+        if fractions != pytest.approx(expected, abs=1 / BAR_LENGTH_PX):
+            return False
+        canvas = render_canvas(None, intent=event["intent"], confidence=event["confidence"], transcript=event["text"])
+        return np.array_equal(panel, canvas[VIDEO_HEIGHT_PX:, INTENT_LEFT_PX:])
+
+    # The intent column: name, confidence and transcript of a published event, pixel for pixel.
+    assert (panel == np.array(show.TEXT_BGR, np.uint8)).all(axis=2).sum() > 200
+    assert any(drawn_as(event) for event in listener.events), listener.events
+    print(f"video at {seen_video:.1f} s, intent at {drawn_at:.1f} s, run {time.monotonic() - began:.1f} s")
