@@ -80,8 +80,9 @@ class CaptureInbox:
             self.loop.call_soon_threadsafe(self._enqueue, item)
 
     def finish(self) -> None:
-        """End the input now (on the loop), whatever the sources still send."""
-        self._enqueue(END)
+        """End the input (called on the loop), whatever the sources still send; behind the items
+        already handed over, so those are still segmented."""
+        self.loop.call_soon(self._enqueue, END)
 
     def _enqueue(self, item: AudioChunk | VideoFrame | None) -> None:
         if self.ended:
