@@ -1,7 +1,7 @@
 """Outputs of the live pipeline, each behind one interface.
 
 A sink gets every message the pipeline produces (`stream.messages.SinkMessage`: intent events,
-running quality, status changes, video frames) and keeps what it shows. `handle` runs on the
+running quality, video frames) and keeps what it shows. `handle` runs on the
 event loop and must not block: a sink with slow I/O queues the message and does the work in its
 own task, started by `start` and finished by `close`. Adding an output is one class here (or in
 its own module) and one line where the pipeline is wired (`stream/run.py`).
