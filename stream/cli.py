@@ -395,6 +395,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         engine=args.engine,
         device=args.device,
         asr=asr,
+        decision=live.decision,
         embedded_port=args.embedded_port,
     )
     stats = asyncio.run(run_pipeline(req, broker, pipe, seg))

@@ -22,12 +22,17 @@ def bar(value: float, width: int = 8) -> str:
     return "█" * filled + "·" * (width - filled)
 
 
+# Short column labels for `recognized: false` events and their reasons.
+NOT_RECOGNIZED = {"no_speech": "(no speech)", "unreliable_transcript": "(unreliable)", "low_confidence": "(unsure)"}
+
+
 def event_line(event: dict[str, Any]) -> str:
     q, w = event["quality"], event["weights"]
     text = event.get("text") or ""
     text = text if len(text) <= 46 else text[:43] + "..."
+    decision = event["intent"] if event["recognized"] else NOT_RECOGNIZED.get(event["reason"], event["reason"])
     return (
-        f"{event['start']:5.1f}-{event['end']:5.1f}s  {event['intent']:<12} {event['confidence']:.2f}  "
+        f"{event['start']:5.1f}-{event['end']:5.1f}s  {decision:<12} {event['confidence']:.2f}  "
         f"q t{bar(q['text'], 4)} a{bar(q['audio'])} v{bar(q['video'])}  "
         f'w a{bar(w["audio"])} v{bar(w["video"])}  {event["latency_ms"]["total"]:5.0f} ms  "{text}"'
     )
@@ -100,8 +105,10 @@ def run_demo(clip: Path = DEMO_CLIP, pace: str = "realtime", ckpt: str = "defaul
             def mean(path: tuple[str, str], group: list[dict[str, Any]] = group) -> float:
                 return sum(e[path[0]][path[1]] for e in group) / len(group)
 
+            recognized = sum(e["recognized"] for e in group)
             print(
-                f"[demo] {name:<24} quality audio {mean(('quality', 'audio')):.2f} video "
+                f"[demo] {name:<24} recognized {recognized}/{len(group)} | quality text "
+                f"{mean(('quality', 'text')):.2f} audio {mean(('quality', 'audio')):.2f} video "
                 f"{mean(('quality', 'video')):.2f} | weights audio {mean(('weights', 'audio')):.2f} "
                 f"video {mean(('weights', 'video')):.2f}"
             )

@@ -92,14 +92,17 @@ class IntentEvent:
     speech_end_wall: float
     published_wall: float
     text: str | None
-    intent: str
-    confidence: float
+    recognized: bool  # false: intent is None and `reason` says why
+    reason: str | None  # no_speech | unreliable_transcript | low_confidence; None when recognized
+    intent: str | None
+    confidence: float  # the top intent's probability x transcript_confidence
+    transcript_confidence: float  # model.quality.recogniser_confidence of the transcript
     top_k: list[dict[str, float | str]]
     quality: dict[str, float]
     weights: dict[str, float]
     engine: str
     latency_ms: dict[str, float]
-    schema: str = "dfmq.intent/1"
+    schema: str = "dfmq.intent/2"
 
 
 @dataclass

@@ -290,6 +290,21 @@ class BrokerOptions:
 
 
 @dataclass
+class DecisionOptions:
+    """When an utterance is published as `recognized: false` (calibration: README, tools/trust_bench.py)."""
+
+    # Whisper's own silence rule: no-speech probability at least this and mean log-probability
+    # under -1.0 (faster-whisper's no_speech_threshold).
+    no_speech_prob_min: float = _option(0.6, _number("a probability", 0, 1))
+    # The recogniser's confidence in its transcript (model.quality.recogniser_confidence) under this:
+    # `unreliable_transcript`.
+    min_transcript_confidence: float = _option(0.25, _number("a probability", 0, 1))
+    # The published confidence (calibrated intent probability x transcript confidence) under this:
+    # `low_confidence`.
+    min_confidence: float = _option(0.2, _number("a probability", 0, 1))
+
+
+@dataclass
 class LiveOptions:
     """Everything `dfmq run` tunes besides its inputs, one section of `configs/live.yaml` each."""
 
@@ -297,6 +312,7 @@ class LiveOptions:
     segmenter: SegmenterOptions = field(default_factory=SegmenterOptions)
     pipeline: PipelineOptions = field(default_factory=PipelineOptions)
     broker: BrokerOptions = field(default_factory=BrokerOptions)
+    decision: DecisionOptions = field(default_factory=DecisionOptions)
 
 
 LIVE_SECTIONS: dict[str, type[Any]] = {
@@ -304,11 +320,12 @@ LIVE_SECTIONS: dict[str, type[Any]] = {
     "segmenter": SegmenterOptions,
     "pipeline": PipelineOptions,
     "broker": BrokerOptions,
+    "decision": DecisionOptions,
 }
 
 
 def load_live_options(path: Path | None) -> LiveOptions:
-    """The options of a YAML file (sections asr, segmenter, pipeline, broker); defaults without one."""
+    """The options of a YAML file (sections asr, segmenter, pipeline, broker, decision); defaults without one."""
     if path is None:
         return LiveOptions()
     raw = load_yaml(path)

@@ -19,7 +19,7 @@ from model.errors import ConfigError, DfmqError
 from model.features import FaceTracker
 from stream.asr import load_whisper
 from stream.broker import EmbeddedBroker
-from stream.options import AsrOptions, BrokerOptions, PipelineOptions, SegmenterOptions
+from stream.options import AsrOptions, BrokerOptions, DecisionOptions, PipelineOptions, SegmenterOptions
 from stream.pipeline import Pipeline, PipelineStats
 from stream.publisher import Publisher, parse_broker_url
 from stream.sinks import HermesSink, MqttSink, Sink
@@ -49,6 +49,7 @@ class RunRequest:
     engine: str = "auto"
     device: str | None = None
     asr: AsrOptions = field(default_factory=AsrOptions)
+    decision: DecisionOptions = field(default_factory=DecisionOptions)
     embedded_port: int = 1883
 
 
@@ -192,7 +193,7 @@ def _build_pipeline(
         segmenting=Segmenting(Segmenter(seg_opts), buffer),
         transcribing=Transcribing(req.asr, executor),
         scoring=Scoring(buffer, quality, tracker, executor),
-        deciding=Deciding(model.config, tokenizer, batcher, pipe_opts, engine.name),
+        deciding=Deciding(model.config, tokenizer, batcher, pipe_opts, req.decision, engine.name),
         ticker=QualityTicker(buffer, quality, tracker, pipe_opts),
         sinks=sinks,
         options=pipe_opts,

@@ -93,6 +93,11 @@ def video_placement(frame_shape: tuple[int, ...]) -> tuple[float, int, int]:
     return scale, (CANVAS_WIDTH_PX - shown_w) // 2, (VIDEO_HEIGHT_PX - shown_h) // 2
 
 
+def shown_decision(event: IntentEvent) -> str:
+    """The intent's name, or why the utterance was not recognized."""
+    return event.intent if event.intent is not None else f"not recognized: {event.reason}"
+
+
 def render_canvas(
     frame: np.ndarray | None,
     *,
@@ -509,7 +514,7 @@ class ViewerSink:
             face_box_px=report.face_box_px if report is not None else None,
             quality=quality,
             weights=weights,
-            intent=event.intent if event is not None else None,
+            intent=shown_decision(event) if event is not None else None,
             confidence=event.confidence if event is not None else None,
             transcript=event.text if event is not None else None,
             status=self.status,

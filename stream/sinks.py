@@ -9,6 +9,7 @@ its own module) and one line where the pipeline is wired (`stream/run.py`).
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
 from typing import Protocol
 
@@ -82,6 +83,20 @@ class HermesSink:
     def handle(self, message: SinkMessage) -> None:
         if not isinstance(message, IntentEvent):
             return
+        session = f"{message.stream_id}-{message.utterance_id}"
+        if message.intent is None:
+            self.publisher.send(
+                "hermes/nlu/intentNotRecognized",
+                {
+                    "input": message.text or "",
+                    "siteId": message.stream_id,
+                    "sessionId": session,
+                    # Hermes carries free-form data as a string: why, and how sure the model was.
+                    "customData": json.dumps({"reason": message.reason, "confidence": message.confidence}),
+                },
+                qos=1,
+            )
+            return
         name = message.intent.title().replace(" ", "")
         self.publisher.send(
             f"hermes/intent/{name}",
@@ -89,7 +104,7 @@ class HermesSink:
                 "input": message.text or "",
                 "intent": {"intentName": name, "confidenceScore": message.confidence},
                 "siteId": message.stream_id,
-                "sessionId": f"{message.stream_id}-{message.utterance_id}",
+                "sessionId": session,
                 "customData": None,
                 "slots": [],
                 "asrTokens": [],

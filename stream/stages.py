@@ -24,10 +24,17 @@ from engines.batcher import MicroBatcher
 from model.config import DFMQConfig
 from model.errors import ConfigError
 from model.features import ClipFeatures, FaceTracker, FeatureOptions, extract_features, score_audio_raw, score_video_raw
-from model.quality import RunningReference, recognised_text_quality, recogniser_confidence, text_quality
+from model.quality import (
+    LOGPROB_FAIL,
+    RecogniserScores,
+    RunningReference,
+    recognised_text_quality,
+    recogniser_confidence,
+    text_quality,
+)
 from stream.asr import transcribe
 from stream.messages import AudioChunk, IntentEvent, QualityReport, ScoredWindow, Transcript, Utterance, VideoFrame
-from stream.options import AsrOptions, PipelineOptions
+from stream.options import AsrOptions, DecisionOptions, PipelineOptions
 from stream.vad import Segmenter
 
 
@@ -165,8 +172,42 @@ class Scoring:
         return ScoredWindow(transcript, feats, q_audio, q_video, (time.perf_counter() - started) * 1000)
 
 
+def repeats_itself(text: str, times: int = 3) -> bool:
+    """A phrase of one to four words said `times` times in a row: Whisper looping on noise."""
+    words = ["".join(ch for ch in w.lower() if ch.isalnum()) for w in text.split()]
+    for n in range(1, 5):
+        for start in range(len(words) - n * times + 1):
+            phrase = words[start : start + n]
+            if all(words[start + k * n : start + (k + 1) * n] == phrase for k in range(1, times)):
+                return True
+    return False
+
+
+def verdict(text: str, scores: RecogniserScores, confidence: float, options: DecisionOptions) -> str | None:
+    """Why an utterance is not recognized, or None when it is.
+
+    no_speech: nothing readable was heard, or Whisper's own silence rule holds (no-speech
+    probability high and mean log-probability under -1.0). unreliable_transcript: the recogniser
+    does not trust its transcript, or the transcript loops. low_confidence: the published
+    confidence (intent probability x transcript confidence) is under the threshold."""
+    if not any(ch.isalnum() for ch in text):
+        return "no_speech"
+    if scores.no_speech_prob >= options.no_speech_prob_min and scores.avg_logprob < LOGPROB_FAIL:
+        return "no_speech"
+    if recogniser_confidence(scores) < options.min_transcript_confidence or repeats_itself(text):
+        return "unreliable_transcript"
+    if confidence < options.min_confidence:
+        return "low_confidence"
+    return None
+
+
 class Deciding:
-    """The model's decision on one window (through the shared micro-batcher) as an intent event."""
+    """The model's decision on one window (through the shared micro-batcher) as an intent event.
+
+    Text is the fusion's backbone, so a transcript the recogniser does not trust weakens the
+    decision itself: the published confidence is the intent's probability times the transcript's
+    confidence, and the event says `recognized: false` with a reason when either falls too low.
+    The scores, weights and top-k stay in the event either way."""
 
     def __init__(
         self,
@@ -174,12 +215,14 @@ class Deciding:
         tokenizer: Any,
         batcher: MicroBatcher,
         options: PipelineOptions,
+        decision: DecisionOptions,
         engine_name: str,
     ) -> None:
         self.config = config
         self.tokenizer = tokenizer
         self.batcher = batcher
         self.options = options
+        self.decision = decision
         self.engine_name = engine_name
 
     def window(self, scored: ScoredWindow) -> WindowBatch:
@@ -221,6 +264,9 @@ class Deciding:
         labels = self.config.labels
         transcript = scored.transcript
         utterance = transcript.utterance
+        transcript_confidence = recogniser_confidence(transcript.scores) if transcript.text else 0.0
+        confidence = float(probs[order[0]]) * transcript_confidence
+        reason = verdict(transcript.text, transcript.scores, confidence, self.decision)
         now = time.time()
         latency = {
             "vad": max(0.0, (transcript.dequeued_wall - utterance.speech_end_wall) * 1000),
@@ -238,8 +284,11 @@ class Deciding:
             speech_end_wall=round(utterance.speech_end_wall, 3),
             published_wall=round(now, 3),
             text=transcript.text if self.options.publish_transcripts else None,
-            intent=labels[int(order[0])],
-            confidence=round(float(probs[order[0]]), 4),
+            recognized=reason is None,
+            reason=reason,
+            intent=labels[int(order[0])] if reason is None else None,
+            confidence=round(confidence, 4),
+            transcript_confidence=round(transcript_confidence, 3),
             top_k=[{"intent": labels[int(i)], "confidence": round(float(probs[i]), 4)} for i in order],
             quality={
                 "text": round(float(window.quality[0, 0]), 3),

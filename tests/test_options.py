@@ -61,6 +61,11 @@ BAD: dict[str, dict[str, list[Any]]] = {
         "drain_timeout_s": [-1, INF],
         "outage_warning_interval_s": [0, -10],
     },
+    "decision": {
+        "no_speech_prob_min": [-0.1, 1.5, NAN],
+        "min_transcript_confidence": [2, NAN, "high"],
+        "min_confidence": [-1, INF, True],
+    },
 }
 
 CASES = [

@@ -50,8 +50,11 @@ REQUIRED = {
     "speech_end_wall",
     "published_wall",
     "text",
+    "recognized",
+    "reason",
     "intent",
     "confidence",
+    "transcript_confidence",
     "top_k",
     "quality",
     "weights",
@@ -209,7 +212,12 @@ def test_one_event_per_utterance_with_quality_following_the_channels(
     assert len(events) == len(SENTENCES) == stats.events
     for event in events:
         assert set(event) >= REQUIRED
-        assert event["intent"] in MINTREC_LABELS and 0 < event["confidence"] <= 1  # type: ignore[operator]
+        if event["recognized"]:
+            assert event["intent"] in MINTREC_LABELS and event["reason"] is None
+        else:
+            assert event["intent"] is None
+            assert event["reason"] in ("no_speech", "unreliable_transcript", "low_confidence")
+        assert 0 <= event["confidence"] <= event["transcript_confidence"] <= 1  # type: ignore[operator]
         assert event["latency_ms"]["total"] > 0  # type: ignore[index]
     assert [e["utterance_id"] for e in events] == list(range(len(SENTENCES)))
     assert "thank" in str(events[0]["text"]).lower() and "morning" in str(events[1]["text"]).lower()
@@ -222,13 +230,18 @@ def test_one_event_per_utterance_with_quality_following_the_channels(
     statuses = [p for t, p, _ in sub.messages if t.endswith("/status")]
     assert statuses[0] == b"online" and statuses[-1] == b"offline"
     assert any(t.endswith("/quality") for t, _, _ in sub.messages)
-    hermes = [(t, json.loads(p)) for t, p, _ in sub.messages if t.startswith("hermes/intent/")]
+    hermes = [(t, json.loads(p)) for t, p, _ in sub.messages if t.startswith("hermes/")]
     assert len(hermes) == len(events)
-    topic, first = hermes[0]
-    assert topic == "hermes/intent/" + first["intent"]["intentName"]
-    assert first["intent"]["intentName"] == str(events[0]["intent"]).title().replace(" ", "")
-    assert first["siteId"] == "test" and first["input"] == events[0]["text"]
-    assert 0 < first["intent"]["confidenceScore"] <= 1
+    for (topic, message), event in zip(hermes, events):
+        assert message["siteId"] == "test" and message["input"] == event["text"]
+        assert message["sessionId"] == f"test-{event['utterance_id']}"
+        if event["recognized"]:
+            assert topic == "hermes/intent/" + message["intent"]["intentName"]
+            assert message["intent"]["intentName"] == str(event["intent"]).title().replace(" ", "")
+            assert message["intent"]["confidenceScore"] == event["confidence"]
+        else:
+            assert topic == "hermes/nlu/intentNotRecognized"
+            assert json.loads(message["customData"])["reason"] == event["reason"]
 
 
 def _faststart_copy(clip: Path, out: Path) -> Path:
@@ -489,3 +502,50 @@ def test_asr_behind_a_live_source_drops_the_oldest_utterances_and_counts_them(
     assert len(sub.events()) == stats.events
     ids = [e["utterance_id"] for e in sub.events()]
     assert ids == sorted(ids) and ids[-1] == len(words) - 1  # the newest survive, in order
+
+
+def test_non_speech_is_not_recognized_and_hermes_hears_intent_not_recognized(tmp_path: Path) -> None:
+    """The shipped model on a clear sentence, then real speech played backwards, a melody and white
+    noise: only the sentence is recognized; the rest are `recognized: false` with a reason, and
+    Hermes consumers get hermes/nlu/intentNotRecognized for them."""
+    require_binary("espeak-ng", "espeak-ng")
+    from stream.media import decode_clip
+
+    root = Path(__file__).parent / "data"
+    reversed_speech = decode_clip(root / "jfk.mp3", with_video=False).audio[::-1].copy()
+    t = np.arange(16000 * 3) / 16000
+    melody = (0.3 * np.sin(2 * np.pi * 440 * t * (1 + 0.5 * (t % 1 > 0.5)))).astype(np.float32)
+    noise = np.random.default_rng(0).normal(0, 0.1, 16000 * 3).astype(np.float32)
+    pause = np.zeros(16000, np.float32)
+    audio = np.concatenate(
+        [pause, speak("thank you so much for the help"), pause, reversed_speech, pause, melody, pause, noise, pause]
+    )
+    clip = tmp_path / "nonspeech.mp4"
+    write_clip(clip, audio, [], 15)
+    broker = Mosquitto(tmp_path)
+    broker.start()
+    sub = Subscriber(broker.port)
+    try:
+        req = RunRequest(ckpt="default", input=str(clip), pace="fast", engine="onnxruntime")
+        stats = _run_request(req, broker.port, hermes=True)
+        deadline = time.time() + 5
+        while len(sub.events()) < stats.events and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        sub.stop()
+        broker.stop()
+    events = sub.events()
+    assert len(events) == stats.events >= 2
+    sentence_end_s = 1.0 + len(speak("thank you so much for the help")) / 16000
+    first, rest = events[0], events[1:]
+    assert first["end"] <= sentence_end_s + 0.5  # type: ignore[operator]
+    assert first["recognized"] is True and first["intent"] == "Thank"
+    for event in rest:
+        assert event["recognized"] is False and event["intent"] is None, event
+        assert event["reason"] in ("no_speech", "unreliable_transcript", "low_confidence")
+        assert event["top_k"] and event["quality"] and event["weights"]  # kept in the event
+    hermes = [(t, json.loads(p)) for t, p, _ in sub.messages if t.startswith("hermes/")]
+    assert [t for t, _ in hermes] == ["hermes/intent/Thank"] + ["hermes/nlu/intentNotRecognized"] * len(rest)
+    for (_, message), event in zip(hermes[1:], rest):
+        assert set(message) >= {"input", "siteId", "sessionId", "customData"}
+        assert json.loads(message["customData"])["reason"] == event["reason"]

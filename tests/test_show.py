@@ -550,7 +550,8 @@ def test_dfmq_run_show_draws_the_run_in_its_window(
         fractions = [bars[row][0] for row in (0, 3, 4)]
         if fractions != pytest.approx(expected, abs=1 / BAR_LENGTH_PX):
             return False
-        canvas = render_canvas(None, intent=event["intent"], confidence=event["confidence"], transcript=event["text"])
+        shown = event["intent"] if event["recognized"] else f"not recognized: {event['reason']}"
+        canvas = render_canvas(None, intent=shown, confidence=event["confidence"], transcript=event["text"])
         return np.array_equal(panel, canvas[VIDEO_HEIGHT_PX:, INTENT_LEFT_PX:])
 
     # The intent column: name, confidence and transcript of a published event, pixel for pixel.
