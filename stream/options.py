@@ -303,6 +303,9 @@ class DecisionOptions:
     # `low_confidence`.
     min_confidence: float = _option(0.2, _number("a probability", 0, 1))
 
+    def __post_init__(self) -> None:
+        check_fields(self)
+
 
 @dataclass
 class LiveOptions:
