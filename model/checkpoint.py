@@ -111,6 +111,20 @@ def read_checkpoint_config(ckpt_dir: Path) -> tuple[DFMQConfig, dict[str, Any]]:
     return DFMQConfig.from_dict(model_section, source=str(cfg_path)), payload
 
 
+def write_calibration(ckpt_dir: Path, temperature: float, record: dict[str, Any]) -> None:
+    """Set the checkpoint's temperature in place (config.json rewritten atomically; the weights
+    are untouched) and keep `record` (split, before/after ECE and NLL) beside it as `calibration`."""
+    ckpt_dir = Path(ckpt_dir)
+    config, payload = read_checkpoint_config(ckpt_dir)
+    config.temperature = temperature
+    config.__post_init__()  # the same checks as on load
+    payload["model"] = {**payload["model"], "temperature": config.temperature}
+    payload["calibration"] = record
+    tmp_cfg = ckpt_dir / (CONFIG_FILE + ".tmp")
+    tmp_cfg.write_text(json.dumps(payload, indent=2))
+    tmp_cfg.replace(ckpt_dir / CONFIG_FILE)
+
+
 def load_checkpoint(ckpt_dir: Path, device: str = "cpu") -> tuple[DFMQMC, Any]:
     """Rebuild the exact trained model (shape from the saved configs, then the weights)."""
     ckpt_dir = Path(ckpt_dir)

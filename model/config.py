@@ -7,6 +7,7 @@ A checkpoint folder holds `config.json` (this dataclass), `weights.pt` and `text
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +105,10 @@ class DFMQConfig:
     # FeatureOptions of the media features the model was trained on (None: benchmark features,
     # quality from the features themselves). Live extraction must use the same options.
     feature_options: dict[str, Any] | None = None
+    # Temperature scaling of the fused logits: probabilities are softmax(logits / temperature),
+    # T fitted on a held-out split (`dfmq train` at its end, `dfmq calibrate` on any checkpoint).
+    # 1.0: uncalibrated (checkpoints from before calibration load with it).
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.reference, dict):
@@ -145,6 +150,14 @@ class DFMQConfig:
             raise ConfigError("dropout", "a value in [0, 1)", self.dropout)
         if self.supcon_temperature <= 0:
             raise ConfigError("supcon_temperature", "a value > 0", self.supcon_temperature)
+        if (
+            isinstance(self.temperature, bool)
+            or not isinstance(self.temperature, int | float)
+            or not math.isfinite(self.temperature)
+            or self.temperature <= 0
+        ):
+            raise ConfigError("temperature", "a finite value > 0", self.temperature)
+        self.temperature = float(self.temperature)
 
     @property
     def num_labels(self) -> int:

@@ -1,4 +1,5 @@
-"""`dfmq train` and `dfmq eval`: the training loop with early stopping, and evaluation."""
+"""`dfmq train`, `dfmq eval` and `dfmq calibrate`: the training loop with early stopping,
+evaluation, and temperature scaling of the fused logits on a held-out split."""
 
 from __future__ import annotations
 
@@ -18,14 +19,22 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from model.checkpoint import load_checkpoint, new_model, save_checkpoint
+from model.checkpoint import load_checkpoint, new_model, save_checkpoint, write_calibration
 from model.config import DFMQConfig, ReferenceStats
 from model.data import Batch, Collator, FeatureStore, Sample, dataset_labels, load_split, read_tsv
 from model.dfmq import DFMQMC
 from model.errors import ConfigError, DataError
 from model.features import FeatureOptions
 from model.losses import consistency_loss, fomaml_loss, supervised_contrastive
-from model.metrics import classification_metrics, save_confusion_matrix
+from model.metrics import (
+    ECE_BINS,
+    calibration_summary,
+    classification_metrics,
+    fit_temperature,
+    save_confusion_matrix,
+    save_reliability_diagram,
+    softmax,
+)
 from model.quality import (
     audio_stats,
     batch_references,
@@ -196,7 +205,7 @@ def predict(
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     keys: list[str] = []
-    labels, preds, weights, qualities, confidences = [], [], [], [], []
+    labels, preds, weights, qualities, all_logits = [], [], [], [], []
     for batch in tqdm(loader, desc="eval", leave=False, disable=None if progress else True):
         batch = add_noise(batch, noise_sigma, generator).to(device)
         quality, _ = batch_quality(model, batch, reference)
@@ -206,12 +215,15 @@ def predict(
         keys += batch.keys
         labels.append(batch.labels.cpu().numpy())
         preds.append(logits.argmax(dim=-1).cpu().numpy())
-        confidences.append(torch.softmax(logits, dim=-1).max(dim=-1).values.cpu().numpy())
+        all_logits.append(logits.float().cpu().numpy())
         weights.append(w.cpu().numpy())
         qualities.append(quality.cpu().numpy())
+    logits_np = np.concatenate(all_logits)
     return {
         "keys": np.array(keys),
-        "confidence": np.concatenate(confidences),
+        "logits": logits_np,  # fused, before temperature scaling
+        # The model's calibrated probability of its prediction: softmax(logits / temperature).
+        "confidence": softmax(logits_np, model.config.temperature).max(axis=-1),
         "labels": np.concatenate(labels),
         "preds": np.concatenate(preds),
         "weights": np.concatenate(weights),
@@ -365,30 +377,58 @@ def train(
             if stale >= opts.patience_epochs:
                 print(f"early stop: no dev macro-F1 gain for {stale} epochs")
                 break
-    summary = {
+    print(f"best epoch {best_epoch}: dev macro F1 {best_f1:.2f}; checkpoint in {out_dir}")
+    # Temperature scaling of the saved (best) model on dev; the record also ends train_log.jsonl.
+    best, _ = load_checkpoint(out_dir, str(device))
+    calibration = fit_calibration(best, dev_loader, device, "dev")
+    write_calibration(out_dir, calibration["temperature"], calibration)
+    with log_path.open("a") as handle:
+        handle.write(json.dumps({"calibration": calibration}) + "\n")
+    print(format_calibration(calibration), flush=True)
+    return {
         "best_epoch": best_epoch,
         "best_dev_f1_macro": best_f1,
         "epochs_run": len(history),
         "elapsed_s": round(time.monotonic() - started, 1),
+        "calibration": calibration,
     }
-    print(f"best epoch {best_epoch}: dev macro F1 {best_f1:.2f}; checkpoint in {out_dir}")
-    return summary
 
 
-def evaluate(
-    ckpt_dir: Path,
-    dataset: str,
-    data_dir: Path,
-    split: str,
-    json_out: Path,
-    noise_sigma: float = 0.0,
-    device_name: str = "cpu",
-    seed: int = 0,
-) -> dict[str, Any]:
-    if noise_sigma < 0 or not math.isfinite(noise_sigma):
-        raise ConfigError("--noise", "a standard deviation >= 0", noise_sigma)
-    device = resolve_device(device_name)
-    model, tokenizer = load_checkpoint(ckpt_dir, str(device))
+def fit_calibration(model: DFMQMC, loader: Iterable[Batch], device: torch.device, split: str) -> dict[str, Any]:
+    """Fit the temperature of the fused logits on `loader` (a held-out split): NLL minimised over
+    one scalar T > 0. Returns the record kept in the checkpoint: T before and after, with the ECE
+    (percent, 15 bins) and NLL at each. The model itself is not changed."""
+    result = predict(model, loader, device, model.config.reference)
+    logits, labels = result["logits"], result["labels"]
+    old = model.config.temperature
+    temperature = fit_temperature(logits, labels)
+    before = calibration_summary(logits, labels, old)
+    after = calibration_summary(logits, labels, temperature)
+    return {
+        "split": split,
+        "n": len(labels),
+        "bins": ECE_BINS,
+        "temperature_before": old,
+        "temperature": temperature,
+        "ece_before": before["ece"],
+        "ece_after": after["ece"],
+        "nll_before": before["nll"],
+        "nll_after": after["nll"],
+    }
+
+
+def format_calibration(record: dict[str, Any]) -> str:
+    return (
+        f"calibration on {record['split']} ({record['n']} samples): temperature {record['temperature_before']:.3f} "
+        f"-> {record['temperature']:.3f}; ECE {record['ece_before']:.2f}% -> {record['ece_after']:.2f}% "
+        f"({record['bins']} bins); NLL {record['nll_before']:.4f} -> {record['nll_after']:.4f}"
+    )
+
+
+def _split_loader(
+    model: DFMQMC, tokenizer: Any, dataset: str, data_dir: Path, split: str, seed: int
+) -> tuple[DataLoader[Any], bool]:
+    """A checkpoint's data: labels and feature options checked against it; (loader, text_only)."""
     cfg = model.config
     if cfg.labels != dataset_labels(dataset):
         raise DataError(
@@ -406,23 +446,45 @@ def evaluate(
         )
     samples = load_split(dataset, data_dir, split, features)
     collate = Collator(tokenizer, cfg.text_max_len, cfg.audio_dim, cfg.audio_max_len, cfg.video_dim, cfg.video_max_len)
-    result = predict(
-        model, _loader(samples, collate, 64, False, seed), device, cfg.reference, noise_sigma, seed, progress=True
-    )
+    return _loader(samples, collate, 64, False, seed), features.text_only
+
+
+def evaluate(
+    ckpt_dir: Path,
+    dataset: str,
+    data_dir: Path,
+    split: str,
+    json_out: Path,
+    noise_sigma: float = 0.0,
+    device_name: str = "cpu",
+    seed: int = 0,
+) -> dict[str, Any]:
+    if noise_sigma < 0 or not math.isfinite(noise_sigma):
+        raise ConfigError("--noise", "a standard deviation >= 0", noise_sigma)
+    device = resolve_device(device_name)
+    model, tokenizer = load_checkpoint(ckpt_dir, str(device))
+    cfg = model.config
+    loader, text_only = _split_loader(model, tokenizer, dataset, data_dir, split, seed)
+    result = predict(model, loader, device, cfg.reference, noise_sigma, seed, progress=True)
     metrics = classification_metrics(result["labels"], result["preds"], cfg.labels)
+    calibration = calibration_summary(result["logits"], result["labels"], cfg.temperature)
     metrics.update(
         {
             "split": split,
             "dataset": dataset,
             "noise_sigma": noise_sigma,
-            "text_only": features.text_only,
+            "text_only": text_only,
+            # Of the probabilities the model outputs, softmax(logits / temperature).
+            "ece": calibration["ece"],
+            "ece_bins": ECE_BINS,
+            "nll": calibration["nll"],
+            "temperature": cfg.temperature,
             "mean_quality": dict(zip(("text", "audio", "video"), result["quality"].mean(axis=0).tolist())),
             "mean_weights": dict(zip(("audio", "video"), result["weights"].mean(axis=0).tolist())),
         }
     )
     json_out = Path(json_out)
     json_out.parent.mkdir(parents=True, exist_ok=True)
-    json_out.write_text(json.dumps(metrics, indent=2))
     rows = ["key\tlabel\tpredicted\tconfidence\tq_text\tq_audio\tq_video\tw_audio\tw_video"]
     for i, key in enumerate(result["keys"]):
         q, w = result["quality"][i], result["weights"][i]
@@ -435,4 +497,25 @@ def evaluate(
     title = f"{dataset} {split}: acc {metrics['acc']:.2f}, macro F1 {metrics['f1_macro']:.2f}"
     save_confusion_matrix(result["labels"], result["preds"], cfg.labels, png, title)
     metrics["confusion_png"] = str(png)
+    reliability = json_out.with_suffix(".reliability.png")
+    save_reliability_diagram(
+        softmax(result["logits"], cfg.temperature),
+        result["labels"],
+        reliability,
+        f"{dataset} {split}: ECE {calibration['ece']:.2f}% ({ECE_BINS} bins), temperature {cfg.temperature:.3f}",
+    )
+    metrics["reliability_png"] = str(reliability)
+    json_out.write_text(json.dumps(metrics, indent=2))  # the figures' paths included
     return metrics
+
+
+def calibrate(
+    ckpt_dir: Path, dataset: str, data_dir: Path, split: str = "dev", device_name: str = "cpu", seed: int = 0
+) -> dict[str, Any]:
+    """Refit the temperature of a checkpoint on a held-out split and rewrite its config.json."""
+    device = resolve_device(device_name)
+    model, tokenizer = load_checkpoint(ckpt_dir, str(device))
+    loader, _ = _split_loader(model, tokenizer, dataset, data_dir, split, seed)
+    record = fit_calibration(model, loader, device, split)
+    write_calibration(ckpt_dir, record["temperature"], record)
+    return record

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoint import load_checkpoint
+from model.checkpoint import load_checkpoint, write_calibration
 from stream.cli import main
 
 
@@ -35,8 +35,16 @@ def test_two_epoch_train_then_eval_round_trip(
     )
     assert rc == 0
     log = [json.loads(line) for line in (ckpt / "train_log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log] == [1, 2]
+    assert [r["epoch"] for r in log[:-1]] == [1, 2]
     assert log[0]["loss"]["meta"] > 0 and log[0]["loss"]["mc"] > 0
+    # Training ends with temperature scaling on dev: recorded in the log and in the checkpoint.
+    calibration = log[-1]["calibration"]
+    assert calibration["split"] == "dev" and calibration["bins"] == 15 and calibration["n"] == 12
+    assert calibration["temperature_before"] == 1.0 and calibration["temperature"] > 0
+    assert calibration["nll_after"] <= calibration["nll_before"] + 1e-9
+    saved = json.loads((ckpt / "config.json").read_text())
+    assert saved["model"]["temperature"] == calibration["temperature"] and saved["calibration"] == calibration
+    assert "ECE" in capsys.readouterr().out
     for name in ("config.json", "weights.pt", "text_encoder/config.json", "text_encoder/tokenizer.json"):
         assert (ckpt / name).exists(), name
 
@@ -73,6 +81,22 @@ def test_two_epoch_train_then_eval_round_trip(
     assert out_json.with_suffix(".png").stat().st_size > 10_000
     best = json.loads((ckpt / "config.json").read_text())["dev"]
     assert metrics["acc"] == pytest.approx(best["acc"])  # the reloaded model is the saved one
+    # Calibration of the model's own (temperature-scaled) confidence, on the split it was fitted on.
+    assert metrics["ece"] == pytest.approx(calibration["ece_after"])
+    assert metrics["nll"] == pytest.approx(calibration["nll_after"])
+    assert metrics["temperature"] == calibration["temperature"] and metrics["ece_bins"] == 15
+    assert Path(metrics["reliability_png"]) == out_json.with_suffix(".reliability.png")
+    assert out_json.with_suffix(".reliability.png").stat().st_size > 10_000
+    assert "reliability diagram" in capsys.readouterr().out
+
+    # dfmq calibrate refits on any checkpoint: from a deliberately wrong temperature back to the fit.
+    write_calibration(ckpt, 40.0, {})
+    assert main(["calibrate", "--ckpt", str(ckpt), "--dataset", "mintrec", "--data", str(tiny_mintrec)]) == 0
+    printed = capsys.readouterr().out
+    assert "temperature 40.000 ->" in printed and "ECE" in printed and "NLL" in printed
+    refit = json.loads((ckpt / "config.json").read_text())
+    assert refit["model"]["temperature"] == pytest.approx(calibration["temperature"], rel=1e-6)
+    assert refit["calibration"]["nll_after"] < refit["calibration"]["nll_before"]
 
     noisy_json = tmp_path / "eval" / "noisy.json"
     assert (
@@ -139,6 +163,14 @@ def test_ablation_switches_reach_the_saved_config(tmp_path: Path, tiny_mintrec: 
         (
             ["eval", "--ckpt", "{tmp}/none", "--dataset", "mintrec", "--data", "{tmp}", "--json", "{tmp}/x.json"],
             "no config.json",
+        ),
+        (
+            ["calibrate", "--ckpt", "{tmp}/none", "--dataset", "mintrec", "--data", "{tmp}"],
+            "no config.json",
+        ),
+        (
+            ["calibrate", "--ckpt", "default", "--dataset", "mintrec", "--data", "{tmp}"],
+            "option '--ckpt' expected a checkpoint folder to rewrite",
         ),
         (
             ["train", "--dataset", "mintrec", "--data", "{tmp}", "--out", "{tmp}/o", "--config", "{tmp}/bad.yaml"],
