@@ -56,16 +56,13 @@ class Batch:
     raw_video: Tensor | None = None  # (B, 2) motion, contrast; NaN rows have no video
 
     def to(self, device: torch.device | str) -> Batch:
-        return dataclasses.replace(
-            self,
-            input_ids=self.input_ids.to(device),
-            attention_mask=self.attention_mask.to(device),
-            audio=self.audio.to(device),
-            audio_mask=self.audio_mask.to(device),
-            video=self.video.to(device),
-            video_mask=self.video_mask.to(device),
-            labels=self.labels.to(device),
-        )
+        """Every tensor field on `device` (the optional ones too, where present)."""
+        moved: dict[str, Any] = {
+            f.name: value.to(device)
+            for f in dataclasses.fields(self)
+            if isinstance(value := getattr(self, f.name), Tensor)
+        }
+        return dataclasses.replace(self, **moved)
 
 
 def dataset_labels(dataset: str) -> list[str]:

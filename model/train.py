@@ -4,6 +4,7 @@ evaluation, and temperature scaling of the fused logits on a held-out split."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import random
@@ -122,15 +123,12 @@ def add_noise(batch: Batch, sigma: float, generator: torch.Generator) -> Batch:
         return batch
     audio_noise = torch.randn(batch.audio.shape, generator=generator) * sigma
     video_noise = torch.randn(batch.video.shape, generator=generator) * sigma
-    return Batch(
-        batch.keys,
-        batch.input_ids,
-        batch.attention_mask,
-        batch.audio + audio_noise.to(batch.audio.device) * batch.audio_mask.unsqueeze(-1),
-        batch.audio_mask,
-        batch.video + video_noise.to(batch.video.device) * batch.video_mask.unsqueeze(-1),
-        batch.video_mask,
-        batch.labels,
+    # Every other field is kept as it is: raw-signal statistics (data from `dfmq extract`) and
+    # recogniser scores describe the recorded media, which this feature noise does not touch.
+    return dataclasses.replace(
+        batch,
+        audio=batch.audio + audio_noise.to(batch.audio.device) * batch.audio_mask.unsqueeze(-1),
+        video=batch.video + video_noise.to(batch.video.device) * batch.video_mask.unsqueeze(-1),
     )
 
 

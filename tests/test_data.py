@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from model.checkpoint import default_text_encoder_folder, load_tokenizer
-from model.config import MELD_DA_LABELS, MINTREC_LABELS
-from model.data import Collator, FeatureStore, load_split, read_split
+from model.config import MELD_DA_LABELS, MINTREC_LABELS, DFMQConfig, ReferenceStats
+from model.data import Collator, FeatureStore, Sample, load_split, read_split
+from model.dfmq import DFMQMC
 from model.errors import DataError
+from model.features import FeatureOptions, RawAudioStats, RawVideoStats
+from model.train import add_noise, batch_quality
+from tests.conftest import tiny_text_encoder
 
 
 def test_mintrec_layout_with_features(tiny_mintrec: Path) -> None:
@@ -104,3 +110,67 @@ def test_alternative_feature_file_names_are_found(tiny_mintrec: Path) -> None:
     (tiny_mintrec / "video_feats.pkl").rename(tiny_mintrec / "swin_feats.pkl")
     store = FeatureStore(tiny_mintrec, 16, 8)
     assert store.video_path is not None and store.video_path.name == "swin_feats.pkl"
+
+
+def _raw_stat_samples(count: int = 5) -> list[Sample]:
+    """Samples as `dfmq extract` writes them: features plus raw-signal statistics (one without video)."""
+    rng = np.random.default_rng(3)
+    samples = []
+    for i in range(count):
+        video = rng.normal(0, 1, (4, 8)).astype(np.float32) if i != 2 else None
+        samples.append(
+            Sample(
+                key=f"X00_E00_{i}",
+                text=["thank you", "hello there friend", "sorry", "bye now", "help me please"][i % 5],
+                label=i % 4,
+                audio=rng.normal(0, 1, (10 + i, 16)).astype(np.float32),
+                video=video,
+                raw_audio=RawAudioStats(energy=-2.0 + 0.3 * i, entropy=0.3 + 0.1 * i, snr_db=25.0 - 4 * i),
+                raw_video=RawVideoStats(motion=0.01 * (i + 1), contrast=0.2 + 0.02 * i, face_ratio=1.0)
+                if video is not None
+                else None,
+            )
+        )
+    return samples
+
+
+def _collator() -> Collator:
+    return Collator(load_tokenizer(default_text_encoder_folder()), 8, 16, 30, 8, 4)
+
+
+def test_batch_to_moves_every_tensor_field_the_raw_statistics_too() -> None:
+    batch = _collator()(_raw_stat_samples())
+    assert batch.raw_audio is not None and batch.raw_video is not None
+    moved = batch.to("meta")
+    tensors = [f.name for f in dataclasses.fields(moved) if isinstance(getattr(moved, f.name), torch.Tensor)]
+    assert {"raw_audio", "raw_video", "input_ids", "audio", "video", "labels"} <= set(tensors)
+    for name in tensors:
+        assert getattr(moved, name).device.type == "meta", name
+    assert moved.keys == batch.keys
+    assert batch.raw_audio.device.type == "cpu"  # a new batch; the original stays where it was
+
+
+def test_eval_noise_keeps_raw_statistics_and_their_quality(tiny_model_config: DFMQConfig) -> None:
+    """`dfmq eval --noise` perturbs the features only: a batch with raw-signal statistics keeps
+    them, so its quality vector is scored from them exactly as without noise."""
+    options = FeatureOptions(audio_quality="snr", video_quality="relative")
+    config = dataclasses.replace(tiny_model_config, feature_options=dataclasses.asdict(options))
+    model = DFMQMC(config, tiny_text_encoder())
+    reference = ReferenceStats(audio_energy=-1.5, video_motion=0.02, video_contrast=0.22)
+    clean = _collator()(_raw_stat_samples())
+    noisy = add_noise(clean, 0.7, torch.Generator().manual_seed(0))
+    assert not torch.equal(noisy.audio, clean.audio) and not torch.equal(noisy.video, clean.video)
+    for f in dataclasses.fields(clean):
+        if f.name not in ("audio", "video"):
+            assert getattr(noisy, f.name) is getattr(clean, f.name), f.name
+    q_clean, _ = batch_quality(model, clean, reference)
+    q_noisy, _ = batch_quality(model, noisy, reference)
+    assert torch.equal(q_noisy, q_clean)
+    assert q_clean[2, 2] == 0.0 and (q_clean[:, 1] > 0).all()  # sample 2 has no video; all have audio
+    # Benchmark features (no raw statistics) are scored on the features, which the noise does move.
+    features_only = dataclasses.replace(clean, raw_audio=None, raw_video=None)
+    noisy_features = add_noise(features_only, 0.7, torch.Generator().manual_seed(0))
+    assert not torch.equal(batch_quality(model, noisy_features, reference)[0], q_clean)
+    assert not torch.equal(
+        batch_quality(model, noisy_features, reference)[0], batch_quality(model, features_only, reference)[0]
+    )
