@@ -280,9 +280,10 @@ class DFMQMC(nn.Module):
         video_mask: Tensor,
         quality: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Inference signature shared by every engine: logits, probabilities, fusion weights."""
+        """Inference signature shared by every engine: logits, calibrated probabilities (the
+        checkpoint's temperature), fusion weights."""
         out = self.forward_all(input_ids, attention_mask, audio, audio_mask, video, video_mask, quality)
-        return out.logits, torch.softmax(out.logits, dim=-1), out.weights
+        return out.logits, torch.softmax(out.logits / self.config.temperature, dim=-1), out.weights
 
 
 def build_text_encoder(folder: Path, pretrained: bool) -> tuple[nn.Module, int]:
