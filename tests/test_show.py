@@ -55,9 +55,24 @@ def _quality(audio: float = QUALITY["audio"], video: float = QUALITY["video"]) -
 
 def _intent(quality: dict[str, float] | None = None) -> IntentEvent:
     return IntentEvent(
-        "cam", 1, 0.0, 1.5, 0.0, 0.0, "thank you so much", "Thank", 0.87, [], quality or dict(QUALITY),
-        dict(WEIGHTS), "dfmq", {},
-    )  # fmt: skip
+        stream_id="cam",
+        utterance_id=1,
+        start=0.0,
+        end=1.5,
+        speech_end_wall=0.0,
+        published_wall=0.0,
+        text="thank you so much",
+        recognized=True,
+        reason=None,
+        intent="Thank",
+        confidence=0.87,
+        transcript_confidence=0.9,
+        top_k=[],
+        quality=quality or dict(QUALITY),
+        weights=dict(WEIGHTS),
+        engine="dfmq",
+        latency_ms={},
+    )
 
 
 def _bars(image: np.ndarray) -> list[tuple[float, int, tuple[int, int, int] | None]]:
