@@ -9,7 +9,7 @@ import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from torch import Tensor
 from model.config import MELD_DA_LABELS, MINTREC_LABELS
 from model.errors import DataError
 from model.features import RawAudioStats, RawVideoStats
+from model.quality import TEXT_SCORE_COLUMNS, RecogniserScores, text_scores_row
 
 DATASETS = ("mintrec", "meld-da")
 SPLITS = ("train", "dev", "test")
@@ -40,6 +41,9 @@ class Sample:
     # Raw-signal quality statistics, present in folders written by `dfmq extract`.
     raw_audio: RawAudioStats | None = None
     raw_video: RawVideoStats | None = None
+    # What the recogniser said of the clip's audio (`dfmq extract`); text quality is then scored
+    # as live. None: token coverage alone (benchmark text, older extracted folders).
+    text_scores: RecogniserScores | None = None
 
 
 @dataclass
@@ -54,6 +58,8 @@ class Batch:
     labels: Tensor  # (B,) int64
     raw_audio: Tensor | None = None  # (B, 3) energy, entropy, snr_db; NaN rows have no audio
     raw_video: Tensor | None = None  # (B, 2) motion, contrast; NaN rows have no video
+    # (B, 3) float64 recogniser scores in model.quality.TEXT_SCORE_COLUMNS order; NaN rows have none
+    text_scores: Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         """Every tensor field on `device` (the optional ones too, where present)."""
@@ -173,14 +179,26 @@ def load_features(path: Path, expected_dim: int, what: str) -> dict[str, np.ndar
     return out
 
 
-def load_quality_stats(path: Path) -> dict[str, tuple[RawAudioStats | None, RawVideoStats | None]]:
+class SampleStats(NamedTuple):
+    """The quality statistics `dfmq extract` keeps per sample (None: not there)."""
+
+    audio: RawAudioStats | None = None
+    video: RawVideoStats | None = None
+    text: RecogniserScores | None = None
+
+
+def load_quality_stats(path: Path) -> dict[str, SampleStats]:
+    """quality_stats.pkl: per key the raw audio and video statistics and, in folders extracted
+    since text quality sees the recogniser, its scores of the clip's audio under 'text' (older
+    files have no 'text' entries: those samples are scored on token coverage alone)."""
     try:
         with path.open("rb") as handle:
             raw: Any = pickle.load(handle)
         return {
-            str(key): (
+            str(key): SampleStats(
                 RawAudioStats(**entry["audio"]) if entry.get("audio") else None,
                 RawVideoStats(**entry["video"]) if entry.get("video") else None,
+                RecogniserScores(**entry["text"]) if entry.get("text") else None,
             )
             for key, entry in raw.items()
         }
@@ -189,7 +207,8 @@ def load_quality_stats(path: Path) -> dict[str, tuple[RawAudioStats | None, RawV
             f"cannot read quality statistics: {exc}",
             path=path,
             expected="{key: {'audio': {energy, entropy, snr_db} | None, "
-            "'video': {motion, contrast, face_ratio} | None}}",
+            "'video': {motion, contrast, face_ratio, ...} | None, "
+            f"'text' (optional): {{{', '.join(TEXT_SCORE_COLUMNS)}}} | None}}}}",
         ) from exc
 
 
@@ -221,13 +240,24 @@ class FeatureStore:
 def load_split(dataset: str, data_dir: Path, split: str, features: FeatureStore) -> list[Sample]:
     samples = []
     for key, text, label in read_split(dataset, Path(data_dir), split):
-        raw_audio, raw_video = features.quality.get(key, (None, None))
-        samples.append(Sample(key, text, label, features.audio.get(key), features.video.get(key), raw_audio, raw_video))
+        stats = features.quality.get(key, SampleStats())
+        samples.append(
+            Sample(
+                key,
+                text,
+                label,
+                features.audio.get(key),
+                features.video.get(key),
+                stats.audio,
+                stats.video,
+                stats.text,
+            )
+        )
     return samples
 
 
-def _raw_tensor(rows: Sequence[tuple[float, ...] | None], width: int) -> Tensor:
-    return torch.tensor([row if row is not None else (float("nan"),) * width for row in rows], dtype=torch.float32)
+def _raw_tensor(rows: Sequence[tuple[float, ...] | None], width: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    return torch.tensor([row if row is not None else (float("nan"),) * width for row in rows], dtype=dtype)
 
 
 def _pad_sequences(seqs: Sequence[np.ndarray | None], dim: int, max_len: int) -> tuple[Tensor, Tensor]:
@@ -269,9 +299,17 @@ class Collator:
                 [(a.energy, a.entropy, a.snr_db) if (a := s.raw_audio) else None for s in samples], 3
             )
             raw_video = _raw_tensor([(v.motion, v.contrast) if (v := s.raw_video) else None for s in samples], 2)
+        text_scores = None
+        if any(s.text_scores is not None for s in samples):
+            text_scores = _raw_tensor(
+                [text_scores_row(t) if (t := s.text_scores) else None for s in samples],
+                len(TEXT_SCORE_COLUMNS),
+                torch.float64,  # as the live pipeline's Python floats: q_text the same to the last bit
+            )
         return Batch(
             raw_audio=raw_audio,
             raw_video=raw_video,
+            text_scores=text_scores,
             keys=[s.key for s in samples],
             input_ids=tokens["input_ids"],
             attention_mask=tokens["attention_mask"],

@@ -82,6 +82,38 @@ def recognised_text_quality(coverage: float, confidence: float) -> float:
     return confidence * (1.0 + coverage) / 2.0
 
 
+# The column order of recogniser scores in a training batch (one row per sample; a NaN row: the
+# sample has no recogniser scores, e.g. benchmark text without audio).
+TEXT_SCORE_COLUMNS = ("avg_logprob", "no_speech_prob", "compression_ratio")
+
+
+def text_scores_row(scores: RecogniserScores) -> tuple[float, float, float]:
+    """The scores in `TEXT_SCORE_COLUMNS` order."""
+    return (scores.avg_logprob, scores.no_speech_prob, scores.compression_ratio)
+
+
+def recogniser_confidence_table(scores: Tensor) -> Tensor:
+    """`recogniser_confidence` of every row of a (..., 3) table in `TEXT_SCORE_COLUMNS` order
+    (float64; a NaN row gives NaN)."""
+    logprob, no_speech, ratio = scores.to(torch.float64).unbind(-1)
+    q_logprob = ((logprob - LOGPROB_FAIL) / (LOGPROB_GOOD - LOGPROB_FAIL)).clamp(0.0, 1.0)
+    q_speech = (1.0 - no_speech).clamp(0.0, 1.0)
+    q_repeat = ((COMPRESSION_FAIL - ratio) / (COMPRESSION_FAIL - COMPRESSION_GOOD)).clamp(0.0, 1.0)
+    return q_logprob * q_speech * q_repeat
+
+
+def sample_text_quality(attention_mask: Tensor, max_len: int, text_scores: Tensor | None = None) -> Tensor:
+    """Training text quality, per sample the way the live pipeline scores it: with recogniser
+    scores (data from `dfmq extract`), `recognised_text_quality(coverage, recogniser_confidence)`;
+    without (a NaN row, or no table at all: benchmark text), token coverage alone."""
+    coverage = text_quality(attention_mask, max_len)
+    if text_scores is None:
+        return coverage
+    confidence = recogniser_confidence_table(text_scores.to(coverage.device))
+    recognised = (confidence * (1.0 + coverage.to(torch.float64)) / 2.0).to(coverage.dtype)
+    return torch.where(torch.isnan(confidence), coverage, recognised)
+
+
 def spectral_entropy(frames: Tensor) -> Tensor:
     """Normalised spectral entropy per frame over the last dimension: flat spectrum -> 1."""
     power = torch.fft.rfft(frames.to(torch.float32), dim=-1).abs().pow(2)
@@ -144,11 +176,13 @@ def quality_vector(
     audio: AudioStats,
     video: VideoStats,
     reference: ReferenceStats,
+    text_scores: Tensor | None = None,
 ) -> Tensor:
-    """`q = [q_t, q_a, q_v]` of shape (B, 3), the weight predictor's input."""
+    """`q = [q_t, q_a, q_v]` of shape (B, 3), the weight predictor's input; `text_scores` (B, 3):
+    recogniser scores where a sample has them (see `sample_text_quality`)."""
     return torch.stack(
         [
-            text_quality(attention_mask, text_max_len),
+            sample_text_quality(attention_mask, text_max_len, text_scores),
             score_audio(audio, reference.audio_energy),
             score_video(video, reference.video_motion, reference.video_contrast),
         ],
@@ -210,13 +244,15 @@ def raw_quality_vector(
     raw_video: Tensor,
     reference: ReferenceStats,
     options: FeatureOptions,
+    text_scores: Tensor | None = None,
 ) -> Tensor:
-    """`q = [q_t, q_a, q_v]` from raw-signal statistics, with the formulas of `model.features`."""
+    """`q = [q_t, q_a, q_v]` from raw-signal statistics, with the formulas of `model.features`;
+    `text_scores` (rows as `attention_mask`'s): recogniser scores (see `sample_text_quality`)."""
     a = raw_audio.detach().cpu().double().numpy()
     v = raw_video.detach().cpu().double().numpy()
     q_audio = score_audio_arrays(a[..., 0], a[..., 1], a[..., 2], reference.audio_energy, options)
     q_video = score_video_arrays(v[..., 0], v[..., 1], reference.video_motion, reference.video_contrast, options)
-    q_text = text_quality(attention_mask, text_max_len)
+    q_text = sample_text_quality(attention_mask, text_max_len, text_scores)
     while q_text.dim() < raw_audio.dim() - 1:
         q_text = q_text.unsqueeze(-1).expand(raw_audio.shape[:-1])
     return torch.stack(

@@ -102,18 +102,27 @@ def batch_quality(model: DFMQMC, batch: Batch, reference: ReferenceStats | None)
     """Quality vector of a batch; `reference=None` means the batch mean (training, as the paper).
 
     Raw-signal statistics (folders from `dfmq extract`) are scored with the same formulas as the
-    live pipeline; benchmark feature folders are scored on the features.
+    live pipeline; benchmark feature folders are scored on the features. Text quality uses the
+    recogniser's scores where a sample has them (as live), token coverage otherwise.
     """
     cfg = model.config
     if batch.raw_audio is not None and batch.raw_video is not None and cfg.feature_options is not None:
         ref = reference if reference is not None else raw_batch_references(batch.raw_audio, batch.raw_video)
         options = FeatureOptions(**cfg.feature_options)
-        q = raw_quality_vector(batch.attention_mask, cfg.text_max_len, batch.raw_audio, batch.raw_video, ref, options)
+        q = raw_quality_vector(
+            batch.attention_mask,
+            cfg.text_max_len,
+            batch.raw_audio,
+            batch.raw_video,
+            ref,
+            options,
+            text_scores=batch.text_scores,
+        )
         return q, ref
     a_stats = audio_stats(batch.audio, batch.audio_mask)
     v_stats = video_stats(batch.video, batch.video_mask)
     ref = reference if reference is not None else batch_references(a_stats, v_stats)
-    q = quality_vector(batch.attention_mask, model.config.text_max_len, a_stats, v_stats, ref)
+    q = quality_vector(batch.attention_mask, cfg.text_max_len, a_stats, v_stats, ref, text_scores=batch.text_scores)
     return q, ref
 
 

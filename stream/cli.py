@@ -161,14 +161,20 @@ def _add_extract(sub: Any) -> None:
         "extract",
         help="turn a folder of labelled clips into a training set (MIntRec layout + features)",
         description="Decode each clip (PyAV), compute the features and raw quality statistics the live "
-        "pipeline computes, transcribe clips without text (faster-whisper), and write train/dev/test.tsv with "
-        "audio_feats.pkl, video_feats.pkl, quality_stats.pkl and features.json. Resumable; unreadable clips "
-        "are listed in extract_errors.tsv and the exit code is 1.",
+        "pipeline computes, run the recogniser (faster-whisper) on every clip's audio, and write "
+        "train/dev/test.tsv with audio_feats.pkl, video_feats.pkl, quality_stats.pkl and features.json. The text "
+        "is the labels' when given, else the transcript; the recogniser's scores (quality_stats.pkl, 'text') "
+        "make training text quality the live one either way. Resumable; unreadable clips are listed in "
+        "extract_errors.tsv and the exit code is 1.",
     )
     p.add_argument("--clips", required=True, type=Path, help="folder of mp4/mkv/webm/wav clips")
     p.add_argument("--labels", required=True, type=Path, help="CSV with columns clip,label[,text][,split]")
     p.add_argument("--out", required=True, type=Path, help="dataset folder to write")
-    p.add_argument("--asr-model", default="tiny.en", help="'tiny.en' (bundled) or a CTranslate2 Whisper folder")
+    p.add_argument(
+        "--asr-model",
+        default="tiny.en",
+        help="'tiny.en' (bundled) or a CTranslate2 Whisper folder; use the one `dfmq run` will use",
+    )
     p.add_argument("--audio-quality", default="snr", choices=["snr", "paper"], help="audio quality formula")
     p.add_argument("--video-quality", default="relative", choices=["relative", "paper"], help="video quality formula")
 

@@ -1,7 +1,14 @@
 """`dfmq extract`: a folder of labelled clips -> a dataset in the MIntRec layout with features.
 
-Resumable: each clip's result is cached under `OUT/.extract_cache/` and reused on the next run.
-A clip that cannot be read is listed in `OUT/extract_errors.tsv`; the others are still processed.
+Resumable: each clip's result is cached under `OUT/.extract_cache/` and reused on the next run
+(keyed by the clip's name, size and modification time, the feature options, the recogniser's
+options and the cache format). A clip that cannot be read is listed in `OUT/extract_errors.tsv`;
+the others are still processed.
+
+Text quality as live: the recogniser runs on every clip's audio, also when the labels give the
+text (the model is then fed the given text, but its quality is still scored with the recogniser's
+confidence in what it heard: `model.quality.recognised_text_quality`). Its scores go to
+quality_stats.pkl under 'text'.
 """
 
 from __future__ import annotations
@@ -26,6 +33,11 @@ from stream.media import MediaError, decode_clip
 from stream.options import AsrOptions
 
 MEDIA_SUFFIXES = (".mp4", ".mkv", ".webm", ".wav", ".flac", ".mp3", ".mov", ".avi")
+# Bumped whenever what a cached clip result holds changes. 2: the recogniser runs on every clip
+# and its scores are kept (cache files of format 1 lack them and are never read again).
+CACHE_FORMAT = 2
+# Recogniser options that do not change what it outputs, left out of the cache key.
+ASR_OPTIONS_NOT_IN_KEY = ("cpu_threads",)
 SPLIT_SHARES = (("train", 0.8), ("dev", 0.1), ("test", 0.1))
 
 
@@ -94,18 +106,42 @@ def _clean_text(text: str) -> str:
     return " ".join(text.replace("\t", " ").split())
 
 
-def _extract_one(path: Path, row: LabelRow, options: FeatureOptions, asr: AsrOptions) -> dict[str, Any]:
+def _extract_one(path: Path, options: FeatureOptions, asr: AsrOptions) -> dict[str, Any]:
+    """Features, raw statistics and what the recogniser heard (text and scores) of one clip; the
+    labels' text is not part of it, so that an edited labels file reuses the cache correctly."""
     clip = decode_clip(path)
     feats = extract_features(clip.audio, clip.frames, options)
-    text = row.text if row.text else transcribe(clip.audio, asr).text
+    # No audio track: nothing to recognise, and the live pipeline would hear nothing either.
+    heard = transcribe(clip.audio, asr) if len(clip.audio) else None
     return {
-        "text": _clean_text(text),
+        "format": CACHE_FORMAT,
+        "recognised": _clean_text(heard.text) if heard else "",
+        "text_scores": dataclasses.asdict(heard.scores) if heard else None,
         "audio": feats.audio,
         "video": feats.video,
         "audio_stats": dataclasses.asdict(feats.audio_stats) if feats.audio_stats else None,
         "video_stats": dataclasses.asdict(feats.video_stats) if feats.video_stats else None,
-        "transcribed": not row.text,
     }
+
+
+def cache_key(path: Path, clip: str, options: FeatureOptions, asr: AsrOptions) -> str | None:
+    """What a cached result depends on: the clip file (name, size, modification time), the feature
+    options, the recogniser's options and the cache format. None when the clip cannot be found."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    asr_key = {k: v for k, v in dataclasses.asdict(asr).items() if k not in ASR_OPTIONS_NOT_IN_KEY}
+    identity = {
+        "format": CACHE_FORMAT,
+        "clip": clip,
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "features": dataclasses.asdict(options),
+        "asr": asr_key,
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+    return f"{hashlib.sha256(clip.encode()).hexdigest()[:16]}-{digest[:16]}"
 
 
 def run_extract(clips_dir: Path, labels_csv: Path, out_dir: Path, options: FeatureOptions, asr: AsrOptions) -> int:
@@ -115,14 +151,14 @@ def run_extract(clips_dir: Path, labels_csv: Path, out_dir: Path, options: Featu
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = out_dir / ".extract_cache"
     cache.mkdir(exist_ok=True)
-    options_tag = hashlib.sha256(json.dumps(dataclasses.asdict(options), sort_keys=True).encode()).hexdigest()[:10]
     results: dict[int, dict[str, Any]] = {}
     errors: list[tuple[str, str]] = []
     reused = 0
     for index, row in enumerate(tqdm(rows, desc="extract", unit="clip", disable=None)):
         path = clips_dir / row.clip
-        cached = cache / f"{hashlib.sha256(row.clip.encode()).hexdigest()[:16]}-{options_tag}.pkl"
-        if cached.is_file():
+        key = cache_key(path, row.clip, options, asr)
+        cached = cache / f"{key}.pkl" if key is not None else None
+        if cached is not None and cached.is_file():
             with cached.open("rb") as handle:
                 results[index] = pickle.load(handle)
             reused += 1
@@ -131,14 +167,15 @@ def run_extract(clips_dir: Path, labels_csv: Path, out_dir: Path, options: Featu
             errors.append((row.clip, f"unsupported file type {path.suffix!r}; expected one of {MEDIA_SUFFIXES}"))
             continue
         try:
-            result = _extract_one(path, row, options, asr)
+            result = _extract_one(path, options, asr)
         except MediaError as exc:
             errors.append((row.clip, str(exc)))
             continue
-        tmp = cached.with_suffix(".tmp")
-        with tmp.open("wb") as handle:
-            pickle.dump(result, handle)
-        tmp.replace(cached)
+        if cached is not None:
+            tmp = cached.with_suffix(".tmp")
+            with tmp.open("wb") as handle:
+                pickle.dump(result, handle)
+            tmp.replace(cached)
         results[index] = result
 
     splits: dict[str, list[str]] = {"train": [], "dev": [], "test": []}
@@ -147,14 +184,14 @@ def run_extract(clips_dir: Path, labels_csv: Path, out_dir: Path, options: Featu
         row = rows[index]
         season, episode, clip_id = sample_key(index)
         key = f"{season}_{episode}_{clip_id}"
-        splits[row.split or assign_split(row.clip)].append(
-            f"{season}\t{episode}\t{clip_id}\t{result['text']}\t{row.label}"
-        )
+        # The labels' text when given (what was said), else what the recogniser heard.
+        text = _clean_text(row.text) if row.text else result["recognised"]
+        splits[row.split or assign_split(row.clip)].append(f"{season}\t{episode}\t{clip_id}\t{text}\t{row.label}")
         if result["audio"] is not None:
             audio[key] = result["audio"]
         if result["video"] is not None:
             video[key] = result["video"]
-        quality[key] = {"audio": result["audio_stats"], "video": result["video_stats"]}
+        quality[key] = {"audio": result["audio_stats"], "video": result["video_stats"], "text": result["text_scores"]}
     header = "season\tepisode\tclip\ttext\tlabel"
     for split, lines in splits.items():
         (out_dir / f"{split}.tsv").write_text("\n".join([header, *lines]) + "\n")

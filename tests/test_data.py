@@ -16,6 +16,7 @@ from model.data import Collator, FeatureStore, Sample, load_split, read_split
 from model.dfmq import DFMQMC
 from model.errors import DataError
 from model.features import FeatureOptions, RawAudioStats, RawVideoStats
+from model.quality import RecogniserScores, recognised_text_quality, recogniser_confidence, text_quality
 from model.train import add_noise, batch_quality
 from tests.conftest import tiny_text_encoder
 
@@ -129,9 +130,20 @@ def _raw_stat_samples(count: int = 5) -> list[Sample]:
                 raw_video=RawVideoStats(motion=0.01 * (i + 1), contrast=0.2 + 0.02 * i, face_ratio=1.0)
                 if video is not None
                 else None,
+                text_scores=RECOGNISER_SCORES[i % len(RECOGNISER_SCORES)],
             )
         )
     return samples
+
+
+# What faster-whisper could say: confident, each ramp part-way, each one failing, and None (no scores).
+RECOGNISER_SCORES: list[RecogniserScores | None] = [
+    RecogniserScores(avg_logprob=-0.2, no_speech_prob=0.01, compression_ratio=1.3),
+    RecogniserScores(avg_logprob=-0.7123456789, no_speech_prob=0.25, compression_ratio=2.05),
+    None,
+    RecogniserScores(avg_logprob=-1.4, no_speech_prob=0.9, compression_ratio=2.6),
+    RecogniserScores(avg_logprob=-0.5, no_speech_prob=0.0, compression_ratio=2.3999),
+]
 
 
 def _collator() -> Collator:
@@ -143,7 +155,7 @@ def test_batch_to_moves_every_tensor_field_the_raw_statistics_too() -> None:
     assert batch.raw_audio is not None and batch.raw_video is not None
     moved = batch.to("meta")
     tensors = [f.name for f in dataclasses.fields(moved) if isinstance(getattr(moved, f.name), torch.Tensor)]
-    assert {"raw_audio", "raw_video", "input_ids", "audio", "video", "labels"} <= set(tensors)
+    assert {"raw_audio", "raw_video", "text_scores", "input_ids", "audio", "video", "labels"} <= set(tensors)
     for name in tensors:
         assert getattr(moved, name).device.type == "meta", name
     assert moved.keys == batch.keys
@@ -174,3 +186,63 @@ def test_eval_noise_keeps_raw_statistics_and_their_quality(tiny_model_config: DF
     assert not torch.equal(
         batch_quality(model, noisy_features, reference)[0], batch_quality(model, features_only, reference)[0]
     )
+
+
+def _live_text_quality(tokenizer: object, text: str, scores: RecogniserScores, max_len: int) -> float:
+    """q_text exactly as stream/stages.py Deciding.window computes it for one utterance."""
+    tokens = tokenizer([text], truncation=True, max_length=max_len, return_tensors="np")  # type: ignore[operator]
+    coverage = float(text_quality(torch.from_numpy(tokens["attention_mask"]), max_len)[0])
+    return recognised_text_quality(coverage, recogniser_confidence(scores))
+
+
+def test_recogniser_scores_survive_collation_and_score_text_as_live(tiny_model_config: DFMQConfig) -> None:
+    samples = _raw_stat_samples()
+    collate = _collator()
+    batch = collate(samples)
+    assert batch.text_scores is not None and batch.text_scores.shape == (5, 3)
+    assert batch.text_scores.dtype == torch.float64
+    assert torch.isnan(batch.text_scores[2]).all()  # the sample without scores
+    assert batch.text_scores[1].tolist() == [-0.7123456789, 0.25, 2.05]
+
+    options = FeatureOptions(audio_quality="snr", video_quality="relative")
+    reference = ReferenceStats(audio_energy=-1.5, video_motion=0.02, video_contrast=0.22)
+    for feature_options in (dataclasses.asdict(options), None):  # raw-signal and feature-scored paths
+        config = dataclasses.replace(tiny_model_config, text_max_len=8, feature_options=feature_options)
+        q, _ = batch_quality(DFMQMC(config, tiny_text_encoder()), batch, reference)
+        coverage = text_quality(batch.attention_mask, 8)
+        for i, sample in enumerate(samples):
+            if sample.text_scores is None:
+                assert q[i, 0] == coverage[i]  # token coverage alone
+            else:
+                live = _live_text_quality(collate.tokenizer, sample.text, sample.text_scores, 8)
+                assert float(q[i, 0]) == pytest.approx(live, abs=1e-7), i
+    assert float(q[3, 0]) == 0.0 and float(q[0, 0]) > float(q[1, 0]) > 0.0  # failing, confident, part-way
+
+    # Older extracted folders and benchmark data: no scores anywhere, coverage alone.
+    plain = collate([dataclasses.replace(s, text_scores=None) for s in samples])
+    assert plain.text_scores is None
+    q_plain, _ = batch_quality(DFMQMC(tiny_model_config, tiny_text_encoder()), plain, reference)
+    assert torch.equal(q_plain[:, 0], text_quality(plain.attention_mask, tiny_model_config.text_max_len))
+
+
+def test_quality_stats_with_and_without_recogniser_scores_load(tiny_mintrec: Path) -> None:
+    stats = {
+        "S01_E00_0": {
+            "audio": {"energy": -2.0, "entropy": 0.4, "snr_db": 20.0},
+            "video": {"motion": 0.02, "contrast": 0.2, "face_ratio": 1.0},
+            "text": {"avg_logprob": -0.3, "no_speech_prob": 0.02, "compression_ratio": 1.4},
+        },
+        # As written before the recogniser's scores were kept: no 'text' entry.
+        "S01_E01_1": {"audio": {"energy": -2.5, "entropy": 0.5, "snr_db": 15.0}, "video": None},
+    }
+    with (tiny_mintrec / "quality_stats.pkl").open("wb") as handle:
+        pickle.dump(stats, handle)
+    samples = {s.key: s for s in load_split("mintrec", tiny_mintrec, "train", FeatureStore(tiny_mintrec, 16, 8))}
+    assert samples["S01_E00_0"].text_scores == RecogniserScores(-0.3, 0.02, 1.4)
+    assert samples["S01_E01_1"].text_scores is None and samples["S01_E01_1"].raw_video is None
+    assert samples["S01_E02_2"].text_scores is None and samples["S01_E02_2"].raw_audio is None  # not in the file
+    stats["S01_E00_0"]["text"] = {"logprob": -0.3}
+    with (tiny_mintrec / "quality_stats.pkl").open("wb") as handle:
+        pickle.dump(stats, handle)
+    with pytest.raises(DataError, match="cannot read quality statistics"):
+        FeatureStore(tiny_mintrec, 16, 8)
