@@ -143,3 +143,35 @@ def test_temperature_lives_in_the_checkpoint_and_old_ones_load_with_1(
     with pytest.raises(ConfigError, match="temperature"):
         write_calibration(ckpt, -1.0, {})
     assert load_checkpoint(ckpt)[0].config.temperature == 2.5  # a refused value leaves the file as it was
+
+
+def test_inference_probabilities_and_eval_confidence_use_the_temperature(tiny_model_config: DFMQConfig) -> None:
+    """What engines publish (the forward's probabilities) and what `dfmq eval` scores agree."""
+    import torch
+
+    from model.data import Batch
+    from model.train import batch_quality, predict
+
+    torch.manual_seed(0)
+    config = DFMQConfig(**{**tiny_model_config.to_dict(), "temperature": 2.5})
+    model = DFMQMC(config, tiny_text_encoder()).eval()
+    g = torch.Generator().manual_seed(0)
+    batch = Batch(
+        keys=[f"k{i}" for i in range(4)],
+        input_ids=torch.randint(1, 100, (4, 6), generator=g),
+        attention_mask=torch.ones(4, 6, dtype=torch.long),
+        audio=torch.randn(4, 10, 16, generator=g),
+        audio_mask=torch.ones(4, 10, dtype=torch.bool),
+        video=torch.randn(4, 5, 8, generator=g),
+        video_mask=torch.ones(4, 5, dtype=torch.bool),
+        labels=torch.tensor([0, 1, 2, 3]),
+    )
+    quality, _ = batch_quality(model, batch, config.reference)  # as predict scores it
+    with torch.no_grad():
+        logits, probs, _ = model(
+            batch.input_ids, batch.attention_mask, batch.audio, batch.audio_mask, batch.video, batch.video_mask, quality
+        )
+    assert torch.allclose(probs, torch.softmax(logits / 2.5, dim=-1), atol=1e-6)
+    result = predict(model, [batch], torch.device("cpu"), config.reference)
+    assert np.allclose(result["confidence"], probs.max(dim=-1).values.numpy(), atol=1e-6)
+    assert np.allclose(result["logits"], logits.numpy(), atol=1e-5)
