@@ -57,6 +57,9 @@ class Utterance:
     samples: np.ndarray  # (n,) float32, 16 kHz mono
     speech_end_wall: float  # unix time at which the last speech sample was captured or read
     forced_split: bool = False  # cut at the maximum utterance length, not at a pause
+    # The frames of [start_s, end_s], taken when the utterance is cut: the frame buffer only keeps
+    # the last seconds, and a file replayed fast can cut utterances well ahead of their scoring.
+    frames: list[VideoFrame] = field(default_factory=list)
 
 
 @dataclass

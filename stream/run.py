@@ -192,7 +192,7 @@ def _build_pipeline(
         live=live,
         segmenting=Segmenting(Segmenter(seg_opts), buffer),
         transcribing=Transcribing(req.asr, executor),
-        scoring=Scoring(buffer, quality, tracker, executor),
+        scoring=Scoring(quality, tracker, executor),
         deciding=Deciding(model.config, tokenizer, batcher, pipe_opts, req.decision, engine.name),
         ticker=QualityTicker(buffer, quality, tracker, pipe_opts),
         sinks=sinks,

@@ -57,7 +57,8 @@ def check_live_compatible(config: DFMQConfig) -> FeatureOptions:
 
 
 class MediaBuffer:
-    """The last seconds of frames and audio, written by segmenting, read by scoring and the ticker.
+    """The last seconds of frames and audio: segmenting writes them and hands each utterance its frames
+    when it is cut; the quality ticker reads the newest.
 
     Bounded by stream time (`video_buffer_s`, `quality_window_s`), so memory does not grow with the
     length of the input."""
@@ -132,11 +133,16 @@ class Segmenting:
             self.buffer.add_frame(item)
             return []
         self.buffer.add_audio(item)
-        return self.segmenter.process(item)
+        return self._with_frames(self.segmenter.process(item))
 
     def flush(self) -> list[Utterance]:
         """The utterance being spoken when the input ended, cut where it is."""
-        return self.segmenter.flush()
+        return self._with_frames(self.segmenter.flush())
+
+    def _with_frames(self, utterances: list[Utterance]) -> list[Utterance]:
+        for utterance in utterances:
+            utterance.frames = self.buffer.frames_between(utterance.start_s, utterance.end_s)
+        return utterances
 
 
 class Transcribing:
@@ -154,8 +160,7 @@ class Transcribing:
 class Scoring:
     """Features of the utterance's audio and frames, and their quality against the running references."""
 
-    def __init__(self, buffer: MediaBuffer, quality: LiveQuality, tracker: FaceTracker, executor: Executor) -> None:
-        self.buffer = buffer
+    def __init__(self, quality: LiveQuality, tracker: FaceTracker, executor: Executor) -> None:
         self.quality = quality
         self.tracker = tracker
         self.executor = executor
@@ -163,9 +168,8 @@ class Scoring:
     async def process(self, transcript: Transcript) -> ScoredWindow:
         utterance = transcript.utterance
         started = time.perf_counter()
-        frames = self.buffer.frames_between(utterance.start_s, utterance.end_s)
         feats = await asyncio.get_running_loop().run_in_executor(
-            self.executor, extract_features, utterance.samples, frames, self.quality.options, self.tracker
+            self.executor, extract_features, utterance.samples, utterance.frames, self.quality.options, self.tracker
         )
         q_audio, q_video = self.quality.score(feats)
         self.quality.update(feats)

@@ -132,3 +132,34 @@ def test_a_failing_stage_ends_the_run_with_its_error_and_stops_the_sources() -> 
         asyncio.run(scenario())
     assert source.stopped
     assert not any(isinstance(m, IntentEvent) for m in sink.messages)
+
+
+def test_an_utterance_keeps_its_frames_after_the_buffer_moved_on() -> None:
+    """A file replayed fast cuts utterances long before they are scored; their frames must not
+    depend on what the (bounded) frame buffer still holds by then."""
+    from stream.messages import Utterance, VideoFrame
+    from stream.stages import MediaBuffer, Segmenting
+
+    class CutAtOneSecond:
+        def __init__(self) -> None:
+            self.cut = False
+
+        def process(self, item: AudioChunk) -> list[Utterance]:
+            if item.end_s >= 1.0 and not self.cut:
+                self.cut = True
+                return [Utterance(0, 0.2, 0.8, item.samples, 0.0)]
+            return []
+
+        def flush(self) -> list[Utterance]:
+            return []
+
+    buffer = MediaBuffer(PipelineOptions(video_buffer_s=2.0))
+    segmenting = Segmenting(CutAtOneSecond(), buffer)  # type: ignore[arg-type]
+    image = np.zeros((4, 4, 3), np.uint8)
+    cut: list[Utterance] = []
+    for step in range(100):  # 10 s of frames and audio, 10 per second
+        segmenting.process(VideoFrame(image, step * 0.1))
+        cut += segmenting.process(chunk(step))
+    assert len(cut) == 1
+    assert [round(f.pts_s, 1) for f in cut[0].frames] == [0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    assert buffer.frames[0].pts_s > 7.0  # the buffer itself moved on
