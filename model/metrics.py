@@ -152,6 +152,17 @@ def fit_temperature(
     return float(1.0 / math.exp(0.5 * (lo + hi)))
 
 
+def choose_temperature(logits: np.ndarray, labels: np.ndarray, current: float) -> tuple[float, str | None]:
+    """The fitted temperature, or `current` with the reason when the split cannot tell: on a split
+    without a single error the NLL keeps falling as T -> 0, and a fit would make every later
+    prediction certain (the live pipeline could then never abstain for low confidence)."""
+    if len(labels) == 0:
+        return current, "the split is empty"
+    if bool((np.asarray(logits).argmax(axis=-1) == np.asarray(labels)).all()):
+        return current, "no errors on the split to fit a temperature on; kept"
+    return fit_temperature(logits, labels), None
+
+
 def calibration_summary(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict[str, float]:
     """ECE (percent, 15 bins) and NLL of `softmax(logits / temperature)`."""
     probs = softmax(logits, temperature)

@@ -30,8 +30,8 @@ from model.losses import consistency_loss, fomaml_loss, supervised_contrastive
 from model.metrics import (
     ECE_BINS,
     calibration_summary,
+    choose_temperature,
     classification_metrics,
-    fit_temperature,
     save_confusion_matrix,
     save_reliability_diagram,
     softmax,
@@ -408,7 +408,7 @@ def fit_calibration(model: DFMQMC, loader: Iterable[Batch], device: torch.device
     result = predict(model, loader, device, model.config.reference)
     logits, labels = result["logits"], result["labels"]
     old = model.config.temperature
-    temperature = fit_temperature(logits, labels)
+    temperature, note = choose_temperature(logits, labels, old)
     before = calibration_summary(logits, labels, old)
     after = calibration_summary(logits, labels, temperature)
     return {
@@ -421,6 +421,7 @@ def fit_calibration(model: DFMQMC, loader: Iterable[Batch], device: torch.device
         "ece_after": after["ece"],
         "nll_before": before["nll"],
         "nll_after": after["nll"],
+        "note": note,
     }
 
 
@@ -429,6 +430,7 @@ def format_calibration(record: dict[str, Any]) -> str:
         f"calibration on {record['split']} ({record['n']} samples): temperature {record['temperature_before']:.3f} "
         f"-> {record['temperature']:.3f}; ECE {record['ece_before']:.2f}% -> {record['ece_after']:.2f}% "
         f"({record['bins']} bins); NLL {record['nll_before']:.4f} -> {record['nll_after']:.4f}"
+        + (f" ({record['note']})" if record.get("note") else "")
     )
 
 

@@ -25,6 +25,7 @@ from model.errors import ConfigError
 from model.metrics import (
     TEMPERATURE_BOUNDS,
     calibration_bins,
+    choose_temperature,
     expected_calibration_error,
     fit_temperature,
     negative_log_likelihood,
@@ -105,6 +106,15 @@ def test_temperature_stays_inside_its_bounds_on_degenerate_sets() -> None:
     assert fit_temperature(logits, np.array([0, 1])) == TEMPERATURE_BOUNDS[0]  # all right: sharper is better
     assert fit_temperature(logits, np.array([1, 0])) == TEMPERATURE_BOUNDS[1]  # all wrong: flatter is better
     assert fit_temperature(np.zeros((0, 3)), np.zeros(0, dtype=int)) == 1.0
+
+
+def test_a_split_without_errors_keeps_the_temperature() -> None:
+    logits = np.array([[3.0, 0.0], [0.0, 3.0], [2.0, 1.0]])
+    temperature, note = choose_temperature(logits, np.array([0, 1, 0]), 1.7)  # all right: the NLL has no minimum
+    assert temperature == 1.7 and note is not None and "no errors" in note
+    temperature, note = choose_temperature(logits, np.array([0, 1, 1]), 1.7)
+    assert note is None and temperature == fit_temperature(logits, np.array([0, 1, 1]))
+    assert choose_temperature(np.zeros((0, 2)), np.zeros(0, dtype=int), 1.7)[0] == 1.7
 
 
 def test_reliability_diagram_is_written(tmp_path: Path) -> None:
