@@ -1130,10 +1130,11 @@ def baseline_startup(work: Path, scene: Path) -> float:
 def git_state() -> dict[str, Any]:
     def git(*args: str) -> str:
         result = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False)
-        return result.stdout.strip() if result.returncode == 0 else ""
+        return result.stdout if result.returncode == 0 else ""
 
-    head = git("rev-parse", "--short", "HEAD")
-    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines()]
+    head = git("rev-parse", "--short", "HEAD").strip()
+    # Porcelain lines are "XY path": the status columns are part of the line, so no strip() first.
+    changed = [line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines() if line]
     return {"head": head or None, "uncommitted_files": changed}
 
 
