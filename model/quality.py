@@ -255,6 +255,8 @@ def raw_quality_vector(
     q_text = sample_text_quality(attention_mask, text_max_len, text_scores)
     while q_text.dim() < raw_audio.dim() - 1:
         q_text = q_text.unsqueeze(-1).expand(raw_audio.shape[:-1])
+    # Stacked on the CPU, where the numpy scores are, then moved to the batch's device (q_text is
+    # on the batch's device already: a CUDA batch would not stack with CPU tensors).
     return torch.stack(
-        [q_text.to(torch.float32), torch.from_numpy(q_audio).float(), torch.from_numpy(q_video).float()], dim=-1
+        [q_text.to(torch.float32).cpu(), torch.from_numpy(q_audio).float(), torch.from_numpy(q_video).float()], dim=-1
     ).to(attention_mask.device)
