@@ -103,6 +103,7 @@ def fomaml_loss(
     generator: torch.Generator | None = None,
     raw_audio: Tensor | None = None,
     raw_video: Tensor | None = None,
+    text_scores: Tensor | None = None,
 ) -> Tensor:
     """First-order MAML for the weight predictor, each training sample its own task.
 
@@ -135,6 +136,8 @@ def fomaml_loss(
         pv, pvm = perturb(rep_v, rep_vm, kinds_v, generator)
         h_audio = model.audio_encoder(pa, pam).view(batch, copies, -1)
         h_video = model.video_encoder(pv, pvm).view(batch, copies, -1)
+        # Recogniser scores describe the transcript, which the perturbations leave alone: repeated as is.
+        rep_scores = text_scores.repeat_interleave(copies, 0) if text_scores is not None else None
         if raw_audio is not None and raw_video is not None and cfg.feature_options is not None:
             ra, rv = perturb_raw_stats(
                 raw_audio.repeat_interleave(copies, 0), raw_video.repeat_interleave(copies, 0), kinds_a, kinds_v
@@ -146,6 +149,7 @@ def fomaml_loss(
                 rv,
                 reference,
                 FeatureOptions(**cfg.feature_options),
+                text_scores=rep_scores,
             ).view(batch, copies, 3)
         else:
             q = quality_vector(
@@ -154,6 +158,7 @@ def fomaml_loss(
                 audio_stats(pa, pam),
                 video_stats(pv, pvm),
                 reference,
+                text_scores=rep_scores,
             ).view(batch, copies, 3)
         if not cfg.use_quality:
             q = torch.ones_like(q)

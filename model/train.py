@@ -189,6 +189,7 @@ def training_loss(
             generator,
             raw_audio=batch.raw_audio if cfg.feature_options is not None else None,
             raw_video=batch.raw_video if cfg.feature_options is not None else None,
+            text_scores=batch.text_scores,
         )
         total = total + cfg.lambda_meta * l_meta
         parts["meta"] = l_meta.item()

@@ -194,3 +194,46 @@ def test_the_paper_weights_let_a_dead_camera_gain_when_audio_degrades(tiny_model
     with torch.no_grad():
         w = model.fusion_weights(torch.tensor([[0.5, 0.9, 0.0], [0.5, 0.1, 0.0]]), torch.ones(2, 2))
     assert w[1, 1] > w[0, 1] + 0.2 and w[1, 1] > 0.4
+
+
+def test_meta_copies_score_text_with_the_recogniser_scores(model: DFMQMC, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each FOMAML copy of a sample gets that sample's recogniser scores: its q_text is the one
+    the main forward (and the live pipeline) used, not token coverage alone."""
+    import model.losses as losses
+    from model.quality import sample_text_quality
+
+    x = _inputs(4)
+    labels = torch.tensor([0, 1, 2, 3])
+    nan = float("nan")
+    scores = torch.tensor(
+        [[-0.2, 0.01, 1.3], [nan, nan, nan], [-0.7, 0.25, 2.05], [-1.4, 0.9, 2.6]], dtype=torch.float64
+    )
+    q, ref = _quality(model, x)
+    out = model.forward_all(quality=q, **x)
+    seen: list[torch.Tensor] = []
+    real = losses.quality_vector
+
+    def spy(*args: object, **kwargs: object) -> torch.Tensor:
+        result = real(*args, **kwargs)  # type: ignore[arg-type]
+        seen.append(result)
+        return result
+
+    monkeypatch.setattr(losses, "quality_vector", spy)
+    loss = fomaml_loss(
+        model,
+        out,
+        x["audio"],
+        x["audio_mask"],
+        x["video"],
+        x["video_mask"],
+        x["attention_mask"],
+        labels,
+        ref,
+        torch.Generator().manual_seed(1),
+        text_scores=scores,
+    )
+    assert loss.item() > 0
+    copies = model.config.maml_support_size + model.config.maml_query_size
+    expected = sample_text_quality(x["attention_mask"], model.config.text_max_len, scores).repeat_interleave(copies)
+    assert torch.equal(seen[0][:, 0], expected)
+    assert expected[copies * 3] == 0.0 and expected[copies] == 7 / model.config.text_max_len  # failing; no scores
