@@ -17,7 +17,7 @@ from torch import Tensor
 
 from model.config import MELD_DA_LABELS, MINTREC_LABELS
 from model.errors import DataError
-from model.features import RawAudioStats, RawVideoStats
+from model.features import VIDEO_STAT_COLUMNS, RawAudioStats, RawVideoStats, video_stats_row
 from model.quality import TEXT_SCORE_COLUMNS, RecogniserScores, text_scores_row
 
 DATASETS = ("mintrec", "meld-da")
@@ -57,7 +57,7 @@ class Batch:
     video_mask: Tensor  # (B, Tv) bool
     labels: Tensor  # (B,) int64
     raw_audio: Tensor | None = None  # (B, 3) energy, entropy, snr_db; NaN rows have no audio
-    raw_video: Tensor | None = None  # (B, 2) motion, contrast; NaN rows have no video
+    raw_video: Tensor | None = None  # (B, 6) model.features.VIDEO_STAT_COLUMNS; NaN rows have no video
     # (B, 3) float64 recogniser scores in model.quality.TEXT_SCORE_COLUMNS order; NaN rows have none
     text_scores: Tensor | None = None
 
@@ -298,7 +298,9 @@ class Collator:
             raw_audio = _raw_tensor(
                 [(a.energy, a.entropy, a.snr_db) if (a := s.raw_audio) else None for s in samples], 3
             )
-            raw_video = _raw_tensor([(v.motion, v.contrast) if (v := s.raw_video) else None for s in samples], 2)
+            raw_video = _raw_tensor(
+                [video_stats_row(v) if (v := s.raw_video) else None for s in samples], len(VIDEO_STAT_COLUMNS)
+            )
         text_scores = None
         if any(s.text_scores is not None for s in samples):
             text_scores = _raw_tensor(

@@ -71,7 +71,7 @@ def perturb_raw_stats(raw_audio: Tensor, raw_video: Tensor, kind_a: Tensor, kind
     energy, SNR, contrast and motion away.
     """
     energy, entropy, snr = raw_audio.unbind(-1)
-    motion, contrast = raw_video.unbind(-1)
+    motion, contrast, *face = raw_video.unbind(-1)
     energy = torch.where(kind_a == 1, energy + 0.5, torch.where(kind_a == 4, energy - 3.0, energy))
     entropy = torch.where(kind_a == 1, entropy + 0.6 * (1 - entropy), entropy)
     entropy = torch.where(kind_a == 2, entropy + 0.3 * (1 - entropy), torch.where(kind_a == 4, 1.0, entropy))
@@ -80,7 +80,19 @@ def perturb_raw_stats(raw_audio: Tensor, raw_video: Tensor, kind_a: Tensor, kind
     motion = torch.where(kind_v == 1, motion * 3.0, torch.where(kind_v == 2, motion * 0.02, motion))
     motion = torch.where(kind_v == 3, motion * 1.5, torch.where(kind_v == 4, motion * 0.05, motion))
     contrast = torch.where(kind_v == 1, contrast * 1.1, torch.where(kind_v == 4, contrast * 0.05, contrast))
-    return torch.stack([energy, entropy, snr], -1), torch.stack([motion, contrast], -1)
+    video = [motion, contrast]
+    if face:
+        # The face statistics ('face' video quality; measured on the GRID clips by
+        # tools/video_quality_table.py): darkness loses the face, the light and half the sharpness
+        # and clips every pixel; pixel noise doubles the Laplacian's sharpness.
+        face_ratio, sharpness, brightness, clipped = face
+        dark = kind_v == 4
+        face_ratio = torch.where(dark, torch.zeros_like(face_ratio), face_ratio)
+        sharpness = torch.where(dark, sharpness * 0.5, torch.where(kind_v == 1, sharpness * 2.0, sharpness))
+        brightness = torch.where(dark, brightness * 0.02, brightness)
+        clipped = torch.where(dark, torch.ones_like(clipped), clipped)
+        video += [face_ratio, sharpness, brightness, clipped]
+    return torch.stack([energy, entropy, snr], -1), torch.stack(video, -1)
 
 
 def _batched_predictor(params: list[Tensor], quality: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from model.config import ReferenceStats
-from model.features import FeatureOptions, score_audio_arrays, score_video_arrays
+from model.features import FeatureOptions, score_audio_arrays, score_video_table
 
 
 @dataclass
@@ -251,7 +251,7 @@ def raw_quality_vector(
     a = raw_audio.detach().cpu().double().numpy()
     v = raw_video.detach().cpu().double().numpy()
     q_audio = score_audio_arrays(a[..., 0], a[..., 1], a[..., 2], reference.audio_energy, options)
-    q_video = score_video_arrays(v[..., 0], v[..., 1], reference.video_motion, reference.video_contrast, options)
+    q_video = score_video_table(v, reference.video_motion, reference.video_contrast, options)
     q_text = sample_text_quality(attention_mask, text_max_len, text_scores)
     while q_text.dim() < raw_audio.dim() - 1:
         q_text = q_text.unsqueeze(-1).expand(raw_audio.shape[:-1])

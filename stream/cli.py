@@ -176,7 +176,9 @@ def _add_extract(sub: Any) -> None:
         help="'tiny.en' (bundled) or a CTranslate2 Whisper folder; use the one `dfmq run` will use",
     )
     p.add_argument("--audio-quality", default="snr", choices=["snr", "paper"], help="audio quality formula")
-    p.add_argument("--video-quality", default="relative", choices=["relative", "paper"], help="video quality formula")
+    p.add_argument(
+        "--video-quality", default="face", choices=["face", "relative", "paper"], help="video quality formula"
+    )
 
 
 def _add_synth(sub: Any) -> None:

@@ -237,3 +237,19 @@ def test_meta_copies_score_text_with_the_recogniser_scores(model: DFMQMC, monkey
     expected = sample_text_quality(x["attention_mask"], model.config.text_max_len, scores).repeat_interleave(copies)
     assert torch.equal(seen[0][:, 0], expected)
     assert expected[copies * 3] == 0.0 and expected[copies] == 7 / model.config.text_max_len  # failing; no scores
+
+
+def test_darkened_meta_copies_lose_their_face_video_quality() -> None:
+    """On data with the face statistics, a darkened copy scores as a black camera does."""
+    import numpy as np
+
+    from model.features import FeatureOptions, score_video_table
+    from model.losses import perturb_raw_stats
+
+    # motion, contrast, face_ratio, sharpness, brightness, clipped of a lit talking face
+    lit = torch.tensor([[0.01, 0.2, 1.0, 0.6, 0.45, 0.0]] * 2, dtype=torch.float64)
+    audio = torch.tensor([[-1.5, 0.5, 20.0]] * 2, dtype=torch.float64)
+    _, video = perturb_raw_stats(audio, lit, torch.tensor([0, 0]), torch.tensor([0, 4]))
+    q = score_video_table(video.numpy(), 0.3, 0.16, FeatureOptions(video_quality="face"))
+    assert q[0] > 0.6 and q[1] == 0.0
+    assert video.shape == (2, 6) and np.isclose(float(video[1, 5]), 1.0)
