@@ -45,6 +45,12 @@ def _add_train(sub: Any) -> None:
         choices=["dynamic", "equal"],
         help="dynamic = quality-driven weights (default); equal = the ablation with w_a = w_v = 0.5 and no predictor",
     )
+    p.add_argument(
+        "--fusion-weights",
+        choices=["gated", "paper"],
+        help="gated = one gate per channel from its own quality, zero below the floor (default); "
+        "paper = the paper's softmax over (audio, video)",
+    )
     p.add_argument("--no-quality", action="store_true", help="ablation: the predictor sees a constant")
     p.add_argument("--no-consistency", action="store_true", help="ablation: drop the text-anchored KL loss")
     p.add_argument("--text-encoder", help="'minilm' (bundled, default) or a BERT-family model folder")
@@ -286,6 +292,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     model_section["labels"] = dataset_labels(args.dataset)
     if args.fusion:
         model_section["fusion"] = args.fusion
+    if args.fusion_weights:
+        model_section["fusion_weights"] = args.fusion_weights
     if args.no_quality:
         model_section["use_quality"] = False
     if args.no_consistency:
