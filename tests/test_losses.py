@@ -253,3 +253,12 @@ def test_darkened_meta_copies_lose_their_face_video_quality() -> None:
     q = score_video_table(video.numpy(), 0.3, 0.16, FeatureOptions(video_quality="face"))
     assert q[0] > 0.6 and q[1] == 0.0
     assert video.shape == (2, 6) and np.isclose(float(video[1, 5]), 1.0)
+
+
+def test_the_shipped_models_weights_keep_their_promises() -> None:
+    """The properties on the predictor of the checkpoint users run (`--ckpt default`)."""
+    from model.checkpoint import load_checkpoint, resolve_ckpt
+
+    shipped, _ = load_checkpoint(resolve_ckpt("default"))
+    assert shipped.config.fusion_weights == "gated"
+    assert_gated_weight_properties(shipped.eval())
