@@ -191,8 +191,11 @@ def test_face_quality_stays_in_0_1_and_ignores_the_references() -> None:
 
 def test_old_formulas_stay_selectable_and_checkpoints_keep_theirs() -> None:
     assert FeatureOptions().video_quality == "face"
-    starter = json.loads((ROOT / "model" / "starter" / "config.json").read_text())["model"]["feature_options"]
-    assert FeatureOptions(**starter).video_quality == "relative"  # the stored choice, not the new default
+    # A checkpoint stores its feature options; one trained with 'relative' keeps it, not the new default.
+    stored = json.loads(json.dumps(dataclasses.asdict(FeatureOptions(video_quality="relative"))))
+    assert FeatureOptions(**stored).video_quality == "relative"
+    shipped = json.loads((ROOT / "model" / "starter" / "config.json").read_text())["model"]["feature_options"]
+    assert FeatureOptions(**shipped).video_quality == "face"
     stats = RawVideoStats(motion=0.1, contrast=0.12, face_ratio=1.0, sharpness=0.6, brightness=0.5, clipped=0.0)
     relative = FeatureOptions(video_quality="relative")
     expected = (1 / (1 + math.exp(-4 * (0.1 / 0.34 - 1))) + 1 / (1 + math.exp(-4 * (0.12 / 0.16 - 1)))) / 2
