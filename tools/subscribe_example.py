@@ -27,8 +27,9 @@ def main() -> None:
             print(f"{message.topic}: {message.payload.decode()}")
             return
         event = json.loads(message.payload)
+        decision = event["intent"] if event["recognized"] else f"not recognized: {event['reason']}"
         print(
-            f"[{event['stream_id']}] {event['start']:.1f}-{event['end']:.1f}s {event['intent']} "
+            f"[{event['stream_id']}] {event['start']:.1f}-{event['end']:.1f}s {decision} "
             f"({event['confidence']:.2f}) quality={event['quality']} weights={event['weights']} "
             f"text={event.get('text')!r}"
         )
