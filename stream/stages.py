@@ -187,7 +187,9 @@ def repeats_itself(text: str, times: int = 3) -> bool:
     return False
 
 
-def verdict(text: str, scores: RecogniserScores, confidence: float, options: DecisionOptions) -> str | None:
+def verdict(
+    text: str, scores: RecogniserScores, transcript_confidence: float, confidence: float, options: DecisionOptions
+) -> str | None:
     """Why an utterance is not recognized, or None when it is.
 
     no_speech: nothing readable was heard, or Whisper's own silence rule holds (no-speech
@@ -198,7 +200,7 @@ def verdict(text: str, scores: RecogniserScores, confidence: float, options: Dec
         return "no_speech"
     if scores.no_speech_prob >= options.no_speech_prob_min and scores.avg_logprob < LOGPROB_FAIL:
         return "no_speech"
-    if recogniser_confidence(scores) < options.min_transcript_confidence or repeats_itself(text):
+    if transcript_confidence < options.min_transcript_confidence or repeats_itself(text):
         return "unreliable_transcript"
     if confidence < options.min_confidence:
         return "low_confidence"
@@ -229,7 +231,7 @@ class Deciding:
         self.decision = decision
         self.engine_name = engine_name
 
-    def window(self, scored: ScoredWindow) -> WindowBatch:
+    def window(self, scored: ScoredWindow, transcript_confidence: float) -> WindowBatch:
         cfg = self.config
         text = scored.transcript.text
         tokens = self.tokenizer([text or ""], truncation=True, max_length=cfg.text_max_len, return_tensors="np")
@@ -237,7 +239,7 @@ class Deciding:
         q_text = 0.0
         if text:
             coverage = float(text_quality(torch.from_numpy(tokens["attention_mask"]), cfg.text_max_len)[0])
-            q_text = recognised_text_quality(coverage, recogniser_confidence(scored.transcript.scores))
+            q_text = recognised_text_quality(coverage, transcript_confidence)
 
         def seq(values: np.ndarray | None, dim: int, max_len: int) -> tuple[np.ndarray, np.ndarray]:
             if values is None or len(values) == 0:
@@ -259,18 +261,18 @@ class Deciding:
 
     async def process(self, scored: ScoredWindow) -> IntentEvent:
         started = time.perf_counter()
-        window = self.window(scored)
+        transcript = scored.transcript
+        transcript_confidence = recogniser_confidence(transcript.scores) if transcript.text else 0.0
+        window = self.window(scored, transcript_confidence)
         result = await self.batcher.infer(self.options.stream_id, window)
         engine_ms = (time.perf_counter() - started) * 1000
         probs = result.output.probs[0]
         weights = result.output.weights[0]
         order = np.argsort(-probs)[: self.options.top_k]
         labels = self.config.labels
-        transcript = scored.transcript
         utterance = transcript.utterance
-        transcript_confidence = recogniser_confidence(transcript.scores) if transcript.text else 0.0
         confidence = float(probs[order[0]]) * transcript_confidence
-        reason = verdict(transcript.text, transcript.scores, confidence, self.decision)
+        reason = verdict(transcript.text, transcript.scores, transcript_confidence, confidence, self.decision)
         now = time.time()
         latency = {
             "vad": max(0.0, (transcript.dequeued_wall - utterance.speech_end_wall) * 1000),

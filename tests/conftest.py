@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pickle
 import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +32,61 @@ def require_binary(name: str, debian_package: str) -> str:
             pytest.fail(message + " (DFMQ_REQUIRE_SYSTEM_DEPS=1 makes this a failure)")
         pytest.skip(reason=message)
     return path
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.01)
+
+
+async def until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+class Mosquitto:
+    """A real Mosquitto on a free loopback port; `config` lines are added to its listener, and
+    `persistent` keeps acknowledged messages across a stop and start."""
+
+    def __init__(self, folder: Path, config: str = "allow_anonymous true", persistent: bool = False) -> None:
+        from stream.broker import free_port
+
+        self.exe = require_binary("mosquitto", "mosquitto")
+        self.port = free_port()
+        folder.mkdir(parents=True, exist_ok=True)
+        self.conf = folder / "mosquitto.conf"
+        # As root, Mosquitto drops to user `mosquitto`, who can neither read the files made here
+        # nor write a persistence file into a test's folder.
+        user = "user root\n" if os.geteuid() == 0 else ""
+        persistence = f"persistence true\npersistence_location {folder}/\n" if persistent else ""
+        self.conf.write_text(f"{user}{persistence}listener {self.port} 127.0.0.1\n{config}\n")
+        self.log = folder / "mosquitto.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Mosquitto:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)
+        proc = self.proc
+        wait_until(lambda: listening(self.port) or proc.poll() is not None, 5.0, "mosquitto listening")
+        if proc.poll() is not None:
+            raise RuntimeError(f"mosquitto did not start: {self.log.read_text()[-2000:]}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(5)
 
 
 SENTENCES = {

@@ -7,12 +7,11 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import re
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from stream.publisher import (
     StreamIdInUseError,
     UndeliveredError,
 )
-from tests.conftest import require_binary
+from tests.conftest import Mosquitto, require_binary, until, wait_until
 
 pytestmark = pytest.mark.broker
 HOST = "127.0.0.1"
@@ -38,35 +37,6 @@ FAST = {"backoff_min_s": 0.05, "backoff_max_s": 0.2}  # reconnect often: the tes
 
 
 # ---- helpers -------------------------------------------------------------------------------------
-class Mosquitto:
-    """A real Mosquitto on a free loopback port; `config` lines are added to its listener."""
-
-    def __init__(self, folder: Path, config: str = "allow_anonymous true") -> None:
-        self.exe = require_binary("mosquitto", "mosquitto")
-        self.port = free_port()
-        folder.mkdir(parents=True, exist_ok=True)
-        self.conf = folder / "mosquitto.conf"
-        # As root, Mosquitto drops to user `mosquitto`, who cannot read the files made here.
-        user = "user root\n" if os.geteuid() == 0 else ""
-        self.conf.write_text(f"{user}listener {self.port} {HOST}\n{config}\n")
-        self.log = folder / "mosquitto.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Mosquitto:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)
-        proc = self.proc
-        wait_until(lambda: _listening(self.port) or proc.poll() is not None, 5.0, "mosquitto listening")
-        if proc.poll() is not None:
-            raise RuntimeError(f"mosquitto did not start: {self.log.read_text()[-2000:]}")
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(5)
-
-
 @contextlib.contextmanager
 def mosquitto(folder: Path, config: str = "allow_anonymous true") -> Iterator[Mosquitto]:
     broker = Mosquitto(folder, config).start()
@@ -74,27 +44,6 @@ def mosquitto(folder: Path, config: str = "allow_anonymous true") -> Iterator[Mo
         yield broker
     finally:
         broker.stop()
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex((HOST, port)) == 0
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
-async def until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def retained(port: int, topic: str) -> bytes | None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model.config import DFMQConfig, ReferenceStats
-from model.dfmq import DFMQMC
+from model.dfmq import DFMQMC, ForwardOutput
 from model.losses import consistency_loss, fomaml_loss, supervised_contrastive
 from model.quality import audio_stats, batch_references, quality_vector, video_stats
 from tests.conftest import tiny_text_encoder
@@ -35,6 +35,30 @@ def _quality(model: DFMQMC, x: dict[str, torch.Tensor]) -> tuple[torch.Tensor, R
     return quality_vector(x["attention_mask"], model.config.text_max_len, a, v, ref), ref
 
 
+def _meta_loss(
+    model: DFMQMC,
+    out: ForwardOutput,
+    x: dict[str, torch.Tensor],
+    labels: torch.Tensor,
+    ref: ReferenceStats,
+    generator: torch.Generator,
+    **extra: torch.Tensor,
+) -> torch.Tensor:
+    return fomaml_loss(
+        model,
+        out,
+        x["audio"],
+        x["audio_mask"],
+        x["video"],
+        x["video_mask"],
+        x["attention_mask"],
+        labels,
+        ref,
+        generator,
+        **extra,
+    )
+
+
 @pytest.fixture(params=["gated", "paper"])
 def model(tiny_model_config: DFMQConfig, request: pytest.FixtureRequest) -> DFMQMC:
     torch.manual_seed(0)
@@ -47,18 +71,7 @@ def test_meta_loss_changes_only_the_weight_predictor(model: DFMQMC) -> None:
     labels = torch.tensor([0, 1, 2, 3, 0, 1])
     q, ref = _quality(model, x)
     out = model.forward_all(quality=q, **x)
-    loss = fomaml_loss(
-        model,
-        out,
-        x["audio"],
-        x["audio_mask"],
-        x["video"],
-        x["video_mask"],
-        x["attention_mask"],
-        labels,
-        ref,
-        torch.Generator().manual_seed(1),
-    )
+    loss = _meta_loss(model, out, x, labels, ref, torch.Generator().manual_seed(1))
     assert loss.item() > 0
     loss.backward()
     predictor_grads = [p.grad for p in model.predictor.parameters()]
@@ -96,9 +109,7 @@ def test_meta_training_learns_to_trust_the_informative_modality(model: DFMQMC) -
     start = audio_lead()
     for _ in range(30):
         out = model.forward_all(quality=q, **x)
-        loss = fomaml_loss(
-            model, out, x["audio"], x["audio_mask"], x["video"], x["video_mask"], x["attention_mask"], labels, ref, g
-        )
+        loss = _meta_loss(model, out, x, labels, ref, g)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -219,19 +230,7 @@ def test_meta_copies_score_text_with_the_recogniser_scores(model: DFMQMC, monkey
         return result
 
     monkeypatch.setattr(losses, "quality_vector", spy)
-    loss = fomaml_loss(
-        model,
-        out,
-        x["audio"],
-        x["audio_mask"],
-        x["video"],
-        x["video_mask"],
-        x["attention_mask"],
-        labels,
-        ref,
-        torch.Generator().manual_seed(1),
-        text_scores=scores,
-    )
+    loss = _meta_loss(model, out, x, labels, ref, torch.Generator().manual_seed(1), text_scores=scores)
     assert loss.item() > 0
     copies = model.config.maml_support_size + model.config.maml_query_size
     expected = sample_text_quality(x["attention_mask"], model.config.text_max_len, scores).repeat_interleave(copies)

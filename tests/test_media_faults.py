@@ -5,7 +5,6 @@ Broker-free and fast: small real files made here with PyAV and FFmpeg, decoded b
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import threading
 from pathlib import Path
@@ -19,6 +18,7 @@ from stream.media import SAMPLE_RATE_HZ, MediaError, decode_clip, open_media
 from stream.messages import AudioChunk, VideoFrame
 from stream.render import write_clip
 from stream.sources import FileSource, SourceOptions
+from tests.conftest import require_binary
 
 FPS = 15
 
@@ -69,9 +69,7 @@ def _write_wav(path: Path, samples: np.ndarray, rate_hz: int, channels: int) -> 
 
 def _faststart_truncated(source: Path, out: Path) -> Path:
     """An MP4 with its index first (as cameras and `-movflags +faststart` write), cut in half."""
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        pytest.skip("ffmpeg not found: apt-get install ffmpeg")
+    ffmpeg = require_binary("ffmpeg", "ffmpeg")
     whole = out.with_name("faststart.mp4")
     subprocess.run(
         [ffmpeg, "-loglevel", "error", "-y", "-i", str(source), "-c", "copy", "-movflags", "+faststart", str(whole)],

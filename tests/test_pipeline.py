@@ -32,7 +32,7 @@ from stream.pipeline import PipelineStats
 from stream.publisher import BrokerConnectError, parse_broker_url
 from stream.render import render_scene, speak, write_clip
 from stream.run import RunRequest, run_pipeline
-from tests.conftest import require_binary
+from tests.conftest import Mosquitto, require_binary
 
 pytestmark = pytest.mark.broker
 SENTENCES = (
@@ -96,39 +96,6 @@ def degraded_clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float
     path = tmp_path_factory.mktemp("media") / "scene.mp4"
     write_clip(path, audio, frames, 15)
     return path, half_s
-
-
-class Mosquitto:
-    def __init__(self, folder: Path) -> None:
-        self.exe = require_binary("mosquitto", "mosquitto")
-        self.port = free_port()
-        self.conf = folder / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {folder}/\n"
-            # As root, Mosquitto drops to user `mosquitto`, which cannot write the persistence file
-            # in a test's folder: messages it acknowledged would not survive a restart.
-            + ("user root\n" if os.geteuid() == 0 else "")
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.time() + 5
-        import socket
-
-        while time.time() < deadline:
-            with socket.socket() as sock:
-                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("mosquitto did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(5)
 
 
 class Subscriber:
@@ -199,7 +166,7 @@ def test_one_event_per_utterance_with_quality_following_the_channels(
     live_ckpt: Path, degraded_clip: tuple[Path, float], tmp_path: Path
 ) -> None:
     clip, half_s = degraded_clip
-    broker = Mosquitto(tmp_path)
+    broker = Mosquitto(tmp_path, persistent=True)
     broker.start()
     sub = Subscriber(broker.port)
     try:
@@ -273,7 +240,7 @@ def test_a_clip_over_http_gives_the_same_events_and_a_broken_stream_fails_the_ru
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{server.server_address[1]}"
-    broker = Mosquitto(tmp_path)
+    broker = Mosquitto(tmp_path, persistent=True)
     broker.start()
     sub = Subscriber(broker.port)
     try:
@@ -294,7 +261,7 @@ def test_broker_restart_mid_stream_loses_and_duplicates_nothing(
     live_ckpt: Path, degraded_clip: tuple[Path, float], tmp_path: Path
 ) -> None:
     clip, _ = degraded_clip
-    broker = Mosquitto(tmp_path)
+    broker = Mosquitto(tmp_path, persistent=True)
     broker.start()
     sub = Subscriber(broker.port)
 
@@ -325,7 +292,7 @@ def test_ctrl_c_flushes_what_is_in_flight_and_exits_0(
 ) -> None:
     """The real command line, interrupted by SIGINT after its first event, as a user would."""
     clip, _ = degraded_clip
-    broker = Mosquitto(tmp_path)
+    broker = Mosquitto(tmp_path, persistent=True)
     broker.start()
     sub = Subscriber(broker.port)
     command = [sys.executable, "-m", "stream.cli", "run", "--ckpt", str(live_ckpt), "--input", str(clip)]
@@ -427,7 +394,7 @@ def test_microphone_path_end_to_end_until_ctrl_c(
         [pause, speak("thank you so much for the help"), pause, speak("see you tomorrow, bye"), pause]
     )
     monkeypatch.setattr(stream.sources, "_sounddevice", lambda: FakeMicrophone)
-    broker = Mosquitto(tmp_path)
+    broker = Mosquitto(tmp_path, persistent=True)
     broker.start()
     sub = Subscriber(broker.port)
 
@@ -484,7 +451,7 @@ def test_asr_behind_a_live_source_drops_the_oldest_utterances_and_counts_them(
         return real_transcribe(samples, options)
 
     monkeypatch.setattr(stream.stages, "transcribe", slow_transcribe)
-    broker = Mosquitto(tmp_path)
+    broker = Mosquitto(tmp_path, persistent=True)
     broker.start()
     sub = Subscriber(broker.port)
     try:
@@ -522,7 +489,7 @@ def test_non_speech_is_not_recognized_and_hermes_hears_intent_not_recognized(tmp
     )
     clip = tmp_path / "nonspeech.mp4"
     write_clip(clip, audio, [], 15)
-    broker = Mosquitto(tmp_path)
+    broker = Mosquitto(tmp_path, persistent=True)
     broker.start()
     sub = Subscriber(broker.port)
     try:

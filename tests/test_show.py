@@ -11,7 +11,7 @@ import select
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from stream.show import (
     ViewerSink,
     render_canvas,
 )
-from tests.conftest import require_binary
+from tests.conftest import require_binary, until
 
 # Distinct values, so that rows swapped or mixed up show.
 QUALITY = {"text": 0.6, "audio": 0.8, "video": 0.4}
@@ -189,20 +189,12 @@ def fake_window(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest)
     return window
 
 
-async def _until(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.01)
-
-
 @pytest.mark.parametrize("fake_window", [True, False], ids=["threaded", "on-loop"], indirect=True)
 def test_redraws_are_bounded_and_end_on_the_newest_state(fake_window: FakeWindow) -> None:
     async def scenario() -> None:
         sink = ViewerSink(max_fps=15)
         await sink.start()
-        await _until(lambda: sink.draws == 1, "the first picture")
+        await until(lambda: sink.draws == 1, 10.0, "the first picture")
         began = time.monotonic()
         frames = [_frame(i / 15) for i in range(45)]
         for i, image in enumerate(frames):  # 3 s of video in ~0.2 s
@@ -214,7 +206,7 @@ def test_redraws_are_bounded_and_end_on_the_newest_state(fake_window: FakeWindow
             frames[-1], face_box_px=FACE_BOX, quality=QUALITY, weights=WEIGHTS, intent="Thank", confidence=0.87,
             transcript="thank you so much",
         )  # fmt: skip
-        await _until(lambda: bool(fake_window.shown) and np.array_equal(fake_window.shown[-1], last), "the newest")
+        await until(lambda: bool(fake_window.shown) and np.array_equal(fake_window.shown[-1], last), 10.0, "the newest")
         elapsed_s = time.monotonic() - began
         assert 2 <= sink.draws - 1 <= elapsed_s * 15 + 2  # throttled, yet more than one redraw
         await sink.close()
@@ -230,11 +222,11 @@ def test_audio_only_redraws_on_quality_and_intent(fake_window: FakeWindow) -> No
     async def scenario() -> None:
         sink = ViewerSink(max_fps=15)
         await sink.start()
-        await _until(lambda: sink.draws == 1, "the first picture")
+        await until(lambda: sink.draws == 1, 10.0, "the first picture")
         sink.handle(QualityReport("mic", 1.0, time.time(), 0.8, 0.0, False, True, None))
-        await _until(lambda: sink.draws == 2, "a redraw on the quality report")
+        await until(lambda: sink.draws == 2, 10.0, "a redraw on the quality report")
         sink.handle(_intent({"text": 0.6, "audio": 0.8, "video": 0.0}))
-        await _until(lambda: sink.draws == 3, "a redraw on the intent")
+        await until(lambda: sink.draws == 3, 10.0, "a redraw on the intent")
         shown = fake_window.shown[-1]
         assert (shown[:VIDEO_HEIGHT_PX].max(axis=2) == 0).mean() > 0.99
         fractions = [fraction for fraction, _, _ in _bars(shown)]
@@ -250,7 +242,7 @@ def test_a_window_the_user_closes_stays_closed(fake_window: FakeWindow) -> None:
         sink = ViewerSink()
         await sink.start()
         fake_window.open = False
-        await _until(lambda: not sink.is_open, "the sink to notice")
+        await until(lambda: not sink.is_open, 10.0, "the sink to notice")
         assert fake_window.closed
         drawn = sink.draws
         sink.handle(_quality())
@@ -353,14 +345,20 @@ class Screen:
         self.display.flush()
 
 
+async def _open_window(xvfb: str, title: str) -> tuple[Screen, ViewerSink]:
+    """A started sink whose window the X server has mapped, and the screen to look at it."""
+    screen = Screen(xvfb)
+    sink = ViewerSink(title=title)
+    await sink.start()
+    await until(lambda: screen.window(title) is not None, 10.0, "the window to be mapped")
+    return screen, sink
+
+
 def test_window_on_xvfb_shows_video_box_bars_and_intent(xvfb: str, tmp_path: Path) -> None:
     title = "dfmq test window"
 
     async def scenario() -> None:
-        screen = Screen(xvfb)
-        sink = ViewerSink(title=title)
-        await sink.start()
-        await _until(lambda: screen.window(title) is not None, "the window to be mapped")
+        screen, sink = await _open_window(xvfb, title)
         window = screen.window(title)
         frames = [_frame(i / 15) for i in range(10)]
         for i, image in enumerate(frames):
@@ -369,7 +367,7 @@ def test_window_on_xvfb_shows_video_box_bars_and_intent(xvfb: str, tmp_path: Pat
         sink.handle(_quality())
         sink.handle(_intent())
         expected = sink.canvas()
-        await _until(lambda: np.array_equal(screen.grab_window(window), expected), "the newest picture on screen")
+        await until(lambda: np.array_equal(screen.grab_window(window), expected), 10.0, "the newest picture on screen")
         shot = screen.grab()
         cv2.imwrite(str(tmp_path / "show.png"), shot)
         on_screen = screen.grab_window(window)
@@ -379,8 +377,8 @@ def test_window_on_xvfb_shows_video_box_bars_and_intent(xvfb: str, tmp_path: Pat
         assert not shot[CANVAS_HEIGHT_PX + 10 :].any()  # the rest of the screen stays black
 
         screen.ask_to_close(window)
-        await _until(lambda: not sink.is_open, "the sink to see the window closed")
-        await _until(lambda: screen.window(title) is None, "the window to go")
+        await until(lambda: not sink.is_open, 10.0, "the sink to see the window closed")
+        await until(lambda: screen.window(title) is None, 10.0, "the window to go")
         sink.handle(_quality(audio=0.1))  # the run goes on without a window
         await sink.close()
         screen.display.close()
@@ -392,13 +390,10 @@ def test_close_removes_the_window(xvfb: str) -> None:
     title = "dfmq test close"
 
     async def scenario() -> None:
-        screen = Screen(xvfb)
-        sink = ViewerSink(title=title)
-        await sink.start()
-        await _until(lambda: screen.window(title) is not None, "the window to be mapped")
+        screen, sink = await _open_window(xvfb, title)
         await sink.close()
         assert not sink.is_open
-        await _until(lambda: screen.window(title) is None, "the window to go")
+        await until(lambda: screen.window(title) is None, 10.0, "the window to go")
         screen.display.close()
 
     asyncio.run(scenario())
@@ -408,14 +403,11 @@ def test_a_lost_display_connection_leaves_the_run_going(xvfb: str, caplog: pytes
     title = "dfmq test kill"
 
     async def scenario() -> None:
-        screen = Screen(xvfb)
-        sink = ViewerSink(title=title)
-        await sink.start()
-        await _until(lambda: screen.window(title) is not None, "the window to be mapped")
+        screen, sink = await _open_window(xvfb, title)
         window = screen.window(title)
         window.kill_client()  # as xkill does
         screen.display.flush()
-        await _until(lambda: not sink.is_open, "the sink to see its connection gone")
+        await until(lambda: not sink.is_open, 10.0, "the sink to see its connection gone")
         sink.handle(_quality())
         await sink.close()
         screen.display.close()

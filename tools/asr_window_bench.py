@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 import numpy as np
-from benchkit import cpu_seconds, write_report
+from benchkit import cpu_seconds, edit_distance, write_report
 from tqdm import tqdm
 
 from stream.asr import load_whisper, transcribe
@@ -36,15 +36,6 @@ REAL_SPEECH = {
 
 def words(text: str) -> list[str]:
     return re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()
-
-
-def edit_distance(ref: list[str], hyp: list[str]) -> int:
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        diagonal, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (r != h))
-    return row[-1]
 
 
 def utterances(mintrec_count: int) -> list[tuple[str, np.ndarray]]:

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from benchkit import edit_distance
 from tqdm import tqdm
 
 from stream.asr import load_whisper, transcribe
@@ -65,15 +66,6 @@ REAL_SPEECH = {  # tests/data/README.md; hotwords as tests/test_asr.py normalise
 def words(text: str) -> list[str]:
     """Lower case, apostrophes dropped, any other punctuation a space."""
     return re.sub(r"[^a-z0-9 ]", " ", re.sub(r"['’]", "", text.lower())).split()
-
-
-def edit_distance(ref: list[str], hyp: list[str]) -> int:
-    row = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        diagonal, row[0] = row[0], i
-        for j, h in enumerate(hyp, 1):
-            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (r != h))
-    return row[-1]
 
 
 def cpu_model() -> str:
@@ -436,7 +428,7 @@ def main() -> int:
                 tally.agrees.append(intent == reference_intent)
                 if utt.label is not None:
                     tally.label_hits.append(intent == utt.label)
-                reason = verdict(result.text, result.scores, probability * confidence, decision)
+                reason = verdict(result.text, result.scores, confidence, probability * confidence, decision)
                 tally.recognized.append(reason is None)
                 if utt.name in ("jfk.mp3", "mintrec-1") and kind != "white":
                     examples.append({"utterance": utt.name, "condition": name, "path": path, "text": result.text})

@@ -531,6 +531,13 @@ def pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.0f} %"
 
 
+def published_cell(event: dict[str, Any]) -> str:
+    """What the event published: the intent in bold with its confidence, or why not."""
+    if event["recognized"]:
+        return f"**{event['intent']}** ({event['confidence']:.2f})"
+    return f"– ({event['reason']})"
+
+
 def cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -601,7 +608,7 @@ def markdown(report: dict[str, Any]) -> str:
     for r in report["scene"]["events"]:
         e = r["event"]
         top = e["top_k"][0]
-        published = f"**{e['intent']}** ({e['confidence']:.2f})" if e["recognized"] else f"– ({e['reason']})"
+        published = published_cell(e)
         lines.append(
             f"| {e['utterance_id']} | {e['start']:.1f}–{e['end']:.1f} | {r['part']} | {r['split'] or '–'} | "
             f"{r['voice'] or '–'} | {cell(r['said'] or '(no sentence)')} | {r['label'] or '–'} | {cell(e['text'])} | "
@@ -625,7 +632,7 @@ def markdown(report: dict[str, Any]) -> str:
                 lines.append(f"| {g['clip']} | {g['picture']} | (no event) | | | | | | | |")
                 continue
             top = e["top_k"][0]
-            published = f"**{e['intent']}** ({e['confidence']:.2f})" if e["recognized"] else f"– ({e['reason']})"
+            published = published_cell(e)
             lines.append(
                 f"| {g['clip']} | {g['picture']} | {cell(e['text'])} | {e['quality']['text']:.2f} | "
                 f"{e['quality']['audio']:.2f} | {e['quality']['video']:.2f} | {e['weights']['audio']:.2f} | "
