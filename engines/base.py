@@ -1,4 +1,4 @@
-"""The engine interface every backend implements: a batch of windows in, logits/probs/weights out."""
+"""The engine interface every backend implements: a batch of windows in, logits/probs/weights/embeddings out."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Protocol
 import numpy as np
 
 INPUT_NAMES = ("input_ids", "attention_mask", "audio", "audio_mask", "video", "video_mask", "quality")
-OUTPUT_NAMES = ("logits", "probs", "weights")
+OUTPUT_NAMES = ("logits", "probs", "weights", "embedding", "sentence")
 
 
 @dataclass
@@ -36,9 +36,14 @@ class EngineOutput:
     logits: np.ndarray  # (B, C) float32
     probs: np.ndarray  # (B, C) float32
     weights: np.ndarray  # (B, 2) float32: audio, video
+    embedding: np.ndarray  # (B, W) float32: unit-norm utterance embedding (transcript + fused shift)
+    sentence: np.ndarray  # (B, W) float32: unit-norm transcript embedding of the frozen encoder
 
     def row(self, i: int) -> EngineOutput:
-        return EngineOutput(self.logits[i : i + 1], self.probs[i : i + 1], self.weights[i : i + 1])
+        rows = slice(i, i + 1)
+        return EngineOutput(
+            self.logits[rows], self.probs[rows], self.weights[rows], self.embedding[rows], self.sentence[rows]
+        )
 
 
 class Engine(Protocol):

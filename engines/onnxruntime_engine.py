@@ -57,5 +57,5 @@ class OnnxRuntimeEngine:
         for name in INPUT_NAMES:
             array = getattr(batch, name)
             feeds[name] = array.astype(self.float_type) if array.dtype == np.float32 else array
-        logits, probs, weights = self.session.run(None, feeds)
-        return EngineOutput(logits.astype(np.float32), probs.astype(np.float32), weights.astype(np.float32))
+        outputs = self.session.run(None, feeds)
+        return EngineOutput(*(out.astype(np.float32) for out in outputs))

@@ -123,7 +123,8 @@ def load_engine(model: DFMQMC, choice: EngineChoice, precision: str = "fp32", ca
     plan, key, profile = ensure_plan(model, precision, cache_dir=cache_dir)
     from engines.tensorrt_engine import TensorRTEngine
 
-    return TensorRTEngine(plan, key, profile, model.config.num_labels, model.config.audio_dim, model.config.video_dim)
+    cfg = model.config
+    return TensorRTEngine(plan, key, profile, cfg.num_labels, cfg.audio_dim, cfg.video_dim, cfg.text_width)
 
 
 def ensure_plan(

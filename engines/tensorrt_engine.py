@@ -138,7 +138,14 @@ class TensorRTEngine:
     """Runs a plan with named I/O tensors, preallocated device buffers and one CUDA stream."""
 
     def __init__(
-        self, plan_path: Path, key: PlanKey, profile: ShapeProfile, num_labels: int, audio_dim: int, video_dim: int
+        self,
+        plan_path: Path,
+        key: PlanKey,
+        profile: ShapeProfile,
+        num_labels: int,
+        audio_dim: int,
+        video_dim: int,
+        embedding_width: int,
     ) -> None:
         import torch
 
@@ -169,6 +176,8 @@ class TensorRTEngine:
             "logits": (profile.max_batch, num_labels),
             "probs": (profile.max_batch, num_labels),
             "weights": (profile.max_batch, 2),
+            "embedding": (profile.max_batch, embedding_width),
+            "sentence": (profile.max_batch, embedding_width),
         }
         self.outputs = {
             name: torch.empty(out_shapes[name], dtype=self.float_dtype, device="cuda") for name in OUTPUT_NAMES

@@ -26,7 +26,7 @@ class TorchEngine:
             t = torch.from_numpy(np.ascontiguousarray(array)).to(self.device, non_blocking=True)
             return t.to(self.dtype) if float_dtype else t
 
-        logits, probs, weights = self.model(
+        outputs = self.model(
             tensor(batch.input_ids),
             tensor(batch.attention_mask),
             tensor(batch.audio, True),
@@ -35,4 +35,4 @@ class TorchEngine:
             tensor(batch.video_mask),
             tensor(batch.quality, True),
         )
-        return EngineOutput(logits.float().cpu().numpy(), probs.float().cpu().numpy(), weights.float().cpu().numpy())
+        return EngineOutput(*(out.float().cpu().numpy() for out in outputs))

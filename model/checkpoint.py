@@ -13,10 +13,12 @@ import torch
 from model.config import DFMQConfig
 from model.dfmq import DFMQMC, build_text_encoder
 from model.errors import CheckpointError, ConfigError
+from model.intents import IntentSet, dump_intent_set, load_intent_set
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
 TEXT_ENCODER_DIR = "text_encoder"
+INTENTS_FILE = "intents.yaml"  # the trained labels' intent set: the default of --intents
 FORMAT_VERSION = 1
 
 
@@ -68,9 +70,17 @@ def _compact(model: DFMQMC) -> bool:
     return model.config.frozen_text_layers > 0 and model.config.text_encoder == "minilm"
 
 
-def save_checkpoint(model: DFMQMC, tokenizer: Any, out_dir: Path, extra: dict[str, Any] | None = None) -> None:
+def save_checkpoint(
+    model: DFMQMC,
+    tokenizer: Any,
+    out_dir: Path,
+    extra: dict[str, Any] | None = None,
+    intent_set: IntentSet | None = None,
+) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if intent_set is not None:
+        (out_dir / INTENTS_FILE).write_text(dump_intent_set(intent_set), encoding="utf-8")
     payload: dict[str, Any] = {"format_version": FORMAT_VERSION, "model": model.config.to_dict(), **(extra or {})}
     state = model.state_dict()
     if _compact(model):
@@ -107,22 +117,41 @@ def read_checkpoint_config(ckpt_dir: Path) -> tuple[DFMQConfig, dict[str, Any]]:
     if version != FORMAT_VERSION:
         raise CheckpointError(ckpt_dir, f"format_version {version!r}, this dfmq reads {FORMAT_VERSION}")
     # Checkpoints from before the gated weights were trained with the paper's softmax.
-    model_section = {"fusion_weights": "paper", **payload["model"]}
+    # Checkpoints from before the semantic space have none: they score their trained labels only.
+    model_section = {"fusion_weights": "paper", "semantic_space": False, "lambda_ss": 0.0, **payload["model"]}
     return DFMQConfig.from_dict(model_section, source=str(cfg_path)), payload
 
 
 def write_calibration(ckpt_dir: Path, temperature: float, record: dict[str, Any]) -> None:
-    """Set the checkpoint's temperature in place (config.json rewritten atomically; the weights
-    are untouched) and keep `record` (split, before/after ECE and NLL) beside it as `calibration`."""
+    """Set the checkpoint's temperature in place and keep `record` (split, before/after ECE and
+    NLL) beside it as `calibration`."""
+    update_checkpoint_config(ckpt_dir, {"temperature": float(temperature)}, "calibration", record)
+
+
+def update_checkpoint_config(ckpt_dir: Path, fields: dict[str, Any], record_key: str, record: dict[str, Any]) -> None:
+    """Set model config `fields` in place (config.json rewritten atomically after the same checks
+    as on load; the weights are untouched) and keep `record` beside them under `record_key`."""
     ckpt_dir = Path(ckpt_dir)
     config, payload = read_checkpoint_config(ckpt_dir)
-    config.temperature = temperature
-    config.__post_init__()  # the same checks as on load
-    payload["model"] = {**payload["model"], "temperature": config.temperature}
-    payload["calibration"] = record
+    for name, value in fields.items():
+        setattr(config, name, value)
+    config.__post_init__()
+    payload["model"] = {**payload["model"], **{name: getattr(config, name) for name in fields}}
+    payload[record_key] = record
     tmp_cfg = ckpt_dir / (CONFIG_FILE + ".tmp")
     tmp_cfg.write_text(json.dumps(payload, indent=2))
     tmp_cfg.replace(ckpt_dir / CONFIG_FILE)
+
+
+def checkpoint_intent_set(ckpt_dir: Path, labels: list[str]) -> IntentSet:
+    """The intent set a checkpoint was trained with; a checkpoint from before intent sets gets
+    its label names as descriptions (enough for the trained head, which does not read them)."""
+    path = Path(ckpt_dir) / INTENTS_FILE
+    if path.is_file():
+        return load_intent_set(path)
+    from model.intents import Intent
+
+    return IntentSet(tuple(Intent(label, label) for label in labels), source=str(path))
 
 
 def load_checkpoint(ckpt_dir: Path, device: str = "cpu") -> tuple[DFMQMC, Any]:

@@ -17,6 +17,9 @@ FUSION_MODES = ("dynamic", "equal")
 # 'gated': one gate per channel from its own quality, zero below `quality_floor` (the default);
 # 'paper': the paper's softmax over (audio, video), whose weights sum to 1.
 FUSION_WEIGHTS = ("gated", "paper")
+# Which negatives the semantic-synchronisation triplet loss uses: the closest wrong description of
+# each sample ('hardest') or every wrong description, averaged ('all').
+SS_NEGATIVES = ("hardest", "all")
 
 MINTREC_LABELS = (
     "Complain",
@@ -109,6 +112,24 @@ class DFMQConfig:
     # T fitted on a held-out split (`dfmq train` at its end, `dfmq calibrate` on any checkpoint).
     # 1.0: uncalibrated (checkpoints from before calibration load with it).
     temperature: float = 1.0
+    # The semantic space (model/semantic.py): a frozen copy of the pretrained text encoder embeds
+    # intent descriptions and examples (the anchors) and the transcript; `semantic_proj(fused)` is
+    # added to the transcript's embedding so the utterance's embedding sees audio and video.
+    # False only for checkpoints from before it (they classify their trained labels only).
+    semantic_space: bool = True
+    # Semantic synchronisation (our reading of A-MESS): a triplet loss pulling each sample's
+    # utterance embedding toward its intent's description anchor and away from the others.
+    lambda_ss: float = 0.5
+    ss_margin: float = 0.2
+    ss_negatives: str = "hardest"
+    # Intent scoring (fitted on dev at the end of `dfmq train`): probabilities over an intent set
+    # are softmax(similarity / similarity_temperature); for the trained labels they are mixed with
+    # the linear head's as (1 - head_mix) * head + head_mix * similarity.
+    similarity_temperature: float = 0.05
+    head_mix: float = 0.3
+    # Out-of-scope rule: reject when the utterance fits the intent set no better than this fraction
+    # of the off-topic background sentences (model/offtopic.txt) do. Learnt once at training time.
+    reject_below: float = 0.85
 
     def __post_init__(self) -> None:
         if isinstance(self.reference, dict):
@@ -158,6 +179,20 @@ class DFMQConfig:
         ):
             raise ConfigError("temperature", "a finite value > 0", self.temperature)
         self.temperature = float(self.temperature)
+        if self.ss_negatives not in SS_NEGATIVES:
+            raise ConfigError("ss_negatives", f"one of {SS_NEGATIVES}", self.ss_negatives)
+        if self.lambda_ss < 0:
+            raise ConfigError("lambda_ss", "a weight >= 0", self.lambda_ss)
+        if not 0.0 <= self.ss_margin <= 2.0:
+            raise ConfigError("ss_margin", "a cosine margin in [0, 2]", self.ss_margin)
+        if self.lambda_ss > 0 and not self.semantic_space:
+            raise ConfigError("lambda_ss", "0 when semantic_space is false", self.lambda_ss)
+        if not 0.0 < self.similarity_temperature <= 10.0:
+            raise ConfigError("similarity_temperature", "a value in (0, 10]", self.similarity_temperature)
+        if not 0.0 <= self.head_mix <= 1.0:
+            raise ConfigError("head_mix", "a value in [0, 1]", self.head_mix)
+        if not 0.0 <= self.reject_below <= 1.0:
+            raise ConfigError("reject_below", "a fraction in [0, 1]", self.reject_below)
 
     @property
     def num_labels(self) -> int:

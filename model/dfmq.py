@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ class Encoded:
     audio: Tensor  # (B, W) zero where the sample has no audio
     video: Tensor  # (B, W) zero where the sample has no video
     presence: Tensor  # (B, 2) float: audio present, video present
+    sentence: Tensor | None  # (B, W) the frozen semantic encoder's unit-norm transcript embedding
 
 
 @dataclass
@@ -30,6 +32,7 @@ class ForwardOutput:
     audio_logits: Tensor
     video_logits: Tensor
     encoded: Encoded
+    embedding: Tensor  # (B, W) unit-norm utterance embedding in the semantic space (zeros without one)
 
 
 class EncoderLayer(nn.Module):
@@ -177,6 +180,11 @@ class DFMQMC(nn.Module):
         width = config.text_width
         inner = config.nonverbal_width or width
         self.text_encoder = text_encoder
+        # The semantic space's encoder: a frozen copy of the text encoder as it is now (pretrained,
+        # before any fine-tuning), so descriptions written for a new intent set land where the
+        # pretrained sentence encoder puts them. Fine-tuning the text encoder on 20 intents was
+        # measured to wreck that: kiosk intents zero-shot 85 % -> 54 % (README, "Intent sets").
+        self.semantic_encoder = copy.deepcopy(text_encoder) if config.semantic_space else None
         self.audio_encoder = SequenceEncoder(
             config.audio_dim, inner, width, config.nonverbal_layers, config.nonverbal_heads, config.dropout
         )
@@ -196,14 +204,21 @@ class DFMQMC(nn.Module):
         self.audio_head = nn.Linear(width, config.num_labels)
         self.video_head = nn.Linear(width, config.num_labels)
         self.contrast_proj = nn.Sequential(nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 128))
+        # What audio, video and the fine-tuned text add to the transcript's semantic embedding;
+        # zero at the start, so an untrained model's utterance embedding is the sentence embedding.
+        self.semantic_proj = nn.Linear(width, width) if config.semantic_space else None
+        if self.semantic_proj is not None:
+            nn.init.zeros_(self.semantic_proj.weight)
+            nn.init.zeros_(self.semantic_proj.bias)
 
     def frozen_parameter_names(self) -> set[str]:
-        """Text-encoder parameters that training leaves at their pretrained values."""
+        """Text-encoder parameters that training leaves at their pretrained values (the whole
+        semantic encoder among them)."""
         n = self.config.frozen_text_layers
-        if n == 0:
-            return set()
-        prefixes = ["text_encoder.embeddings.", "text_encoder.pooler."]
-        prefixes += [f"text_encoder.encoder.layer.{i}." for i in range(n)]
+        prefixes = ["semantic_encoder."]
+        if n:
+            prefixes += ["text_encoder.embeddings.", "text_encoder.pooler."]
+            prefixes += [f"text_encoder.encoder.layer.{i}." for i in range(n)]
         return {name for name, _ in self.named_parameters() if any(name.startswith(p) for p in prefixes)}
 
     def freeze_text_layers(self) -> None:
@@ -213,9 +228,14 @@ class DFMQMC(nn.Module):
                 param.requires_grad_(False)
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
-        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return mean_pool(self.text_encoder, input_ids, attention_mask)
+
+    def embed_sentences(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        """Unit-norm sentence embeddings of the frozen semantic encoder (anchors and transcripts)."""
+        if self.semantic_encoder is None:
+            raise RuntimeError("this model has no semantic space (semantic_space is false)")
+        with torch.no_grad():
+            return F.normalize(mean_pool(self.semantic_encoder, input_ids, attention_mask), dim=-1)
 
     def encode(
         self,
@@ -232,6 +252,7 @@ class DFMQMC(nn.Module):
             audio=self.audio_encoder(audio, audio_mask),
             video=self.video_encoder(video, video_mask),
             presence=presence,
+            sentence=self.embed_sentences(input_ids, attention_mask) if self.semantic_encoder is not None else None,
         )
 
     def fusion_weights(self, quality: Tensor, presence: Tensor) -> Tensor:
@@ -246,6 +267,13 @@ class DFMQMC(nn.Module):
 
     def fuse(self, encoded: Encoded, weights: Tensor) -> Tensor:
         return encoded.text + weights[:, :1] * encoded.audio + weights[:, 1:] * encoded.video
+
+    def utterance_embedding(self, encoded: Encoded, fused: Tensor) -> Tensor:
+        """normalize(sentence + semantic_proj(fused)): where the utterance lies among the anchors.
+        Gradients reach `fused` (and through it every encoder); the sentence part is frozen."""
+        if encoded.sentence is None or self.semantic_proj is None:
+            return torch.zeros_like(fused)
+        return F.normalize(encoded.sentence + self.semantic_proj(fused), dim=-1)
 
     def forward_all(
         self,
@@ -268,6 +296,7 @@ class DFMQMC(nn.Module):
             audio_logits=self.audio_head(self.dropout(encoded.audio)),
             video_logits=self.video_head(self.dropout(encoded.video)),
             encoded=encoded,
+            embedding=self.utterance_embedding(encoded, fused),
         )
 
     def forward(
@@ -279,11 +308,19 @@ class DFMQMC(nn.Module):
         video: Tensor,
         video_mask: Tensor,
         quality: Tensor,
-    ) -> tuple[Tensor, Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Inference signature shared by every engine: logits, calibrated probabilities (the
-        checkpoint's temperature), fusion weights."""
+        checkpoint's temperature), fusion weights, utterance embedding, transcript embedding."""
         out = self.forward_all(input_ids, attention_mask, audio, audio_mask, video, video_mask, quality)
-        return out.logits, torch.softmax(out.logits / self.config.temperature, dim=-1), out.weights
+        probs = torch.softmax(out.logits / self.config.temperature, dim=-1)
+        sentence = out.encoded.sentence if out.encoded.sentence is not None else torch.zeros_like(out.embedding)
+        return out.logits, probs, out.weights, out.embedding, sentence
+
+
+def mean_pool(encoder: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
 def build_text_encoder(folder: Path, pretrained: bool) -> tuple[nn.Module, int]:

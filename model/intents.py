@@ -257,3 +257,33 @@ class _Checker:
         if value is None or not 0.0 <= value <= 1.0:
             raise self.fail(key_node, "reject_below", "bad out-of-scope threshold", expected, _describe(node))
         return value
+
+
+REPO_INTENTS = Path(__file__).resolve().parent.parent / "configs" / "intents"
+
+
+def dataset_intent_set(dataset: str) -> IntentSet:
+    """The intent set a dataset trains with when `dfmq train` is given none: MIntRec's written
+    descriptions (configs/intents/mintrec.yaml); for MELD-DA, whose dialogue acts have no written
+    descriptions, a sentence made from each label's name."""
+    from model.config import MELD_DA_LABELS
+
+    if dataset == "mintrec":
+        return load_intent_set(REPO_INTENTS / "mintrec.yaml")
+    if dataset == "meld-da":
+        acts = MELD_DA_LABELS.values()
+        intents = tuple(Intent(label, f"The speaker's dialogue act is: {label.lower()}.") for label in acts)
+        return IntentSet(intents, source="meld-da labels")
+    raise DataError("unknown dataset", expected="'mintrec' or 'meld-da'", got=repr(dataset))
+
+
+def dump_intent_set(intent_set: IntentSet) -> str:
+    """The set as YAML in the format `load_intent_set` reads (a checkpoint keeps its trained set so)."""
+    data: dict[str, object] = {}
+    if intent_set.reject_below is not None:
+        data["reject_below"] = intent_set.reject_below
+    data["intents"] = [
+        {"name": i.name, "description": i.description, **({"examples": list(i.examples)} if i.examples else {})}
+        for i in intent_set.intents
+    ]
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=1000)

@@ -20,18 +20,27 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from model.checkpoint import load_checkpoint, new_model, save_checkpoint, write_calibration
+from model.checkpoint import (
+    checkpoint_intent_set,
+    load_checkpoint,
+    new_model,
+    save_checkpoint,
+    update_checkpoint_config,
+    write_calibration,
+)
 from model.config import DFMQConfig, ReferenceStats
-from model.data import Batch, Collator, FeatureStore, Sample, dataset_labels, load_split, read_tsv
+from model.data import Batch, Collator, FeatureStore, Sample, dataset_labels, load_split, read_split, read_tsv
 from model.dfmq import DFMQMC
 from model.errors import ConfigError, DataError
 from model.features import FeatureOptions
+from model.intents import IntentSet, dataset_intent_set
 from model.losses import consistency_loss, fomaml_loss, supervised_contrastive
 from model.metrics import (
     ECE_BINS,
     calibration_summary,
     choose_temperature,
     classification_metrics,
+    fit_temperature,
     save_confusion_matrix,
     save_reliability_diagram,
     softmax,
@@ -43,6 +52,14 @@ from model.quality import (
     raw_batch_references,
     raw_quality_vector,
     video_stats,
+)
+from model.semantic import (
+    IntentAnchors,
+    description_anchors,
+    embed_sentences,
+    fit_reject_below,
+    offtopic_sentences,
+    triplet_loss,
 )
 
 
@@ -160,8 +177,14 @@ class _ReferenceAccumulator:
 
 
 def training_loss(
-    model: DFMQMC, batch: Batch, generator: torch.Generator, label_smoothing: float = 0.0
+    model: DFMQMC,
+    batch: Batch,
+    generator: torch.Generator,
+    label_smoothing: float = 0.0,
+    anchors: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float], ReferenceStats]:
+    """The total loss of one batch and its parts; `anchors` (C, D): the trained labels' description
+    embeddings, needed when the config's lambda_ss > 0 (semantic synchronisation)."""
     cfg = model.config
     quality, ref = batch_quality(model, batch, None)
     out = model.forward_all(
@@ -197,6 +220,12 @@ def training_loss(
         l_mc = consistency_loss(out)
         total = total + cfg.lambda_mc * l_mc
         parts["mc"] = l_mc.item()
+    if cfg.lambda_ss > 0:
+        if anchors is None:
+            raise ValueError("lambda_ss > 0 needs the description anchors")
+        l_ss = triplet_loss(out.embedding, anchors, batch.labels, cfg.ss_margin, cfg.ss_negatives)
+        total = total + cfg.lambda_ss * l_ss
+        parts["ss"] = l_ss.item()
     return total, parts, ref
 
 
@@ -213,13 +242,15 @@ def predict(
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     keys: list[str] = []
-    labels, preds, weights, qualities, all_logits = [], [], [], [], []
+    labels, preds, weights, qualities, all_logits, embeddings, sentences = [], [], [], [], [], [], []
     for batch in tqdm(loader, desc="eval", leave=False, disable=None if progress else True):
         batch = add_noise(batch, noise_sigma, generator).to(device)
         quality, _ = batch_quality(model, batch, reference)
-        logits, _, w = model(
+        logits, _, w, embedding, sentence = model(
             batch.input_ids, batch.attention_mask, batch.audio, batch.audio_mask, batch.video, batch.video_mask, quality
         )
+        embeddings.append(embedding.float().cpu().numpy())
+        sentences.append(sentence.float().cpu().numpy())
         keys += batch.keys
         labels.append(batch.labels.cpu().numpy())
         preds.append(logits.argmax(dim=-1).cpu().numpy())
@@ -236,6 +267,8 @@ def predict(
         "preds": np.concatenate(preds),
         "weights": np.concatenate(weights),
         "quality": np.concatenate(qualities),
+        "embedding": np.concatenate(embeddings),
+        "sentence": np.concatenate(sentences),
     }
 
 
@@ -257,11 +290,22 @@ def train(
     opts: TrainOptions,
     device_name: str = "cpu",
     augment_tsv: Path | None = None,
+    intent_set: IntentSet | None = None,
 ) -> dict[str, Any]:
     """Train with early stopping on dev macro F1; the best epoch is saved to `out_dir`.
 
     With `augment_tsv`, each epoch adds `opts.augment_rows_per_epoch` rows drawn afresh from it.
+    `intent_set` describes the dataset's labels (default: `dataset_intent_set(dataset)`); it is
+    saved in the checkpoint and its descriptions are the semantic synchronisation's anchors.
     """
+    intent_set = intent_set if intent_set is not None else dataset_intent_set(dataset)
+    if sorted(intent_set.names) != sorted(config.labels):
+        raise DataError(
+            "the intent set does not name the dataset's labels",
+            path=Path(intent_set.source),
+            expected=str(sorted(config.labels)),
+            got=str(sorted(intent_set.names)),
+        )
     device = resolve_device(device_name)
     generator = seed_everything(opts.seed)
     features = FeatureStore(Path(data_dir), config.audio_dim, config.video_dim)
@@ -277,6 +321,7 @@ def train(
     augment_rng = random.Random(opts.seed)
     model, tokenizer = new_model(config)
     model.to(device)
+    anchors = description_anchors(model, tokenizer, intent_set).to(device) if config.lambda_ss > 0 else None
     collate = Collator(
         tokenizer, config.text_max_len, config.audio_dim, config.audio_max_len, config.video_dim, config.video_max_len
     )
@@ -338,7 +383,7 @@ def train(
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{opts.epochs}", leave=False, disable=None)
         for batch in bar:
             batch = batch.to(device)
-            loss, parts, ref = training_loss(model, batch, generator, opts.label_smoothing)
+            loss, parts, ref = training_loss(model, batch, generator, opts.label_smoothing, anchors)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip_norm)
@@ -379,6 +424,7 @@ def train(
                 tokenizer,
                 out_dir,
                 {"dataset": dataset, "train_options": asdict(opts), "best_epoch": epoch, "dev": metrics},
+                intent_set,
             )
         else:
             stale += 1
@@ -393,13 +439,129 @@ def train(
     with log_path.open("a") as handle:
         handle.write(json.dumps({"calibration": calibration}) + "\n")
     print(format_calibration(calibration), flush=True)
+    semantic: dict[str, Any] | None = None
+    if best.config.semantic_space:
+        best.config.temperature = calibration["temperature"]
+        semantic = fit_semantic(
+            best, tokenizer, dev_loader, device, intent_set, texts_by_label(train_samples), opts.seed
+        )
+        update_checkpoint_config(out_dir, semantic["fitted"], "semantic", semantic)
+        with log_path.open("a") as handle:
+            handle.write(json.dumps({"semantic": semantic}) + "\n")
+        print(format_semantic(semantic), flush=True)
     return {
         "best_epoch": best_epoch,
         "best_dev_f1_macro": best_f1,
         "epochs_run": len(history),
         "elapsed_s": round(time.monotonic() - started, 1),
         "calibration": calibration,
+        "semantic": semantic,
     }
+
+
+HELD_OUT_INTENTS = 5  # intents held out as unknown when the out-of-scope rule is learnt
+RULE_SPLITS = 8  # random held-out draws pooled
+RULE_EXAMPLES = 3  # examples per known intent in the draws that have examples
+
+
+def fit_semantic(
+    model: DFMQMC,
+    tokenizer: Any,
+    loader: Iterable[Batch],
+    device: torch.device,
+    intent_set: IntentSet,
+    train_texts: dict[int, list[str]],
+    seed: int,
+) -> dict[str, Any]:
+    """Fit the intent scoring on a held-out split (model/semantic.py).
+
+    - `similarity_temperature`: NLL of softmax(similarity / T) over the trained labels' descriptions.
+    - `reject_below`, learnt once: `RULE_SPLITS` draws of the split, each with `HELD_OUT_INTENTS`
+      labels held out as unknown, scored as a never-seen set is (the transcript embedding against
+      the known labels' descriptions), once with descriptions alone and once with `RULE_EXAMPLES`
+      training sentences per known label as examples (`train_texts`: label index -> sentences);
+      the off-topic rule sentences are out of scope in every draw. The threshold maximises the mean
+      of the in-scope and out-of-scope F1 over all draws pooled.
+    `head_mix` is not fitted (it stays the config's); the record gives the split's accuracy at a
+    few values of it, for the model card.
+    """
+    cfg = model.config
+    result = predict(model, loader, device, cfg.reference)
+    labels, embeddings, sentences = result["labels"], result["embedding"], result["sentence"]
+    by_name = {intent.name: intent for intent in intent_set.intents}
+    descriptions = embed_sentences(model, tokenizer, [by_name[name].description for name in cfg.labels])
+    sims = embeddings @ descriptions.T
+    temperature = fit_temperature(sims, labels, bounds=(0.005, 10.0))
+    head_probs = softmax(result["logits"], cfg.temperature)
+    sim_probs = softmax(sims, temperature)
+    mix_acc = {
+        f"{mix:.1f}": float(100.0 * np.mean(((1 - mix) * head_probs + mix * sim_probs).argmax(axis=1) == labels))
+        for mix in (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+    }
+    background_texts, rule_texts = offtopic_sentences()
+    background = embed_sentences(model, tokenizer, background_texts)
+    offtopic = embed_sentences(model, tokenizer, rule_texts)
+    examples = {k: embed_sentences(model, tokenizer, texts) for k, texts in train_texts.items() if texts}
+    rng = np.random.default_rng(seed)
+    scopes, in_scope = [], []
+    for draw in range(2 * RULE_SPLITS):
+        held = rng.choice(len(cfg.labels), size=HELD_OUT_INTENTS, replace=False)
+        known = np.setdiff1d(np.arange(len(cfg.labels)), held)
+        prototypes, owner = [], []
+        for j, k in enumerate(known):
+            prototypes.append(descriptions[k : k + 1])
+            owner.append(j)
+            if draw % 2 and k in examples:
+                picked = rng.choice(len(examples[k]), size=min(RULE_EXAMPLES, len(examples[k])), replace=False)
+                prototypes.append(examples[k][picked])
+                owner += [j] * len(picked)
+        stacked = np.concatenate(prototypes)
+        anchors = IntentAnchors(
+            names=tuple(cfg.labels[k] for k in known),
+            prototypes=stacked,
+            owner=np.asarray(owner),
+            background=np.sort((background @ stacked.T).max(axis=1)),
+            trained=False,
+            reject_below=0.0,
+            similarity_temperature=temperature,
+            head_mix=0.0,
+        )
+        utterances = np.concatenate([sentences, offtopic])
+        scopes.append(anchors.score(utterances, utterances).scope)
+        in_scope.append(np.concatenate([np.isin(labels, known), np.zeros(len(offtopic), bool)]))
+    rule = fit_reject_below(np.concatenate(scopes), np.concatenate(in_scope))
+    return {
+        "fitted": {"similarity_temperature": temperature, "reject_below": rule["reject_below"]},
+        "n": len(labels),
+        "similarity_temperature": temperature,
+        "accuracy_by_head_mix": mix_acc,
+        "head_mix": cfg.head_mix,
+        "rule": {
+            "held_out_intents": HELD_OUT_INTENTS,
+            "draws": 2 * RULE_SPLITS,
+            "examples_per_intent": RULE_EXAMPLES,
+            "offtopic": len(rule_texts),
+            **rule,
+        },
+    }
+
+
+def texts_by_label(samples: Iterable[Sample]) -> dict[int, list[str]]:
+    out: dict[int, list[str]] = {}
+    for sample in samples:
+        out.setdefault(sample.label, []).append(sample.text)
+    return out
+
+
+def format_semantic(record: dict[str, Any]) -> str:
+    rule = record["rule"]
+    return (
+        f"semantic space on {record['n']} held-out samples: similarity temperature "
+        f"{record['similarity_temperature']:.4f}; accuracy by head_mix {record['accuracy_by_head_mix']}; "
+        f"out-of-scope rule reject_below {rule['reject_below']:.2f} (coverage {rule['coverage']:.2f}, "
+        f"OOS recall {rule['oos_recall']:.2f} with {rule['held_out_intents']} intents held out, "
+        f"{rule['draws']} draws, + {rule['offtopic']} off-topic sentences)"
+    )
 
 
 def fit_calibration(model: DFMQMC, loader: Iterable[Batch], device: torch.device, split: str) -> dict[str, Any]:
@@ -522,10 +684,21 @@ def evaluate(
 def calibrate(
     ckpt_dir: Path, dataset: str, data_dir: Path, split: str = "dev", device_name: str = "cpu", seed: int = 0
 ) -> dict[str, Any]:
-    """Refit the temperature of a checkpoint on a held-out split and rewrite its config.json."""
+    """Refit the temperature of a checkpoint on a held-out split and, when it has a semantic space,
+    the intent scoring (`fit_semantic`, examples from the data's train split); rewrite config.json."""
     device = resolve_device(device_name)
     model, tokenizer = load_checkpoint(ckpt_dir, str(device))
     loader, _ = _split_loader(model, tokenizer, dataset, data_dir, split, seed)
     record = fit_calibration(model, loader, device, split)
     write_calibration(ckpt_dir, record["temperature"], record)
+    if model.config.semantic_space:
+        model.config.temperature = record["temperature"]
+        intent_set = checkpoint_intent_set(ckpt_dir, model.config.labels)
+        train_split = read_split(dataset, Path(data_dir), "train")
+        train_texts: dict[int, list[str]] = {}
+        for _, text, label in train_split:
+            train_texts.setdefault(label, []).append(text)
+        semantic = fit_semantic(model, tokenizer, loader, device, intent_set, train_texts, seed)
+        update_checkpoint_config(ckpt_dir, semantic["fitted"], "semantic", semantic)
+        record["semantic"] = semantic
     return record

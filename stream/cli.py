@@ -62,6 +62,17 @@ def _add_train(sub: Any) -> None:
         "each epoch draws train.augment_rows_per_epoch rows from it",
     )
     p.add_argument("--augment-rows", type=int, help="rows drawn from --augment per epoch (overrides the config)")
+    p.add_argument(
+        "--intents",
+        type=Path,
+        help="intent set YAML naming the dataset's labels, whose descriptions anchor the semantic "
+        "synchronisation; saved in the checkpoint (default: configs/intents/mintrec.yaml for mintrec)",
+    )
+    p.add_argument(
+        "--no-semantic-sync",
+        action="store_true",
+        help="ablation: no triplet loss toward the description anchors (lambda_ss = 0)",
+    )
 
 
 def _add_eval(sub: Any) -> None:
@@ -73,9 +84,20 @@ def _add_eval(sub: Any) -> None:
         "(<json>.reliability.png) beside it.",
     )
     p.add_argument("--ckpt", required=True, help="checkpoint folder written by `dfmq train`, or 'default'")
-    p.add_argument("--dataset", required=True, choices=["mintrec", "meld-da"], help="layout and label set of --data")
-    p.add_argument("--data", required=True, type=Path, help="dataset folder")
+    p.add_argument("--dataset", choices=["mintrec", "meld-da"], help="layout and label set of --data")
+    p.add_argument("--data", type=Path, help="dataset folder (with --dataset)")
     p.add_argument("--split", default="dev", choices=["train", "dev", "test"], help="split to score (default dev)")
+    p.add_argument(
+        "--tsv",
+        type=Path,
+        help="instead of --dataset/--data: a label<TAB>text file scored against --intents (label OOS: "
+        "an off-topic sentence); writes in_scope_acc, coverage, oos_recall, f1_is, f1_oos, auroc (percent)",
+    )
+    p.add_argument("--intents", type=Path, help="intent set YAML for --tsv (default: the checkpoint's own)")
+    p.add_argument(
+        "--descriptions-only", action="store_true", help="with --tsv: ignore the set's examples (the zero-shot figure)"
+    )
+    p.add_argument("--reject-below", type=float, help="with --tsv: out-of-scope threshold in [0, 1] for this run")
     p.add_argument(
         "--noise",
         type=float,
@@ -88,10 +110,25 @@ def _add_eval(sub: Any) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the injected noise")
 
 
+def _add_classify(sub: Any) -> None:
+    p = sub.add_parser(
+        "classify",
+        help="classify sentences against an intent set (text only) and print the decision and scores",
+        description="Each sentence is scored against the set's descriptions and examples (and the trained head "
+        "when the set is the checkpoint's own); prints the intent or 'out of scope', its probability, the "
+        "scope score (fraction of off-topic sentences that fit the set worse) and the top scores.",
+    )
+    p.add_argument("text", nargs="+", help="sentence(s) to classify")
+    p.add_argument("--ckpt", default="default", help="checkpoint folder, or 'default' (the starter model)")
+    p.add_argument("--intents", type=Path, help="intent set YAML (default: the checkpoint's own)")
+    p.add_argument("--reject-below", type=float, help="out-of-scope threshold in [0, 1] for this run")
+    p.add_argument("--json", action="store_true", help="one JSON object per sentence instead of text")
+
+
 def _add_calibrate(sub: Any) -> None:
     p = sub.add_parser(
         "calibrate",
-        help="refit a checkpoint's confidence temperature on a held-out split",
+        help="refit a checkpoint's confidence temperature (and intent scoring) on a held-out split",
         description="Temperature scaling: the T > 0 minimising the NLL of softmax(logits / T) on the split, "
         "written into the checkpoint's config.json (nothing else changes; no backup is kept). Prints ECE "
         "(15 bins) and NLL before and after. `dfmq train` already does this on dev at its end.",
@@ -209,6 +246,12 @@ def _add_run(sub: Any) -> None:
         "dfmq/<stream-id>/intent (QoS 1), dfmq/<stream-id>/quality, dfmq/<stream-id>/status (retained, last will).",
     )
     p.add_argument("--ckpt", default="default", help="checkpoint folder or 'default' (the shipped starter model)")
+    p.add_argument(
+        "--intents",
+        type=Path,
+        help="intent set YAML to recognise (default: the checkpoint's own, configs/intents/mintrec.yaml for the "
+        "starter); a new set needs no training, a restart picks up an edited file",
+    )
     p.add_argument("--input", help="one file or URL with both tracks")
     p.add_argument("--audio", help="'default', a microphone name or index, a FILE or URL, or 'none'")
     p.add_argument("--video", help="camera index (0), /dev/videoN, a FILE or URL, or 'none'")
@@ -268,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
     _add_eval(sub)
+    _add_classify(sub)
     _add_calibrate(sub)
     _add_demo(sub)
     _add_export(sub)
@@ -283,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _cmd_train(args: argparse.Namespace) -> int:
     from model.config import DFMQConfig
     from model.data import dataset_labels
+    from model.intents import load_intent_set
     from model.train import TrainOptions, train
     from stream.options import from_mapping, load_yaml
 
@@ -300,6 +345,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         model_section["use_consistency"] = False
     if args.text_encoder:
         model_section["text_encoder"] = args.text_encoder
+    if args.no_semantic_sync:
+        model_section["lambda_ss"] = 0.0
     for flag, key in (
         ("epochs", "epochs"),
         ("seed", "seed"),
@@ -310,14 +357,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
             train_section[key] = getattr(args, flag)
     config = DFMQConfig.from_dict(model_section, source=f"{args.config} [model]")
     opts = from_mapping(TrainOptions, train_section, f"{args.config} [train]")
-    train(args.dataset, args.data, args.out, config, opts, args.device, args.augment)
+    intent_set = load_intent_set(args.intents) if args.intents is not None else None
+    train(args.dataset, args.data, args.out, config, opts, args.device, args.augment, intent_set)
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from model.checkpoint import resolve_ckpt
+    from model.errors import ConfigError
     from model.train import evaluate
 
+    if args.tsv is not None:
+        if args.dataset or args.data:
+            raise ConfigError("--tsv", "either --tsv (with --intents) or --dataset with --data, not both", args.tsv)
+        return _eval_intent_tsv(args)
+    if not (args.dataset and args.data):
+        raise ConfigError("--dataset/--data", "both, or --tsv with --intents", args.dataset or args.data)
+    if args.intents or args.descriptions_only or args.reject_below is not None:
+        raise ConfigError("--intents", "only with --tsv (a dataset split is scored on its own labels)", args.intents)
     metrics = evaluate(
         resolve_ckpt(args.ckpt), args.dataset, args.data, args.split, args.json, args.noise, args.device, args.seed
     )
@@ -330,14 +387,49 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_intent_tsv(args: argparse.Namespace) -> int:
+    from model.checkpoint import resolve_ckpt
+    from model.openset import evaluate_intent_tsv, load_intent_scoring
+
+    model, tokenizer, intent_set, anchors = load_intent_scoring(
+        resolve_ckpt(args.ckpt), args.intents, args.reject_below, args.descriptions_only, args.device
+    )
+    metrics = evaluate_intent_tsv(model, tokenizer, anchors, intent_set, args.tsv, args.json)
+    keys = ("n", "in_scope_acc", "coverage", "oos_recall", "f1_is", "f1_oos", "auroc", "reject_below")
+    print(json.dumps({k: metrics[k] for k in keys}))
+    print(f"metrics: {args.json}  confusion matrix: {metrics['confusion_png']}")
+    return 0
+
+
+def _cmd_classify(args: argparse.Namespace) -> int:
+    from model.checkpoint import resolve_ckpt
+    from model.openset import classify_texts, load_intent_scoring
+
+    model, tokenizer, _, anchors = load_intent_scoring(resolve_ckpt(args.ckpt), args.intents, args.reject_below)
+    for decision in classify_texts(model, tokenizer, anchors, args.text):
+        top = sorted(decision.probs.items(), key=lambda kv: -kv[1])[:3]
+        if args.json:
+            print(json.dumps({**dataclasses.asdict(decision), "probs": dict(top)}))
+            continue
+        verdict = decision.intent if decision.intent is not None else "out of scope"
+        scores = ", ".join(f"{name} {p:.2f}" for name, p in top)
+        print(
+            f"{verdict}\tp {decision.probability:.2f}\tscope {decision.scope:.2f} (reject below "
+            f"{anchors.reject_below:.2f})\ttop: {scores}\t{decision.text!r}"
+        )
+    return 0
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from model.errors import ConfigError
-    from model.train import calibrate, format_calibration
+    from model.train import calibrate, format_calibration, format_semantic
 
     if str(args.ckpt) == "default":
         raise ConfigError("--ckpt", "a checkpoint folder to rewrite (copy model/starter somewhere first)", "default")
     record = calibrate(args.ckpt, args.dataset, args.data, args.split, args.device)
     print(format_calibration(record))
+    if "semantic" in record:
+        print(format_semantic(record["semantic"]))
     print(f"temperature {record['temperature']:.4f} written to {args.ckpt / 'config.json'}")
     return 0
 
@@ -405,6 +497,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
+    from model.intents import load_intent_set
     from stream.options import load_live_options
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -448,6 +541,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         asr=asr,
         decision=live.decision,
         embedded_port=args.embedded_port,
+        intents=load_intent_set(args.intents) if args.intents is not None else None,
     )
     stats = asyncio.run(run_pipeline(req, broker, pipe, seg))
     print(
@@ -501,6 +595,7 @@ def _cmd_devices(args: argparse.Namespace) -> int:
 COMMANDS = {
     "train": _cmd_train,
     "eval": _cmd_eval,
+    "classify": _cmd_classify,
     "calibrate": _cmd_calibrate,
     "demo": _cmd_demo,
     "export": _cmd_export,

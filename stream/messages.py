@@ -96,16 +96,20 @@ class IntentEvent:
     published_wall: float
     text: str | None
     recognized: bool  # false: intent is None and `reason` says why
-    reason: str | None  # no_speech | unreliable_transcript | low_confidence; None when recognized
-    intent: str | None
+    # no_speech | unreliable_transcript | out_of_scope | low_confidence; None when recognized
+    reason: str | None
+    intent: str | None  # a name of the run's intent set
     confidence: float  # the top intent's probability x transcript_confidence
     transcript_confidence: float  # model.quality.recogniser_confidence of the transcript
+    # Fraction of off-topic sentences that fit the intent set worse than this utterance
+    # (model/semantic.py); below the set's reject_below it is out of scope. None: no semantic space.
+    scope: float | None
     top_k: list[dict[str, float | str]]
     quality: dict[str, float]
     weights: dict[str, float]
     engine: str
     latency_ms: dict[str, float]
-    schema: str = "dfmq.intent/2"
+    schema: str = "dfmq.intent/3"
 
 
 @dataclass

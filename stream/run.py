@@ -10,13 +10,17 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from engines.batcher import BatcherOptions, MicroBatcher
 from engines.select import choose_engine, load_engine
-from model.checkpoint import load_checkpoint, resolve_ckpt
+from model.checkpoint import checkpoint_intent_set, load_checkpoint, resolve_ckpt
+from model.dfmq import DFMQMC
 from model.errors import ConfigError, DfmqError
 from model.features import FaceTracker
+from model.intents import IntentSet
+from model.semantic import IntentAnchors, build_anchors, require_semantic_space
 from stream.asr import load_whisper
 from stream.broker import EmbeddedBroker
 from stream.options import AsrOptions, BrokerOptions, DecisionOptions, PipelineOptions, SegmenterOptions
@@ -51,6 +55,7 @@ class RunRequest:
     asr: AsrOptions = field(default_factory=AsrOptions)
     decision: DecisionOptions = field(default_factory=DecisionOptions)
     embedded_port: int = 1883
+    intents: IntentSet | None = None  # None: the checkpoint's own (trained) intent set
 
 
 def _sources(req: RunRequest, options: SourceOptions) -> tuple[list[Source], bool]:
@@ -177,8 +182,10 @@ def _build_pipeline(
     seg_opts: SegmenterOptions,
     executor: ThreadPoolExecutor,
 ) -> Pipeline:
-    model, tokenizer = load_checkpoint(resolve_ckpt(req.ckpt))
+    ckpt_dir = resolve_ckpt(req.ckpt)
+    model, tokenizer = load_checkpoint(ckpt_dir)
     features = check_live_compatible(model.config)
+    anchors = _intent_anchors(model, tokenizer, ckpt_dir, req.intents)
     choice = choose_engine(req.engine, req.device)
     engine = load_engine(model, choice)
     log.info("engine %s (%s)", engine.name, choice.reason)
@@ -193,11 +200,30 @@ def _build_pipeline(
         segmenting=Segmenting(Segmenter(seg_opts), buffer),
         transcribing=Transcribing(req.asr, executor),
         scoring=Scoring(quality, tracker, executor),
-        deciding=Deciding(model.config, tokenizer, batcher, pipe_opts, req.decision, engine.name),
+        deciding=Deciding(model.config, tokenizer, batcher, pipe_opts, req.decision, engine.name, anchors),
         ticker=QualityTicker(buffer, quality, tracker, pipe_opts),
         sinks=sinks,
         options=pipe_opts,
     )
+
+
+def _intent_anchors(model: DFMQMC, tokenizer: Any, ckpt_dir: Path, intents: IntentSet | None) -> IntentAnchors | None:
+    if not model.config.semantic_space:
+        if intents is not None:
+            require_semantic_space(model)  # raises: a new intent set needs the semantic space
+        log.warning("checkpoint %s has no semantic space: its trained labels only, nothing out of scope", ckpt_dir)
+        return None
+    intent_set = intents if intents is not None else checkpoint_intent_set(ckpt_dir, model.config.labels)
+    anchors = build_anchors(model, tokenizer, intent_set)
+    kind = "trained head + descriptions" if anchors.trained else "descriptions and examples (no training)"
+    log.info(
+        "intent set %s: %d intents, %s; out of scope below scope %.2f",
+        intent_set.source,
+        len(intent_set),
+        kind,
+        anchors.reject_below,
+    )
+    return anchors
 
 
 async def _close_sinks(sinks: list[Sink], raise_failure: bool) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from typing import Any
 
@@ -32,6 +33,7 @@ from model.quality import (
     recogniser_confidence,
     text_quality,
 )
+from model.semantic import OUT_OF_SCOPE, IntentAnchors
 from stream.asr import transcribe
 from stream.messages import AudioChunk, IntentEvent, QualityReport, ScoredWindow, Transcript, Utterance, VideoFrame
 from stream.options import AsrOptions, DecisionOptions, PipelineOptions
@@ -188,20 +190,28 @@ def repeats_itself(text: str, times: int = 3) -> bool:
 
 
 def verdict(
-    text: str, scores: RecogniserScores, transcript_confidence: float, confidence: float, options: DecisionOptions
+    text: str,
+    scores: RecogniserScores,
+    transcript_confidence: float,
+    confidence: float,
+    options: DecisionOptions,
+    in_scope: bool = True,
 ) -> str | None:
     """Why an utterance is not recognized, or None when it is.
 
     no_speech: nothing readable was heard, or Whisper's own silence rule holds (no-speech
     probability high and mean log-probability under -1.0). unreliable_transcript: the recogniser
-    does not trust its transcript, or the transcript loops. low_confidence: the published
-    confidence (intent probability x transcript confidence) is under the threshold."""
+    does not trust its transcript, or the transcript loops. out_of_scope: no intent of the set fits
+    (model/semantic.py). low_confidence: the published confidence (intent probability x
+    transcript confidence) is under the threshold."""
     if not any(ch.isalnum() for ch in text):
         return "no_speech"
     if scores.no_speech_prob >= options.no_speech_prob_min and scores.avg_logprob < LOGPROB_FAIL:
         return "no_speech"
     if transcript_confidence < options.min_transcript_confidence or repeats_itself(text):
         return "unreliable_transcript"
+    if not in_scope:
+        return OUT_OF_SCOPE
     if confidence < options.min_confidence:
         return "low_confidence"
     return None
@@ -210,6 +220,10 @@ def verdict(
 class Deciding:
     """The model's decision on one window (through the shared micro-batcher) as an intent event.
 
+    The intents are those of `anchors` (the run's intent set, model/semantic.py): the trained set
+    mixes the linear head with the similarity to its descriptions, any other set is scored by
+    similarity alone; an utterance no intent fits is `out_of_scope`. `anchors=None` (a checkpoint
+    from before the semantic space): the trained head alone, nothing out of scope.
     Text is the fusion's backbone, so a transcript the recogniser does not trust weakens the
     decision itself: the published confidence is the intent's probability times the transcript's
     confidence, and the event says `recognized: false` with a reason when either falls too low.
@@ -223,8 +237,10 @@ class Deciding:
         options: PipelineOptions,
         decision: DecisionOptions,
         engine_name: str,
+        anchors: IntentAnchors | None,
     ) -> None:
         self.config = config
+        self.anchors = anchors
         self.tokenizer = tokenizer
         self.batcher = batcher
         self.options = options
@@ -266,13 +282,19 @@ class Deciding:
         window = self.window(scored, transcript_confidence)
         result = await self.batcher.infer(self.options.stream_id, window)
         engine_ms = (time.perf_counter() - started) * 1000
-        probs = result.output.probs[0]
-        weights = result.output.weights[0]
+        output = result.output
+        weights = output.weights[0]
+        labels: Sequence[str] = self.config.labels
+        probs = output.probs[0]
+        in_scope, scope = True, None
+        if self.anchors is not None:
+            scores = self.anchors.score(output.embedding, output.sentence, output.probs)
+            labels, probs = self.anchors.names, scores.probs[0]
+            in_scope, scope = bool(scores.in_scope[0]), float(scores.scope[0])
         order = np.argsort(-probs)[: self.options.top_k]
-        labels = self.config.labels
         utterance = transcript.utterance
         confidence = float(probs[order[0]]) * transcript_confidence
-        reason = verdict(transcript.text, transcript.scores, transcript_confidence, confidence, self.decision)
+        reason = verdict(transcript.text, transcript.scores, transcript_confidence, confidence, self.decision, in_scope)
         now = time.time()
         latency = {
             "vad": max(0.0, (transcript.dequeued_wall - utterance.speech_end_wall) * 1000),
@@ -295,6 +317,7 @@ class Deciding:
             intent=labels[int(order[0])] if reason is None else None,
             confidence=round(confidence, 4),
             transcript_confidence=round(transcript_confidence, 3),
+            scope=None if scope is None else round(scope, 3),
             top_k=[{"intent": labels[int(i)], "confidence": round(float(probs[i]), 4)} for i in order],
             quality={
                 "text": round(float(window.quality[0, 0]), 3),

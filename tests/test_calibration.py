@@ -178,7 +178,7 @@ def test_inference_probabilities_and_eval_confidence_use_the_temperature(tiny_mo
     )
     quality, _ = batch_quality(model, batch, config.reference)  # as predict scores it
     with torch.no_grad():
-        logits, probs, _ = model(
+        logits, probs, _, _, _ = model(
             batch.input_ids, batch.attention_mask, batch.audio, batch.audio_mask, batch.video, batch.video_mask, quality
         )
     assert torch.allclose(probs, torch.softmax(logits / 2.5, dim=-1), atol=1e-6)

@@ -35,15 +35,20 @@ def test_two_epoch_train_then_eval_round_trip(
     )
     assert rc == 0
     log = [json.loads(line) for line in (ckpt / "train_log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log[:-1]] == [1, 2]
-    assert log[0]["loss"]["meta"] > 0 and log[0]["loss"]["mc"] > 0
-    # Training ends with temperature scaling on dev: recorded in the log and in the checkpoint.
-    calibration = log[-1]["calibration"]
+    assert [r["epoch"] for r in log[:-2]] == [1, 2]
+    assert log[0]["loss"]["meta"] > 0 and log[0]["loss"]["mc"] > 0 and log[0]["loss"]["ss"] > 0
+    # Training ends with temperature scaling on dev, then the intent scoring's fit (similarity
+    # temperature, out-of-scope rule): recorded in the log and in the checkpoint.
+    calibration = log[-2]["calibration"]
+    semantic = log[-1]["semantic"]
+    assert semantic["rule"]["held_out_intents"] == 5 and 0.5 <= semantic["rule"]["reject_below"] <= 1.0
     assert calibration["split"] == "dev" and calibration["bins"] == 15 and calibration["n"] == 12
     assert calibration["temperature_before"] == 1.0 and calibration["temperature"] > 0
     assert calibration["nll_after"] <= calibration["nll_before"] + 1e-9
     saved = json.loads((ckpt / "config.json").read_text())
     assert saved["model"]["temperature"] == calibration["temperature"] and saved["calibration"] == calibration
+    assert saved["model"]["reject_below"] == semantic["rule"]["reject_below"] and saved["semantic"] == semantic
+    assert "intents.yaml" in {p.name for p in ckpt.iterdir()}
     assert "ECE" in capsys.readouterr().out
     for name in ("config.json", "weights.pt", "text_encoder/config.json", "text_encoder/tokenizer.json"):
         assert (ckpt / name).exists(), name
@@ -143,13 +148,15 @@ def test_ablation_switches_reach_the_saved_config(tmp_path: Path, tiny_mintrec: 
             "equal",
             "--no-quality",
             "--no-consistency",
+            "--no-semantic-sync",
         ]
     )
     assert rc == 0
     saved = json.loads((ckpt / "config.json").read_text())["model"]
     assert (saved["fusion"], saved["use_quality"], saved["use_consistency"]) == ("equal", False, False)
+    assert saved["lambda_ss"] == 0.0
     log = json.loads((ckpt / "train_log.jsonl").read_text().splitlines()[0])
-    assert "meta" not in log["loss"] and "mc" not in log["loss"]
+    assert "meta" not in log["loss"] and "mc" not in log["loss"] and "ss" not in log["loss"]
     assert log["mean_weights"] == pytest.approx([0.5, 0.5 * 10 / 12])  # equal weights where present
 
 

@@ -137,7 +137,7 @@ def test_missing_modalities_get_no_weight_and_equal_fusion_is_half(tiny_model_co
     x["audio_mask"][1] = False
     x["video_mask"][1] = False
     q, _ = _quality(model, x)
-    _, probs, weights = model(quality=q, **x)
+    _, probs, weights, _, _ = model(quality=q, **x)
     assert weights[0].tolist() == pytest.approx([1.0, 0.0])  # no camera: all weight on audio
     assert weights[1].tolist() == [0.0, 0.0]
     assert torch.allclose(weights[2:].sum(-1), torch.ones(4))
@@ -145,7 +145,7 @@ def test_missing_modalities_get_no_weight_and_equal_fusion_is_half(tiny_model_co
     equal_cfg = copy.deepcopy(tiny_model_config)
     equal_cfg.fusion = "equal"
     equal = DFMQMC(equal_cfg, tiny_text_encoder(32))
-    _, _, w_equal = equal(quality=q, **x)
+    _, _, w_equal, _, _ = equal(quality=q, **x)
     assert w_equal[2:].flatten().tolist() == [0.5] * 8
     assert w_equal[0].tolist() == [0.5, 0.0]
 

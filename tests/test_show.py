@@ -67,6 +67,7 @@ def _intent(quality: dict[str, float] | None = None) -> IntentEvent:
         intent="Thank",
         confidence=0.87,
         transcript_confidence=0.9,
+        scope=0.97,
         top_k=[],
         quality=quality or dict(QUALITY),
         weights=dict(WEIGHTS),

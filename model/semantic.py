@@ -1,0 +1,245 @@
+"""The semantic space: intent sets scored by similarity to their descriptions and examples,
+semantic synchronisation (our reading of A-MESS), and out-of-scope rejection.
+
+Only the A-MESS abstract can be read (Shen, Lin, Fan: "Anchor based Multimodal Embedding with
+Semantic Synchronization for Multimodal Intent Recognition"), so this is our reading of it:
+
+- Anchors. Each intent's description (and each example, when the set gives some) is embedded by a
+  frozen copy of the pretrained text encoder (`DFMQMC.embed_sentences`; all-MiniLM-L6-v2 for the
+  bundled encoder: mean pooled, unit norm). Frozen because a new intent set must land in the same
+  space without training, and because fine-tuning the encoder on 20 intents was measured to destroy
+  its sentence similarity (README, "Intent sets").
+- Utterance embedding. `normalize(sentence + semantic_proj(fused))`: the transcript's embedding by
+  the same frozen encoder, moved by what the fused multimodal representation adds. It scores the
+  trained labels only: the shift is learnt toward the trained descriptions, and against a set the
+  model has never seen it was measured to cost accuracy (kiosk set 85 % -> 74 % after one epoch),
+  so a new set is scored on the transcript's embedding alone (`IntentAnchors.fused` false).
+- Semantic synchronisation. `triplet_loss` pulls each training sample's utterance embedding toward
+  its intent's description anchor and pushes it from the others (cosine, margin `ss_margin`,
+  negatives 'hardest' or 'all', weight `lambda_ss`). The anchors are constants (no gradient); the
+  gradient reaches the fused representation through `semantic_proj`.
+- Classification. Similarity of the utterance to intent k is the highest cosine to any of k's
+  prototypes (description, examples); probabilities are softmax(similarity / T_sim). For the trained
+  labels the linear head is mixed in: p = (1 - head_mix) * p_head + head_mix * p_sim.
+- Out of scope. `scope` is the fraction of off-topic background sentences (model/offtopic.txt,
+  first half) whose best similarity to the set is below the utterance's: a number in [0, 1] that
+  means the same for any set, whatever its size and wording. An utterance with scope below
+  `reject_below` is out of scope. `reject_below` is learnt once (`fit_reject_below`, at the end of
+  `dfmq train`) and stored in the checkpoint; an intent set file may override it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from model.dfmq import DFMQMC
+from model.errors import CheckpointError
+from model.intents import IntentSet
+
+OFFTOPIC_FILE = Path(__file__).resolve().parent / "offtopic.txt"
+ANCHOR_MAX_TOKENS = 128  # descriptions are longer than transcripts (`text_max_len`)
+OUT_OF_SCOPE = "out_of_scope"
+
+
+def offtopic_sentences() -> tuple[list[str], list[str]]:
+    """(background, rule) halves of the shipped off-topic sentences: the background calibrates every
+    intent set's scope score; the rule half is the off-topic class when `reject_below` is learnt."""
+    lines = [line.strip() for line in OFFTOPIC_FILE.read_text(encoding="utf-8").splitlines()]
+    sentences = [line for line in lines if line and not line.startswith("#")]
+    half = len(sentences) // 2
+    return sentences[:half], sentences[half:]
+
+
+def triplet_loss(embedding: Tensor, anchors: Tensor, labels: Tensor, margin: float, negatives: str) -> Tensor:
+    """Cosine triplet loss of unit-norm embeddings (B, D) against constant anchors (C, D):
+    relu(margin - cos(e, a_y) + cos(e, a_neg)), over the hardest negative or averaged over all."""
+    sims = embedding @ anchors.detach().T  # (B, C)
+    positive = sims.gather(1, labels[:, None])
+    wrong = torch.ones_like(sims, dtype=torch.bool).scatter_(1, labels[:, None], False)
+    hinge = F.relu(margin - positive + sims)
+    if negatives == "hardest":
+        return hinge.masked_fill(~wrong, float("-inf")).max(dim=1).values.mean()
+    return (hinge * wrong).sum(dim=1).div(wrong.sum(dim=1)).mean()
+
+
+@torch.no_grad()
+def embed_sentences(model: DFMQMC, tokenizer: Any, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """Anchors: unit-norm embeddings (N, D) of the frozen semantic encoder."""
+    require_semantic_space(model)
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(texts), batch_size):
+        tokens = tokenizer(
+            list(texts[start : start + batch_size]),
+            padding="longest",
+            truncation=True,
+            max_length=ANCHOR_MAX_TOKENS,
+            return_tensors="pt",
+        ).to(device)
+        out.append(model.embed_sentences(tokens["input_ids"], tokens["attention_mask"]).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.config.text_width), np.float32)
+
+
+@torch.no_grad()
+def embed_utterances(model: DFMQMC, tokenizer: Any, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+    """Utterance embeddings (N, D) of transcripts alone (no audio, no video), as the live pipeline
+    computes them for a text-only window; the background sentences and `dfmq classify` use this."""
+    require_semantic_space(model)
+    cfg = model.config
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    out = []
+    for start in range(0, len(texts), batch_size):
+        chunk = list(texts[start : start + batch_size])
+        tokens = tokenizer(chunk, padding="longest", truncation=True, max_length=cfg.text_max_len, return_tensors="pt")
+        n = len(chunk)
+        audio = torch.zeros(n, 1, cfg.audio_dim, device=device)
+        video = torch.zeros(n, 1, cfg.video_dim, device=device)
+        absent = torch.zeros(n, 1, dtype=torch.bool, device=device)
+        result = model.forward_all(
+            tokens["input_ids"].to(device),
+            tokens["attention_mask"].to(device),
+            audio,
+            absent,
+            video,
+            absent,
+            torch.zeros(n, 3, device=device),
+        )
+        out.append(result.embedding.float().cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, cfg.text_width), np.float32)
+
+
+def require_semantic_space(model: DFMQMC) -> None:
+    if not model.config.semantic_space:
+        raise CheckpointError(
+            "semantic_space",
+            "this checkpoint predates the semantic space and can score only its trained labels; "
+            "retrain it with this dfmq (`dfmq train`) or use --ckpt default",
+        )
+
+
+@dataclass(frozen=True)
+class IntentAnchors:
+    """An intent set placed in a model's semantic space, ready to score utterance embeddings."""
+
+    names: tuple[str, ...]
+    prototypes: np.ndarray  # (P, D) unit-norm: every description and example
+    owner: np.ndarray  # (P,) index of the intent each prototype belongs to
+    background: np.ndarray  # (Nb,) sorted best similarity of each background sentence to the set
+    # The names are the linear head's labels, in order: the head is mixed in and the utterance
+    # embedding (with its fused shift) is scored; otherwise the transcript embedding alone.
+    trained: bool
+    reject_below: float  # scope below this is out of scope (the set's override or the checkpoint's)
+    similarity_temperature: float
+    head_mix: float
+
+    def similarities(self, embeddings: np.ndarray) -> np.ndarray:
+        """(N, D) -> (N, K): per intent, the highest cosine to any of its prototypes."""
+        cos = np.atleast_2d(embeddings) @ self.prototypes.T  # (N, P)
+        out = np.full((cos.shape[0], len(self.names)), -np.inf, dtype=np.float64)
+        for k in range(len(self.names)):
+            out[:, k] = cos[:, self.owner == k].max(axis=1)
+        return out
+
+    def scope(self, best_similarity: np.ndarray) -> np.ndarray:
+        """Fraction of background sentences that fit the set worse than each utterance does."""
+        return np.searchsorted(self.background, best_similarity, side="left") / len(self.background)
+
+    def score(
+        self, embeddings: np.ndarray, sentences: np.ndarray, head_probs: np.ndarray | None = None
+    ) -> IntentScores:
+        """Scores of utterances from the model's `embedding` and `sentence` outputs (N, D) and, for
+        the trained set, its calibrated head probabilities (N, C)."""
+        sims = self.similarities(embeddings if self.trained else sentences)
+        z = sims / self.similarity_temperature
+        z -= z.max(axis=1, keepdims=True)
+        probs = np.exp(z)
+        probs /= probs.sum(axis=1, keepdims=True)
+        if self.trained and head_probs is not None:
+            probs = (1.0 - self.head_mix) * np.atleast_2d(head_probs) + self.head_mix * probs
+        scope = self.scope(sims.max(axis=1))
+        return IntentScores(probs=probs, similarities=sims, scope=scope, in_scope=scope >= self.reject_below)
+
+
+@dataclass(frozen=True)
+class IntentScores:
+    probs: np.ndarray  # (N, K) over the set's intents
+    similarities: np.ndarray  # (N, K) cosine, best prototype per intent
+    scope: np.ndarray  # (N,) in [0, 1]: how much better than off-topic text the best intent fits
+    in_scope: np.ndarray  # (N,) bool
+
+
+def build_anchors(
+    model: DFMQMC, tokenizer: Any, intent_set: IntentSet, reject_below: float | None = None
+) -> IntentAnchors:
+    """Embed an intent set's descriptions and examples and its off-topic background. The threshold
+    is, first found: `reject_below` given here, the set file's, the checkpoint's learnt one."""
+    require_semantic_space(model)
+    cfg = model.config
+    texts: list[str] = []
+    owner: list[int] = []
+    for k, intent in enumerate(intent_set.intents):
+        for text in (intent.description, *intent.examples):
+            texts.append(text)
+            owner.append(k)
+    prototypes = embed_sentences(model, tokenizer, texts)
+    trained = list(intent_set.names) == list(cfg.labels)
+    background_texts, _ = offtopic_sentences()
+    embed = embed_utterances if trained else embed_sentences
+    background = embed(model, tokenizer, background_texts) @ prototypes.T
+    threshold = reject_below if reject_below is not None else intent_set.reject_below
+    return IntentAnchors(
+        names=intent_set.names,
+        prototypes=prototypes,
+        owner=np.asarray(owner),
+        background=np.sort(background.max(axis=1)),
+        trained=trained,
+        reject_below=cfg.reject_below if threshold is None else float(threshold),
+        similarity_temperature=cfg.similarity_temperature,
+        head_mix=cfg.head_mix,
+    )
+
+
+def description_anchors(model: DFMQMC, tokenizer: Any, intent_set: IntentSet) -> Tensor:
+    """(C, D) description embeddings in the head's label order: the triplet loss's anchors."""
+    by_name = {intent.name: intent.description for intent in intent_set.intents}
+    vectors = embed_sentences(model, tokenizer, [by_name[name] for name in model.config.labels])
+    return torch.from_numpy(vectors)
+
+
+def binary_f1(positive_true: np.ndarray, positive_pred: np.ndarray) -> float:
+    tp = float(np.sum(positive_true & positive_pred))
+    denom = float(np.sum(positive_true) + np.sum(positive_pred))
+    return 0.0 if denom == 0 else 2.0 * tp / denom
+
+
+def fit_reject_below(scopes: np.ndarray, in_scope: np.ndarray, grid: Sequence[float] | None = None) -> dict[str, Any]:
+    """The scope threshold that maximises the mean of the in-scope and out-of-scope F1 (the
+    open-set detection F1, both classes weighted alike) on pooled rule-learning data."""
+    candidates = np.round(np.arange(0.5, 1.0001, 0.01), 2) if grid is None else np.asarray(grid)
+    best: dict[str, Any] = {}
+    for threshold in candidates:
+        accepted = scopes >= threshold
+        f1_is = binary_f1(in_scope, accepted)
+        f1_oos = binary_f1(~in_scope, ~accepted)
+        score = (f1_is + f1_oos) / 2
+        if not best or score > best["mean_f1"]:
+            best = {
+                "reject_below": float(threshold),
+                "mean_f1": score,
+                "f1_in_scope": f1_is,
+                "f1_oos": f1_oos,
+                "coverage": float(accepted[in_scope].mean()),
+                "oos_recall": float((~accepted[~in_scope]).mean()),
+            }
+    return best

@@ -1,0 +1,196 @@
+"""The semantic space: triplet loss, intent sets scored from descriptions, out-of-scope rejection,
+`dfmq classify` and `dfmq eval --intents --tsv` on the shipped model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.checkpoint import STARTER_DIR, checkpoint_intent_set, load_checkpoint
+from model.config import DFMQConfig
+from model.dfmq import DFMQMC
+from model.intents import load_intent_set
+from model.semantic import IntentAnchors, build_anchors, fit_reject_below, triplet_loss
+from stream.cli import main
+from tests.conftest import tiny_text_encoder
+
+REPO = Path(__file__).resolve().parent.parent
+KIOSK = REPO / "configs" / "intents" / "kiosk.yaml"
+KIOSK_EVAL = REPO / "tests" / "data" / "intents" / "kiosk_eval.tsv"
+HOME_SET = """\
+intents:
+  - name: Lights
+    description: The person wants a lamp or the lights in a room switched on, off or dimmed.
+  - name: Music
+    description: The person wants music played, stopped, skipped or made louder or quieter.
+  - name: Timer
+    description: The person wants a timer or an alarm set for some minutes or a time of day.
+"""
+
+
+@pytest.fixture(scope="module")
+def starter() -> tuple[DFMQMC, object]:
+    return load_checkpoint(STARTER_DIR)
+
+
+def _inputs(model: DFMQMC, batch: int = 4) -> dict[str, torch.Tensor]:
+    cfg = model.config
+    return {
+        "input_ids": torch.randint(1, 100, (batch, 6)),
+        "attention_mask": torch.ones(batch, 6, dtype=torch.long),
+        "audio": torch.randn(batch, 5, cfg.audio_dim),
+        "audio_mask": torch.ones(batch, 5, dtype=torch.bool),
+        "video": torch.randn(batch, 3, cfg.video_dim),
+        "video_mask": torch.ones(batch, 3, dtype=torch.bool),
+        "quality": torch.full((batch, 3), 0.9),
+    }
+
+
+def test_triplet_loss_reaches_the_fused_representation_and_never_the_anchors(tiny_model_config: DFMQConfig) -> None:
+    model = DFMQMC(tiny_model_config, tiny_text_encoder(32))
+    # semantic_proj starts at zero (the embedding is the sentence's); move it so gradients flow on.
+    torch.nn.init.normal_(model.semantic_proj.weight, std=0.1)  # type: ignore[union-attr]
+    out = model.forward_all(**_inputs(model))
+    anchors = torch.nn.functional.normalize(torch.randn(4, 32), dim=-1).requires_grad_(True)
+    loss = triplet_loss(out.embedding, anchors, torch.tensor([0, 1, 2, 3]), margin=0.5, negatives="all")
+    loss.backward()
+    assert loss.item() > 0
+    assert anchors.grad is None  # the anchors are constants of the loss
+    assert model.semantic_proj.weight.grad.abs().sum() > 0  # type: ignore[union-attr]
+    # ... and through the fused representation into the encoders it is made of.
+    for encoder in (model.text_encoder, model.audio_encoder, model.video_encoder):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder.parameters())
+    assert all(p.grad is None for p in model.semantic_encoder.parameters())  # type: ignore[union-attr]
+
+
+def test_triplet_loss_values_for_hardest_and_all_negatives() -> None:
+    anchors = torch.eye(3)
+    embedding = torch.nn.functional.normalize(torch.tensor([[1.0, 0.5, 0.0]]), dim=-1)
+    pos, neg1 = embedding[0, 0].item(), embedding[0, 1].item()
+    label = torch.tensor([0])
+    hardest = triplet_loss(embedding, anchors, label, margin=0.8, negatives="hardest").item()
+    every = triplet_loss(embedding, anchors, label, margin=0.8, negatives="all").item()
+    assert hardest == pytest.approx(max(0.0, 0.8 - pos + neg1))
+    assert every == pytest.approx((max(0.0, 0.8 - pos + neg1) + max(0.0, 0.8 - pos)) / 2)
+
+
+def test_a_fresh_model_embeds_utterances_as_its_sentence_encoder_does(tiny_model_config: DFMQConfig) -> None:
+    model = DFMQMC(tiny_model_config, tiny_text_encoder(32)).eval()
+    _, _, _, embedding, sentence = model(**_inputs(model))
+    assert torch.allclose(embedding, sentence, atol=1e-6)
+    assert torch.allclose(sentence.norm(dim=-1), torch.ones(4), atol=1e-5)
+
+
+def test_the_threshold_rule_maximises_the_mean_of_both_f1() -> None:
+    scopes = np.array([0.95, 0.9, 0.85, 0.84, 0.8, 0.3, 0.5, 0.82, 0.1])
+    in_scope = np.array([True] * 5 + [False] * 4)
+    rule = fit_reject_below(scopes, in_scope)
+    # Cutting at 0.83 loses one in-scope utterance and keeps out every off-topic one: F1 8/9 each,
+    # better than 0.51-0.80 (all in-scope kept, 0.82 let in: 10/11 and 6/7).
+    assert rule["reject_below"] == pytest.approx(0.83)
+    assert rule["f1_in_scope"] == pytest.approx(8 / 9) and rule["f1_oos"] == pytest.approx(8 / 9)
+    assert (rule["coverage"], rule["oos_recall"]) == (0.8, 1.0)
+
+
+def test_scope_is_the_share_of_background_sentences_fitting_worse() -> None:
+    anchors = IntentAnchors(
+        names=("a", "b"),
+        prototypes=np.eye(2, dtype=np.float32),
+        owner=np.array([0, 1]),
+        background=np.array([0.1, 0.2, 0.3, 0.4]),
+        trained=False,
+        reject_below=0.75,
+        similarity_temperature=0.05,
+        head_mix=0.3,
+    )
+    utterances = np.array([[0.25, 0.0], [0.0, 0.9], [0.05, 0.05]], dtype=np.float32)
+    scores = anchors.score(utterances, utterances)
+    assert scores.scope.tolist() == [0.5, 1.0, 0.0]
+    assert scores.in_scope.tolist() == [False, True, False]
+    assert scores.probs.argmax(axis=1).tolist() == [0, 1, 0]
+    assert np.allclose(scores.probs.sum(axis=1), 1.0)
+
+
+def test_the_shipped_model_knows_its_intent_set(starter: tuple[DFMQMC, object]) -> None:
+    model, _ = starter
+    assert model.config.semantic_space and model.config.lambda_ss > 0
+    shipped = checkpoint_intent_set(STARTER_DIR, model.config.labels)
+    written = load_intent_set(REPO / "configs" / "intents" / "mintrec.yaml")
+    assert shipped.intents == written.intents
+
+
+def test_a_new_intent_set_zero_shot_from_descriptions_with_off_topic_rejected(
+    starter: tuple[DFMQMC, object], tmp_path: Path
+) -> None:
+    from model.openset import classify_texts
+
+    path = tmp_path / "home.yaml"
+    path.write_text(HOME_SET)
+    model, tokenizer = starter
+    anchors = build_anchors(model, tokenizer, load_intent_set(path))
+    assert not anchors.trained
+    in_scope = {
+        "turn off the lights in the kitchen": "Lights",
+        "could you dim the bedroom lamp": "Lights",
+        "play some jazz": "Music",
+        "skip this song": "Music",
+        "wake me up at seven tomorrow": "Timer",
+        "set a timer for ten minutes": "Timer",
+    }
+    off_topic = ["the capital of peru is lima", "my brother bought a new bicycle", "place blue at f two now"]
+    decisions = classify_texts(model, tokenizer, anchors, [*in_scope, *off_topic])
+    assert [d.intent for d in decisions[: len(in_scope)]] == list(in_scope.values())
+    assert [d.intent for d in decisions[len(in_scope) :]] == [None] * len(off_topic)
+    assert all(d.scope < anchors.reject_below for d in decisions[len(in_scope) :])
+
+
+def test_classify_prints_the_decision_and_scores(capsys: pytest.CaptureFixture[str]) -> None:
+    texts = ["Can I pay with my card?", "The moon orbits the earth."]
+    assert main(["classify", "--ckpt", "default", "--intents", str(KIOSK), "--json", *texts]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["intent"] for line in lines] == ["Pay", None]
+    assert lines[0]["probability"] > 0.5 and lines[0]["scope"] > lines[1]["scope"]
+    assert next(iter(lines[0]["probs"])) == "Pay"  # top scores, best first
+
+
+def test_eval_intents_tsv_writes_the_open_set_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "kiosk.json"
+    argv = ["eval", "--ckpt", "default", "--intents", str(KIOSK), "--tsv", str(KIOSK_EVAL), "--json", str(out)]
+    assert main(argv) == 0
+    metrics = json.loads(out.read_text())
+    for key in ("in_scope_acc", "closed_acc", "coverage", "oos_recall", "f1_is", "f1_oos", "auroc"):
+        assert 0.0 <= metrics[key] <= 100.0, key
+    assert (metrics["n_in_scope"], metrics["n_oos"]) == (80, 40)
+    assert Path(metrics["confusion_png"]).stat().st_size > 10_000
+    assert metrics["in_scope_acc"] <= metrics["closed_acc"]  # rejections count as errors
+    assert metrics["auroc"] > 90.0  # off-topic sentences fit the kiosk set far worse than its own
+    rows = (tmp_path / "kiosk.predictions.tsv").read_text().splitlines()
+    assert len(rows) == 121 and rows[0].startswith("label\tpredicted")
+    assert '"auroc"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("tsv", "message"),
+    [
+        ("label\ttext\nCheck out\tbye\nCheckout\tbye now\n", "kiosk_bad.tsv:3: label is not in the intent set"),
+        ("intent\ttext\nPay\tcard\n", "kiosk_bad.tsv:1: bad header"),
+        ("label\ttext\nPay\n", "kiosk_bad.tsv:2: bad row"),
+    ],
+)
+def test_eval_tsv_errors_name_file_and_line(
+    tmp_path: Path, tsv: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "kiosk_bad.tsv"
+    bad.write_text(tsv)
+    argv = ["eval", "--ckpt", "default", "--intents", str(KIOSK), "--tsv", str(bad), "--json", str(tmp_path / "x")]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_reject_below_override_must_be_a_fraction(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["classify", "--reject-below", "1.5", "hello"]) == 2
+    assert "option '--reject-below' expected a fraction in [0, 1], got 1.5" in capsys.readouterr().err
