@@ -1,4 +1,5 @@
-"""Dataset loaders for the MIntRec and MELD-DA layouts, with optional feature pickles."""
+"""Dataset loaders for the MIntRec and MELD-DA layouts, with optional feature pickles, and the
+`intents` layout: `label<TAB>text` rows whose labels are the names of a user's intent set."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from model.errors import DataError
 from model.features import VIDEO_STAT_COLUMNS, RawAudioStats, RawVideoStats, video_stats_row
 from model.quality import TEXT_SCORE_COLUMNS, RecogniserScores, text_scores_row
 
-DATASETS = ("mintrec", "meld-da")
+DATASETS = ("mintrec", "meld-da", "intents")
 SPLITS = ("train", "dev", "test")
 # Feature file names by release, tried in order; the official release nests them in folders.
 AUDIO_FEATURE_FILES = ("audio_feats.pkl", "wavlm_feats.pkl", "audio_data/audio_feats.pkl")
@@ -71,7 +72,12 @@ class Batch:
         return dataclasses.replace(self, **moved)
 
 
-def dataset_labels(dataset: str) -> list[str]:
+def dataset_labels(dataset: str, intent_names: Sequence[str] | None = None) -> list[str]:
+    """The label set of a layout; for `intents`, the intent set's names (required)."""
+    if dataset == "intents":
+        if not intent_names:
+            raise DataError("the intents layout needs an intent set", expected="--intents FILE", got="none")
+        return list(intent_names)
     if dataset == "mintrec":
         return list(MINTREC_LABELS)
     if dataset == "meld-da":
@@ -121,18 +127,23 @@ def _label_index(raw: str, labels: list[str], aliases: dict[str, str], path: Pat
     return lookup[name.lower()]
 
 
-def read_split(dataset: str, data_dir: Path, split: str) -> list[tuple[str, str, int]]:
+def read_split(
+    dataset: str, data_dir: Path, split: str, intent_names: Sequence[str] | None = None
+) -> list[tuple[str, str, int]]:
     """(key, text, label index) rows of one split."""
     if split not in SPLITS:
         raise DataError("unknown split", expected=f"one of {SPLITS}", got=repr(split))
-    return read_tsv(dataset, Path(data_dir) / f"{split}.tsv")
+    return read_tsv(dataset, Path(data_dir) / f"{split}.tsv", intent_names)
 
 
-def read_tsv(dataset: str, path: Path) -> list[tuple[str, str, int]]:
+def read_tsv(dataset: str, path: Path, intent_names: Sequence[str] | None = None) -> list[tuple[str, str, int]]:
     """(key, text, label index) rows of a tsv in the dataset's layout."""
-    labels = dataset_labels(dataset)
+    labels = dataset_labels(dataset, intent_names)
     out = []
-    if dataset == "mintrec":
+    if dataset == "intents":
+        for line, row in _read_rows(path, ("label", "text")):
+            out.append((f"{path.stem}_{line}", row["text"], _label_index(row["label"], labels, {}, path, line)))
+    elif dataset == "mintrec":
         for line, row in _read_rows(path, ("season", "episode", "clip", "text", "label")):
             key = f"{row['season']}_{row['episode']}_{row['clip']}"
             out.append((key, row["text"], _label_index(row["label"], labels, {}, path, line)))
@@ -237,9 +248,11 @@ class FeatureStore:
         return not self.audio and not self.video
 
 
-def load_split(dataset: str, data_dir: Path, split: str, features: FeatureStore) -> list[Sample]:
+def load_split(
+    dataset: str, data_dir: Path, split: str, features: FeatureStore, intent_names: Sequence[str] | None = None
+) -> list[Sample]:
     samples = []
-    for key, text, label in read_split(dataset, Path(data_dir), split):
+    for key, text, label in read_split(dataset, Path(data_dir), split, intent_names):
         stats = features.quality.get(key, SampleStats())
         samples.append(
             Sample(

@@ -274,7 +274,9 @@ def dataset_intent_set(dataset: str) -> IntentSet:
         acts = MELD_DA_LABELS.values()
         intents = tuple(Intent(label, f"The speaker's dialogue act is: {label.lower()}.") for label in acts)
         return IntentSet(intents, source="meld-da labels")
-    raise DataError("unknown dataset", expected="'mintrec' or 'meld-da'", got=repr(dataset))
+    if dataset == "intents":
+        raise DataError("the intents layout trains on an intent set", expected="--intents FILE", got="none")
+    raise DataError("unknown dataset", expected="'mintrec', 'meld-da' or 'intents'", got=repr(dataset))
 
 
 def dump_intent_set(intent_set: IntentSet) -> str:

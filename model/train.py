@@ -311,13 +311,13 @@ def train(
     features = FeatureStore(Path(data_dir), config.audio_dim, config.video_dim)
     # The options that made the features travel with the checkpoint, so live extraction matches.
     config.feature_options = features.feature_options
-    train_samples = load_split(dataset, data_dir, "train", features)
-    dev_samples = load_split(dataset, data_dir, "dev", features)
+    train_samples = load_split(dataset, data_dir, "train", features, config.labels)
+    dev_samples = load_split(dataset, data_dir, "dev", features, config.labels)
     augment: list[Sample] = []
     if augment_tsv is not None:
         if opts.augment_rows_per_epoch == 0:
             raise ConfigError("augment_rows_per_epoch", "> 0 when an augmentation tsv is given", 0)
-        augment = [Sample(k, t, y, None, None) for k, t, y in read_tsv(dataset, Path(augment_tsv))]
+        augment = [Sample(k, t, y, None, None) for k, t, y in read_tsv(dataset, Path(augment_tsv), config.labels)]
     augment_rng = random.Random(opts.seed)
     model, tokenizer = new_model(config)
     model.to(device)
@@ -602,7 +602,7 @@ def _split_loader(
 ) -> tuple[DataLoader[Any], bool]:
     """A checkpoint's data: labels and feature options checked against it; (loader, text_only)."""
     cfg = model.config
-    if cfg.labels != dataset_labels(dataset):
+    if dataset != "intents" and cfg.labels != dataset_labels(dataset):
         raise DataError(
             f"checkpoint labels do not match dataset {dataset!r}",
             expected=str(dataset_labels(dataset)),
@@ -616,7 +616,7 @@ def _split_loader(
             expected=str(cfg.feature_options),
             got=str(features.feature_options),
         )
-    samples = load_split(dataset, data_dir, split, features)
+    samples = load_split(dataset, data_dir, split, features, cfg.labels)
     collate = Collator(tokenizer, cfg.text_max_len, cfg.audio_dim, cfg.audio_max_len, cfg.video_dim, cfg.video_max_len)
     return _loader(samples, collate, 64, False, seed), features.text_only
 
@@ -694,7 +694,7 @@ def calibrate(
     if model.config.semantic_space:
         model.config.temperature = record["temperature"]
         intent_set = checkpoint_intent_set(ckpt_dir, model.config.labels)
-        train_split = read_split(dataset, Path(data_dir), "train")
+        train_split = read_split(dataset, Path(data_dir), "train", model.config.labels)
         train_texts: dict[int, list[str]] = {}
         for _, text, label in train_split:
             train_texts.setdefault(label, []).append(text)

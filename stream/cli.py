@@ -15,6 +15,7 @@ from model.errors import DfmqError
 T = TypeVar("T")
 
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+DATASET_HELP = "layout and label set of --data; intents: train/dev.tsv of label<TAB>text, labels from --intents"
 
 
 def _add_train(sub: Any) -> None:
@@ -23,7 +24,7 @@ def _add_train(sub: Any) -> None:
         help="train DFMQ-MC on a MIntRec- or MELD-DA-layout folder",
         description="Train DFMQ-MC with early stopping on dev macro F1; the best epoch is saved.",
     )
-    p.add_argument("--dataset", required=True, choices=["mintrec", "meld-da"], help="layout and label set of --data")
+    p.add_argument("--dataset", required=True, choices=["mintrec", "meld-da", "intents"], help=DATASET_HELP)
     p.add_argument(
         "--data",
         required=True,
@@ -84,7 +85,7 @@ def _add_eval(sub: Any) -> None:
         "(<json>.reliability.png) beside it.",
     )
     p.add_argument("--ckpt", required=True, help="checkpoint folder written by `dfmq train`, or 'default'")
-    p.add_argument("--dataset", choices=["mintrec", "meld-da"], help="layout and label set of --data")
+    p.add_argument("--dataset", choices=["mintrec", "meld-da", "intents"], help=DATASET_HELP)
     p.add_argument("--data", type=Path, help="dataset folder (with --dataset)")
     p.add_argument("--split", default="dev", choices=["train", "dev", "test"], help="split to score (default dev)")
     p.add_argument(
@@ -134,7 +135,7 @@ def _add_calibrate(sub: Any) -> None:
         "(15 bins) and NLL before and after. `dfmq train` already does this on dev at its end.",
     )
     p.add_argument("--ckpt", required=True, type=Path, help="checkpoint folder written by `dfmq train` (rewritten)")
-    p.add_argument("--dataset", required=True, choices=["mintrec", "meld-da"], help="layout and label set of --data")
+    p.add_argument("--dataset", required=True, choices=["mintrec", "meld-da", "intents"], help=DATASET_HELP)
     p.add_argument("--data", required=True, type=Path, help="dataset folder")
     p.add_argument(
         "--split", default="dev", choices=["train", "dev", "test"], help="held-out split to fit on (default dev)"
@@ -334,7 +335,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     raw = load_yaml(args.config)
     model_section = dict(raw.get("model") or {})
     train_section = dict(raw.get("train") or {})
-    model_section["labels"] = dataset_labels(args.dataset)
+    intent_set = load_intent_set(args.intents) if args.intents is not None else None
+    model_section["labels"] = dataset_labels(args.dataset, intent_set.names if intent_set is not None else None)
     if args.fusion:
         model_section["fusion"] = args.fusion
     if args.fusion_weights:
@@ -357,7 +359,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
             train_section[key] = getattr(args, flag)
     config = DFMQConfig.from_dict(model_section, source=f"{args.config} [model]")
     opts = from_mapping(TrainOptions, train_section, f"{args.config} [train]")
-    intent_set = load_intent_set(args.intents) if args.intents is not None else None
     train(args.dataset, args.data, args.out, config, opts, args.device, args.augment, intent_set)
     return 0
 

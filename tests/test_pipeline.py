@@ -32,7 +32,7 @@ from stream.pipeline import PipelineStats
 from stream.publisher import BrokerConnectError, parse_broker_url
 from stream.render import render_scene, speak, write_clip
 from stream.run import RunRequest, run_pipeline
-from tests.conftest import Mosquitto, require_binary
+from tests.conftest import Mosquitto, require_binary, wait_until
 
 pytestmark = pytest.mark.broker
 SENTENCES = (
@@ -55,6 +55,7 @@ REQUIRED = {
     "intent",
     "confidence",
     "transcript_confidence",
+    "scope",
     "top_k",
     "quality",
     "weights",
@@ -183,7 +184,7 @@ def test_one_event_per_utterance_with_quality_following_the_channels(
             assert event["intent"] in MINTREC_LABELS and event["reason"] is None
         else:
             assert event["intent"] is None
-            assert event["reason"] in ("no_speech", "unreliable_transcript", "low_confidence")
+            assert event["reason"] in ("no_speech", "unreliable_transcript", "out_of_scope", "low_confidence")
         assert 0 <= event["confidence"] <= event["transcript_confidence"] <= 1  # type: ignore[operator]
         assert event["latency_ms"]["total"] > 0  # type: ignore[index]
     assert [e["utterance_id"] for e in events] == list(range(len(SENTENCES)))
@@ -516,3 +517,42 @@ def test_non_speech_is_not_recognized_and_hermes_hears_intent_not_recognized(tmp
     for (_, message), event in zip(hermes[1:], rest):
         assert set(message) >= {"input", "siteId", "sessionId", "customData"}
         assert json.loads(message["customData"])["reason"] == event["reason"]
+
+
+def test_run_with_a_new_intent_set_publishes_its_names_and_rejects_off_topic(tmp_path: Path) -> None:
+    """`dfmq run --intents FILE` on the shipped model: a set it has never seen, from descriptions
+    alone (no training, a restart is all a new set takes); off-topic speech is out of scope, and
+    Hermes consumers hear hermes/intent/<Name> or intentNotRecognized."""
+    require_binary("espeak-ng", "espeak-ng")
+    from stream.cli import main
+
+    intents = tmp_path / "home.yaml"
+    intents.write_text(
+        "intents:\n"
+        "  - name: Lights\n"
+        "    description: The person wants the lights or a lamp in a room switched on, off or dimmed.\n"
+        "  - name: Music\n"
+        "    description: The person wants music played, stopped, skipped or made louder or quieter.\n"
+    )
+    sentences = ["please turn off the kitchen lights", "the capital of peru is lima", "play some jazz music"]
+    pause = np.zeros(16000, np.float32)
+    clip = tmp_path / "home.mp4"
+    write_clip(clip, np.concatenate([pause, *(np.concatenate([speak(s), pause]) for s in sentences)]), [], 15)
+    broker = Mosquitto(tmp_path, persistent=True)
+    broker.start()
+    sub = Subscriber(broker.port)
+    try:
+        argv = ["run", "--input", str(clip), "--pace", "fast", "--engine", "onnxruntime", "--intents", str(intents)]
+        argv += ["--broker", f"mqtt://127.0.0.1:{broker.port}", "--stream-id", "home", "--hermes"]
+        assert main(argv) == 0
+        wait_until(lambda: len(sub.events()) >= len(sentences), 10, "three intent events")
+    finally:
+        sub.stop()
+        broker.stop()
+    events = sub.events()
+    assert [e["intent"] for e in events] == ["Lights", None, "Music"], events
+    assert events[1]["reason"] == "out_of_scope" and events[1]["recognized"] is False
+    assert events[1]["scope"] < events[0]["scope"] and events[1]["scope"] < events[2]["scope"]
+    assert {k["intent"] for e in events for k in e["top_k"]} <= {"Lights", "Music"}  # type: ignore[union-attr]
+    hermes = [t for t, _, _ in sub.messages if t.startswith("hermes/")]
+    assert hermes == ["hermes/intent/Lights", "hermes/nlu/intentNotRecognized", "hermes/intent/Music"]

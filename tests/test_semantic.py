@@ -194,3 +194,25 @@ def test_eval_tsv_errors_name_file_and_line(
 def test_reject_below_override_must_be_a_fraction(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["classify", "--reject-below", "1.5", "hello"]) == 2
     assert "option '--reject-below' expected a fraction in [0, 1], got 1.5" in capsys.readouterr().err
+
+
+def test_train_on_a_users_intent_set_then_score_it_as_the_trained_set(
+    tmp_path: Path, tiny_config_yaml: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`dfmq train --dataset intents --intents FILE --data DIR`: the head learns the set's names,
+    the checkpoint keeps the set, and scoring that set mixes the head in (anchors.trained)."""
+    ckpt = tmp_path / "kiosk"
+    data = REPO / "configs" / "intents" / "kiosk_data"
+    argv = ["train", "--dataset", "intents", "--intents", str(KIOSK), "--data", str(data), "--out", str(ckpt)]
+    assert main([*argv, "--config", str(tiny_config_yaml), "--epochs", "1"]) == 0
+    model, tokenizer = load_checkpoint(ckpt)
+    kiosk = load_intent_set(KIOSK)
+    assert model.config.labels == list(kiosk.names)
+    assert checkpoint_intent_set(ckpt, model.config.labels).intents == kiosk.intents
+    assert build_anchors(model, tokenizer, kiosk).trained
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--ckpt", str(ckpt), "--tsv", str(KIOSK_EVAL), "--json", str(out)]) == 0  # its own set
+    assert json.loads(out.read_text())["n"] == 120
+    bad = ["train", "--dataset", "intents", "--data", str(data), "--out", str(tmp_path / "x")]
+    assert main(bad) == 2
+    assert "the intents layout needs an intent set" in capsys.readouterr().err
