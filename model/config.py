@@ -13,7 +13,9 @@ from typing import Any
 
 from model.errors import ConfigError
 
-FUSION_MODES = ("dynamic", "equal")
+# 'dynamic': the paper's residual fusion of pooled encodings with quality weights; 'anchor': the
+# same weights over A-ME anchor embeddings (model/dfmq.py AnchorEmbedding); 'equal': the ablation.
+FUSION_MODES = ("dynamic", "anchor", "equal")
 # 'gated': one gate per channel from its own quality, zero below `quality_floor` (the default);
 # 'paper': the paper's softmax over (audio, video), whose weights sum to 1.
 FUSION_WEIGHTS = ("gated", "paper")
@@ -91,6 +93,7 @@ class DFMQConfig:
     predictor_init: str = "random"  # or "monotone": start from weights that follow quality
     dropout: float = 0.1
     fusion: str = "dynamic"
+    anchor_count: int = 8  # learnable anchors of `fusion: anchor`
     fusion_weights: str = "gated"
     quality_floor: float = 0.15  # a channel scoring below this gets weight 0 (gated weights)
     quality_floor_ramp: float = 0.1  # the gate opens linearly over this much quality above the floor
@@ -159,6 +162,7 @@ class DFMQConfig:
             "nonverbal_heads",
             "maml_support_size",
             "maml_query_size",
+            "anchor_count",
         ):
             value = getattr(self, key)
             if not isinstance(value, int) or value < 1:

@@ -77,18 +77,61 @@ class SequenceEncoder(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, out_width)
 
-    def forward(self, seq: Tensor, mask: Tensor) -> Tensor:
+    def hidden(self, seq: Tensor, mask: Tensor) -> Tensor:
         # An all-padding row makes attention softmax NaN, so position 0 always stays visible;
-        # the pooled vector of such a row is zeroed below by the real mask.
-        first = torch.arange(seq.shape[1], device=seq.device).unsqueeze(0) == 0
-        attend = mask | first
+        # what such a row yields is zeroed by the callers through the real mask.
+        attend = mask | first_position(seq)
         hidden = self.inp(seq)
         for layer in self.layers:
             hidden = layer(hidden, attend)
-        hidden = self.norm(hidden)
+        return self.norm(hidden)
+
+    def forward(self, seq: Tensor, mask: Tensor) -> Tensor:
+        hidden = self.hidden(seq, mask)
         weights = mask.to(hidden.dtype).unsqueeze(-1)
         pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
         return self.out(pooled) * mask.any(dim=1, keepdim=True).to(hidden.dtype)
+
+    def tokens(self, seq: Tensor, mask: Tensor) -> Tensor:
+        """Per-position states at the output width (B, T, W), for the anchor fusion."""
+        return self.out(self.hidden(seq, mask))
+
+
+def first_position(seq: Tensor) -> Tensor:
+    return torch.arange(seq.shape[1], device=seq.device).unsqueeze(0) == 0
+
+
+class AnchorEmbedding(nn.Module):
+    """A-ME, in our reading of the A-MESS abstract (only the abstract is public): `count` learnable
+    anchors, shared by the three modalities, read each modality's token sequence by cross-attention
+    (anchors as queries); the modality's embedding is the mean of its anchor read-outs. Shared
+    anchors put text, audio and video into one anchored space before the quality-weighted sum."""
+
+    def __init__(self, width: int, count: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by {heads} heads")
+        self.heads = heads
+        self.anchors = nn.Parameter(torch.randn(count, width) * 0.02)
+        self.norm = nn.LayerNorm(width)
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(width, 2 * width)
+        self.out = nn.Linear(width, width)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, tokens: Tensor, mask: Tensor) -> Tensor:
+        batch, _, width = tokens.shape
+        head_dim = width // self.heads
+        q = self.q(self.anchors).unflatten(-1, (self.heads, head_dim)).transpose(0, 1)  # (H, K, d)
+        q = q.unsqueeze(0).expand(batch, -1, -1, -1)
+        k, v = (
+            t.unflatten(-1, (self.heads, head_dim)).transpose(1, 2) for t in self.kv(self.norm(tokens)).chunk(2, -1)
+        )
+        attend = (mask | first_position(tokens))[:, None, None, :]
+        drop = self.dropout.p if self.training else 0.0
+        read = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=drop)  # (B, H, K, d)
+        pooled = self.out(read.transpose(1, 2).flatten(2).mean(dim=1))
+        return pooled * mask.any(dim=1, keepdim=True).to(pooled.dtype)
 
 
 class WeightPredictor(nn.Module):
@@ -191,6 +234,11 @@ class DFMQMC(nn.Module):
         self.video_encoder = SequenceEncoder(
             config.video_dim, inner, width, config.nonverbal_layers, config.nonverbal_heads, config.dropout
         )
+        self.anchor_embedding = (
+            AnchorEmbedding(width, config.anchor_count, config.nonverbal_heads, config.dropout)
+            if config.fusion == "anchor"
+            else None
+        )
         self.predictor: WeightPredictor | GatedWeightPredictor
         if config.fusion_weights == "paper":
             self.predictor = WeightPredictor(config.predictor_hidden, config.predictor_init)
@@ -228,7 +276,21 @@ class DFMQMC(nn.Module):
                 param.requires_grad_(False)
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-        return mean_pool(self.text_encoder, input_ids, attention_mask)
+        if self.anchor_embedding is None:
+            return mean_pool(self.text_encoder, input_ids, attention_mask)
+        hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        # The pooled sentence stays the backbone; the anchors add their reading of the tokens.
+        return masked_mean(hidden, attention_mask) + self.anchor_embedding(hidden, attention_mask.bool())
+
+    def embed_audio(self, audio: Tensor, audio_mask: Tensor) -> Tensor:
+        if self.anchor_embedding is None:
+            return self.audio_encoder(audio, audio_mask)
+        return self.anchor_embedding(self.audio_encoder.tokens(audio, audio_mask), audio_mask)
+
+    def embed_video(self, video: Tensor, video_mask: Tensor) -> Tensor:
+        if self.anchor_embedding is None:
+            return self.video_encoder(video, video_mask)
+        return self.anchor_embedding(self.video_encoder.tokens(video, video_mask), video_mask)
 
     def embed_sentences(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         """Unit-norm sentence embeddings of the frozen semantic encoder (anchors and transcripts)."""
@@ -249,8 +311,8 @@ class DFMQMC(nn.Module):
         presence = torch.stack([audio_mask.any(dim=1), video_mask.any(dim=1)], dim=1).to(audio.dtype)
         return Encoded(
             text=self.encode_text(input_ids, attention_mask),
-            audio=self.audio_encoder(audio, audio_mask),
-            video=self.video_encoder(video, video_mask),
+            audio=self.embed_audio(audio, audio_mask),
+            video=self.embed_video(video, video_mask),
             presence=presence,
             sentence=self.embed_sentences(input_ids, attention_mask) if self.semantic_encoder is not None else None,
         )
@@ -318,8 +380,11 @@ class DFMQMC(nn.Module):
 
 
 def mean_pool(encoder: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    weights = attention_mask.to(hidden.dtype).unsqueeze(-1)
+    return masked_mean(encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state, attention_mask)
+
+
+def masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:
+    weights = mask.to(hidden.dtype).unsqueeze(-1)
     return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 

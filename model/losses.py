@@ -146,8 +146,8 @@ def fomaml_loss(
         rep_v, rep_vm = video.repeat_interleave(copies, 0), video_mask.repeat_interleave(copies, 0)
         pa, pam = perturb(rep_a, rep_am, kinds_a, generator)
         pv, pvm = perturb(rep_v, rep_vm, kinds_v, generator)
-        h_audio = model.audio_encoder(pa, pam).view(batch, copies, -1)
-        h_video = model.video_encoder(pv, pvm).view(batch, copies, -1)
+        h_audio = model.embed_audio(pa, pam).view(batch, copies, -1)
+        h_video = model.embed_video(pv, pvm).view(batch, copies, -1)
         # Recogniser scores describe the transcript, which the perturbations leave alone: repeated as is.
         rep_scores = text_scores.repeat_interleave(copies, 0) if text_scores is not None else None
         if raw_audio is not None and raw_video is not None and cfg.feature_options is not None:

@@ -198,7 +198,7 @@ def training_loss(
     l_supcon = supervised_contrastive(model.contrast_proj(out.fused), batch.labels, cfg.supcon_temperature)
     total = l_cls + cfg.lambda_supcon * l_supcon
     parts = {"cls": l_cls.item(), "supcon": l_supcon.item()}
-    if cfg.fusion == "dynamic":
+    if cfg.fusion != "equal":
         l_meta = fomaml_loss(
             model,
             out,

@@ -43,8 +43,9 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, help="training batch size (overrides the config)")
     p.add_argument(
         "--fusion",
-        choices=["dynamic", "equal"],
-        help="dynamic = quality-driven weights (default); equal = the ablation with w_a = w_v = 0.5 and no predictor",
+        choices=["dynamic", "anchor", "equal"],
+        help="dynamic = quality-driven weights (default); anchor = the same weights over A-ME anchor embeddings; "
+        "equal = the ablation with w_a = w_v = 0.5 and no predictor",
     )
     p.add_argument(
         "--fusion-weights",

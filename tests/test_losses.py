@@ -261,3 +261,22 @@ def test_the_shipped_models_weights_keep_their_promises() -> None:
     shipped, _ = load_checkpoint(resolve_ckpt("default"))
     assert shipped.config.fusion_weights == "gated"
     assert_gated_weight_properties(shipped.eval())
+
+
+def test_anchor_fusion_runs_exports_shapes_and_ignores_missing_channels(tiny_model_config: DFMQConfig) -> None:
+    """`fusion: anchor` (A-ME): the same outputs as the default fusion; a channel without frames
+    contributes nothing, and gradients reach the anchors."""
+    cfg = copy.deepcopy(tiny_model_config)
+    cfg.fusion = "anchor"
+    model = DFMQMC(cfg, tiny_text_encoder(32))
+    x = _inputs()  # sample 0 has no video
+    q, ref = _quality(model, x)
+    out = model.forward_all(quality=q, **x)
+    assert out.logits.shape == (6, len(cfg.labels)) and out.weights.shape == (6, 2)
+    assert torch.all(out.encoded.video[0] == 0) and out.encoded.video[1:].abs().sum() > 0
+    assert out.weights[0, 1] == 0
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    meta = _meta_loss(model, out, x, labels, ref, torch.Generator().manual_seed(1))
+    (out.logits.sum() + meta).backward()
+    anchors = model.anchor_embedding.anchors  # type: ignore[union-attr]
+    assert anchors.grad is not None and anchors.grad.abs().sum() > 0
