@@ -44,7 +44,7 @@ starter: install
 	$(BIN)/python tools/merge_datasets.py --out runs/starter-data data/mintrec runs/corpus-data
 	$(BIN)/dfmq train --dataset mintrec --data runs/starter-data --out runs/starter --config configs/starter.yaml
 	rm -rf model/starter && mkdir -p model/starter
-	cp -r runs/starter/config.json runs/starter/weights.pt runs/starter/text_encoder model/starter/
+	cp -r runs/starter/config.json runs/starter/weights.pt runs/starter/text_encoder runs/starter/intents.yaml model/starter/
 
 starter-tables: install
 	$(BIN)/python tools/starter_tables.py

@@ -55,6 +55,7 @@ from model.quality import (
 )
 from model.semantic import (
     IntentAnchors,
+    build_anchors,
     description_anchors,
     embed_sentences,
     fit_reject_below,
@@ -639,6 +640,15 @@ def evaluate(
     loader, text_only = _split_loader(model, tokenizer, dataset, data_dir, split, seed)
     result = predict(model, loader, device, cfg.reference, noise_sigma, seed, progress=True)
     metrics = classification_metrics(result["labels"], result["preds"], cfg.labels)
+    if cfg.semantic_space:
+        # What a live decision on the trained set uses: the head mixed with the description scores
+        # (head_mix), rejections aside (out of scope is not a label of a closed dataset).
+        anchors = build_anchors(model, tokenizer, checkpoint_intent_set(ckpt_dir, cfg.labels))
+        scores = anchors.score(result["embedding"], result["sentence"], softmax(result["logits"], cfg.temperature))
+        mixed = classification_metrics(result["labels"], scores.probs.argmax(axis=1), cfg.labels)
+        metrics["acc_with_descriptions"] = mixed["acc"]
+        metrics["f1_macro_with_descriptions"] = mixed["f1_macro"]
+        metrics["head_mix"] = cfg.head_mix
     calibration = calibration_summary(result["logits"], result["labels"], cfg.temperature)
     metrics.update(
         {
