@@ -25,10 +25,14 @@ from stream.cli import main
 from tests.conftest import tiny_text_encoder
 
 
-@pytest.fixture
-def tiny_model(tiny_model_config: DFMQConfig) -> DFMQMC:
+@pytest.fixture(params=["dynamic", "anchor"])
+def tiny_model(tiny_model_config: DFMQConfig, request: pytest.FixtureRequest) -> DFMQMC:
     torch.manual_seed(0)
-    return DFMQMC(tiny_model_config, tiny_text_encoder(32)).eval()
+    tiny_model_config.fusion = request.param
+    model = DFMQMC(tiny_model_config, tiny_text_encoder(32)).eval()
+    assert model.semantic_proj is not None
+    torch.nn.init.normal_(model.semantic_proj.weight, std=0.1)  # zero at init: give the export something to carry
+    return model
 
 
 def test_onnx_export_matches_torch_across_batch_and_sequence_sizes(tiny_model: DFMQMC, tmp_path: Path) -> None:
@@ -46,6 +50,10 @@ def test_onnx_export_matches_torch_across_batch_and_sequence_sizes(tiny_model: D
         assert np.abs(got.logits - expected.logits).max() <= 1e-4
         assert np.abs(got.weights - expected.weights).max() <= 1e-5
         assert got.weights[-1, 1] == 0.0  # the window without video has no video weight
+        for name in ("embedding", "sentence"):
+            assert getattr(got, name).shape == (batch, 32)
+            assert np.abs(getattr(got, name) - getattr(expected, name)).max() <= 1e-4
+        assert np.abs(got.embedding - got.sentence).max() > 1e-3  # the fused shift is exported too
 
 
 def test_fp16_export_runs_close_to_fp32(tiny_model: DFMQMC, tmp_path: Path) -> None:
