@@ -125,9 +125,9 @@ class DFMQConfig:
     lambda_ss: float = 0.5
     ss_margin: float = 0.2
     ss_negatives: str = "hardest"
-    # Intent scoring (fitted on dev at the end of `dfmq train`): probabilities over an intent set
-    # are softmax(similarity / similarity_temperature); for the trained labels they are mixed with
-    # the linear head's as (1 - head_mix) * head + head_mix * similarity.
+    # Intent scoring (both fitted on dev at the end of `dfmq train`): probabilities over an intent
+    # set are softmax(similarity / similarity_temperature); for the trained labels they are mixed
+    # with the linear head's as (1 - head_mix) * head + head_mix * similarity.
     similarity_temperature: float = 0.05
     head_mix: float = 0.3
     # Out-of-scope rule: reject when the utterance fits the intent set no better than this fraction

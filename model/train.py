@@ -483,8 +483,8 @@ def fit_semantic(
       training sentences per known label as examples (`train_texts`: label index -> sentences);
       the off-topic rule sentences are out of scope in every draw. The threshold maximises the mean
       of the in-scope and out-of-scope F1 over all draws pooled.
-    `head_mix` is not fitted (it stays the config's); the record gives the split's accuracy at a
-    few values of it, for the model card.
+    - `head_mix`: the split's best accuracy over 0, 0.1, ..., 1 (ties to the smaller mix: the head
+      is what was early-stopped on).
     """
     cfg = model.config
     result = predict(model, loader, device, cfg.reference)
@@ -495,10 +495,12 @@ def fit_semantic(
     temperature = fit_temperature(sims, labels, bounds=(0.005, 10.0))
     head_probs = softmax(result["logits"], cfg.temperature)
     sim_probs = softmax(sims, temperature)
+    mixes = [round(0.1 * step, 1) for step in range(11)]
     mix_acc = {
         f"{mix:.1f}": float(100.0 * np.mean(((1 - mix) * head_probs + mix * sim_probs).argmax(axis=1) == labels))
-        for mix in (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+        for mix in mixes
     }
+    head_mix = max(mixes, key=lambda mix: (mix_acc[f"{mix:.1f}"], -mix))
     background_texts, rule_texts = offtopic_sentences()
     background = embed_sentences(model, tokenizer, background_texts)
     offtopic = embed_sentences(model, tokenizer, rule_texts)
@@ -532,11 +534,11 @@ def fit_semantic(
         in_scope.append(np.concatenate([np.isin(labels, known), np.zeros(len(offtopic), bool)]))
     rule = fit_reject_below(np.concatenate(scopes), np.concatenate(in_scope))
     return {
-        "fitted": {"similarity_temperature": temperature, "reject_below": rule["reject_below"]},
+        "fitted": {"similarity_temperature": temperature, "head_mix": head_mix, "reject_below": rule["reject_below"]},
         "n": len(labels),
         "similarity_temperature": temperature,
         "accuracy_by_head_mix": mix_acc,
-        "head_mix": cfg.head_mix,
+        "head_mix": head_mix,
         "rule": {
             "held_out_intents": HELD_OUT_INTENTS,
             "draws": 2 * RULE_SPLITS,
@@ -558,7 +560,8 @@ def format_semantic(record: dict[str, Any]) -> str:
     rule = record["rule"]
     return (
         f"semantic space on {record['n']} held-out samples: similarity temperature "
-        f"{record['similarity_temperature']:.4f}; accuracy by head_mix {record['accuracy_by_head_mix']}; "
+        f"{record['similarity_temperature']:.4f}; head_mix {record['head_mix']:.1f} (accuracy by head_mix "
+        f"{ {k: round(v, 2) for k, v in record['accuracy_by_head_mix'].items()} }); "
         f"out-of-scope rule reject_below {rule['reject_below']:.2f} (coverage {rule['coverage']:.2f}, "
         f"OOS recall {rule['oos_recall']:.2f} with {rule['held_out_intents']} intents held out, "
         f"{rule['draws']} draws, + {rule['offtopic']} off-topic sentences)"
