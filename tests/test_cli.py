@@ -13,8 +13,13 @@ from stream.cli import main
 
 
 def test_two_epoch_train_then_eval_round_trip(
-    tmp_path: Path, tiny_mintrec: Path, tiny_config_yaml: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path,
+    tiny_mintrec: Path,
+    tiny_config_yaml: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr("model.train.RULE_MIN_SAMPLES", 1)  # learn the out-of-scope rule on the tiny dev
     ckpt = tmp_path / "ckpt"
     rc = main(
         [
@@ -41,7 +46,8 @@ def test_two_epoch_train_then_eval_round_trip(
     # temperature, out-of-scope rule): recorded in the log and in the checkpoint.
     calibration = log[-2]["calibration"]
     semantic = log[-1]["semantic"]
-    assert semantic["rule"]["held_out_intents"] == 5 and 0.5 <= semantic["rule"]["reject_below"] <= 1.0
+    assert semantic["rule"]["held_out_intents"] == 5 and semantic["rule"]["draws"] == 16
+    assert 0.5 <= semantic["rule"]["reject_below"] <= 1.0 and 0.0 <= semantic["head_mix"] <= 1.0
     assert calibration["split"] == "dev" and calibration["bins"] == 15 and calibration["n"] == 12
     assert calibration["temperature_before"] == 1.0 and calibration["temperature"] > 0
     assert calibration["nll_after"] <= calibration["nll_before"] + 1e-9
