@@ -463,7 +463,9 @@ def train(
 HELD_OUT_INTENTS = 5  # intents held out as unknown when the out-of-scope rule is learnt
 RULE_SPLITS = 8  # random held-out draws pooled
 RULE_EXAMPLES = 3  # examples per known intent in the draws that have examples
-RULE_MIN_SAMPLES = 100  # fewer held-out samples (or fewer than 2 x HELD_OUT_INTENTS labels): keep the config's
+# Fewer held-out samples (or, for the rule, fewer than 2 x HELD_OUT_INTENTS labels): nothing is
+# fitted, the config's head_mix and reject_below stay.
+RULE_MIN_SAMPLES = 100
 
 
 def fit_semantic(
@@ -485,7 +487,7 @@ def fit_semantic(
       the off-topic rule sentences are out of scope in every draw. The threshold maximises the mean
       of the in-scope and out-of-scope F1 over all draws pooled.
     - `head_mix`: the split's best accuracy over 0, 0.1, ..., 1 (ties to the smaller mix: the head
-      is what was early-stopped on).
+      is what was early-stopped on); below `RULE_MIN_SAMPLES` held-out samples the config's stays.
     """
     cfg = model.config
     result = predict(model, loader, device, cfg.reference)
@@ -502,6 +504,8 @@ def fit_semantic(
         for mix in mixes
     }
     head_mix = max(mixes, key=lambda mix: (mix_acc[f"{mix:.1f}"], -mix))
+    if len(labels) < RULE_MIN_SAMPLES:
+        head_mix = cfg.head_mix  # a handful of dev sentences ties most mixes: keep the default
     fitted: dict[str, float] = {"similarity_temperature": temperature, "head_mix": head_mix}
     record = {
         "n": len(labels),
