@@ -172,6 +172,7 @@ def evaluate_intent_tsv(
             "intents": intent_set.source,
             "tsv": str(tsv),
             "reject_below": anchors.reject_below,
+            "reject_below_from": anchors.reject_below_source,
             "examples_per_intent": round(sum(len(i.examples) for i in intent_set.intents) / len(intent_set), 2),
         }
     )

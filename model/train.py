@@ -543,6 +543,7 @@ def fit_semantic(
             background=np.sort((background @ stacked.T).max(axis=1)),
             trained=False,
             reject_below=0.0,
+            reject_below_source="fit",
             similarity_temperature=temperature,
             head_mix=0.0,
         )

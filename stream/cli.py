@@ -408,6 +408,10 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     from model.openset import classify_texts, load_intent_scoring
 
     model, tokenizer, _, anchors = load_intent_scoring(resolve_ckpt(args.ckpt), args.intents, args.reject_below)
+    if not args.json:
+        print(
+            f"out of scope below scope {anchors.reject_below:.2f}, from {anchors.reject_below_source}", file=sys.stderr
+        )
     for decision in classify_texts(model, tokenizer, anchors, args.text):
         top = sorted(decision.probs.items(), key=lambda kv: -kv[1])[:3]
         if args.json:

@@ -217,11 +217,12 @@ def _intent_anchors(model: DFMQMC, tokenizer: Any, ckpt_dir: Path, intents: Inte
     anchors = build_anchors(model, tokenizer, intent_set)
     kind = "trained head + descriptions" if anchors.trained else "descriptions and examples (no training)"
     log.info(
-        "intent set %s: %d intents, %s; out of scope below scope %.2f",
+        "intent set %s: %d intents, %s; out of scope below scope %.2f (from %s)",
         intent_set.source,
         len(intent_set),
         kind,
         anchors.reject_below,
+        anchors.reject_below_source,
     )
     return anchors
 

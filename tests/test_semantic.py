@@ -104,6 +104,7 @@ def test_scope_is_the_share_of_background_sentences_fitting_worse() -> None:
         background=np.array([0.1, 0.2, 0.3, 0.4]),
         trained=False,
         reject_below=0.75,
+        reject_below_source="test",
         similarity_temperature=0.05,
         head_mix=0.3,
     )
@@ -219,3 +220,32 @@ def test_train_on_a_users_intent_set_then_score_it_as_the_trained_set(
     bad = ["train", "--dataset", "intents", "--data", str(data), "--out", str(tmp_path / "x")]
     assert main(bad) == 2
     assert "the intents layout needs an intent set" in capsys.readouterr().err
+
+
+def test_a_set_with_examples_sets_its_threshold_from_them_leaving_each_out() -> None:
+    from model.semantic import example_threshold
+
+    # Two intents, a description and two examples each, unit vectors in a plane; background: 10
+    # off-topic similarities 0.0 .. 0.9. Each example is scored against every other prototype.
+    angles = np.radians([0, 10, 20, 90, 100, 150])
+    prototypes = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    examples = np.array([False, True, True, False, True, True])
+    background = np.linspace(0.0, 0.9, 10)
+    threshold = example_threshold(prototypes, examples, background)
+    # Leave-one-out best cosines: cos 10 deg, cos 10 deg, cos 10 deg, cos 50 deg (0.64) -> scopes
+    # 1.0, 1.0, 1.0, 0.7; the 10 % quantile (lower) is the lowest, 0.7.
+    assert threshold == pytest.approx(0.7)
+
+
+def test_where_the_threshold_comes_from(starter: tuple[DFMQMC, object], tmp_path: Path) -> None:
+    model, tokenizer = starter
+    kiosk = build_anchors(model, tokenizer, load_intent_set(KIOSK))
+    assert "24 examples" in kiosk.reject_below_source and kiosk.reject_below > model.config.reject_below
+    yes_no = build_anchors(model, tokenizer, load_intent_set(REPO / "tests" / "data" / "intents" / "yes_no.yaml"))
+    assert (yes_no.reject_below, yes_no.reject_below_source) == (0.4, "the set file")
+    path = tmp_path / "home.yaml"
+    path.write_text(HOME_SET)  # no examples: the checkpoint's learnt threshold
+    home = build_anchors(model, tokenizer, load_intent_set(path))
+    assert home.reject_below == model.config.reject_below and "checkpoint" in home.reject_below_source
+    given = build_anchors(model, tokenizer, load_intent_set(KIOSK), reject_below=0.5)
+    assert (given.reject_below, given.reject_below_source) == (0.5, "given")
