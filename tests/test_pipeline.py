@@ -534,8 +534,9 @@ def test_run_with_a_new_intent_set_publishes_its_names_and_rejects_off_topic(tmp
         "  - name: Music\n"
         "    description: The person wants music played, stopped, skipped or made louder or quieter.\n"
     )
-    sentences = ["please turn off the kitchen lights", "my brother bought a new bicycle last week"]
-    sentences.append("play some jazz music")
+    # Sentences espeak-ng says and tiny.en reads back word for word (recogniser confidence 0.89-0.96):
+    # the test is about the intent set, not about transcription.
+    sentences = ["please turn off the kitchen lights", "my grandmother was born in spring", "play some music please"]
     pause = np.zeros(16000, np.float32)
     clip = tmp_path / "home.mp4"
     write_clip(clip, np.concatenate([pause, *(np.concatenate([speak(s), pause]) for s in sentences)]), [], 15)
