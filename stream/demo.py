@@ -23,7 +23,12 @@ def bar(value: float, width: int = 8) -> str:
 
 
 # Short column labels for `recognized: false` events and their reasons.
-NOT_RECOGNIZED = {"no_speech": "(no speech)", "unreliable_transcript": "(unreliable)", "low_confidence": "(unsure)"}
+NOT_RECOGNIZED = {
+    "no_speech": "(no speech)",
+    "unreliable_transcript": "(unreliable)",
+    "out_of_scope": "(off-topic)",
+    "low_confidence": "(unsure)",
+}
 
 
 def event_line(event: dict[str, Any]) -> str:
