@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from model.dfmq import DFMQMC
 from model.errors import ConfigError, DataError
 from model.intents import IntentSet
 from model.metrics import save_confusion_matrix
-from model.semantic import IntentAnchors, binary_f1
+from model.semantic import IntentAnchors, binary_f1, text_outputs
 
 OOS_LABEL = "OOS"  # the tsv label of an off-topic sentence
 OOS_SHOWN = "out of scope"
@@ -30,32 +29,6 @@ class TextDecision:
     probability: float  # of the best intent
     scope: float
     probs: dict[str, float]
-
-
-@torch.no_grad()
-def text_outputs(model: DFMQMC, tokenizer: Any, texts: Sequence[str], batch_size: int = 64) -> tuple[np.ndarray, ...]:
-    """Head probabilities (N, C), utterance and transcript embeddings (N, D) of transcripts alone."""
-    cfg = model.config
-    device = next(model.parameters()).device
-    probs, embeddings, sentences = [], [], []
-    for start in range(0, len(texts), batch_size):
-        chunk = list(texts[start : start + batch_size])
-        tokens = tokenizer(chunk, padding="longest", truncation=True, max_length=cfg.text_max_len, return_tensors="pt")
-        n = len(chunk)
-        absent = torch.zeros(n, 1, dtype=torch.bool, device=device)
-        _, p, _, e, s = model(
-            tokens["input_ids"].to(device),
-            tokens["attention_mask"].to(device),
-            torch.zeros(n, 1, cfg.audio_dim, device=device),
-            absent,
-            torch.zeros(n, 1, cfg.video_dim, device=device),
-            absent,
-            torch.zeros(n, 3, device=device),
-        )
-        probs.append(p.float().cpu().numpy())
-        embeddings.append(e.float().cpu().numpy())
-        sentences.append(s.float().cpu().numpy())
-    return np.concatenate(probs), np.concatenate(embeddings), np.concatenate(sentences)
 
 
 def classify_texts(model: DFMQMC, tokenizer: Any, anchors: IntentAnchors, texts: Sequence[str]) -> list[TextDecision]:

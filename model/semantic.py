@@ -99,34 +99,44 @@ def embed_sentences(model: DFMQMC, tokenizer: Any, texts: Sequence[str], batch_s
 
 
 @torch.no_grad()
-def embed_utterances(model: DFMQMC, tokenizer: Any, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-    """Utterance embeddings (N, D) of transcripts alone (no audio, no video), as the live pipeline
-    computes them for a text-only window; the background sentences and `dfmq classify` use this."""
-    require_semantic_space(model)
+def text_outputs(
+    model: DFMQMC, tokenizer: Any, texts: Sequence[str], batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Head probabilities (N, C), utterance and transcript embeddings (N, D) of transcripts alone
+    (no audio, no video), as the live pipeline computes them for a text-only window."""
     cfg = model.config
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    out = []
+    probs, embeddings, sentences = [], [], []
     for start in range(0, len(texts), batch_size):
         chunk = list(texts[start : start + batch_size])
         tokens = tokenizer(chunk, padding="longest", truncation=True, max_length=cfg.text_max_len, return_tensors="pt")
         n = len(chunk)
-        audio = torch.zeros(n, 1, cfg.audio_dim, device=device)
-        video = torch.zeros(n, 1, cfg.video_dim, device=device)
         absent = torch.zeros(n, 1, dtype=torch.bool, device=device)
-        result = model.forward_all(
+        _, p, _, e, s = model(
             tokens["input_ids"].to(device),
             tokens["attention_mask"].to(device),
-            audio,
+            torch.zeros(n, 1, cfg.audio_dim, device=device),
             absent,
-            video,
+            torch.zeros(n, 1, cfg.video_dim, device=device),
             absent,
             torch.zeros(n, 3, device=device),
         )
-        out.append(result.embedding.float().cpu().numpy())
+        probs.append(p.float().cpu().numpy())
+        embeddings.append(e.float().cpu().numpy())
+        sentences.append(s.float().cpu().numpy())
     model.train(was_training)
-    return np.concatenate(out) if out else np.zeros((0, cfg.text_width), np.float32)
+    if not texts:
+        empty = np.zeros((0, cfg.text_width), np.float32)
+        return np.zeros((0, cfg.num_labels), np.float32), empty, empty
+    return np.concatenate(probs), np.concatenate(embeddings), np.concatenate(sentences)
+
+
+def embed_utterances(model: DFMQMC, tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
+    """Utterance embeddings (N, D) of transcripts alone: the background of the trained set."""
+    require_semantic_space(model)
+    return text_outputs(model, tokenizer, texts)[1]
 
 
 def require_semantic_space(model: DFMQMC) -> None:

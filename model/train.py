@@ -435,7 +435,9 @@ def train(
     print(f"best epoch {best_epoch}: dev macro F1 {best_f1:.2f}; checkpoint in {out_dir}")
     # Temperature scaling of the saved (best) model on dev; the record also ends train_log.jsonl.
     best, _ = load_checkpoint(out_dir, str(device))
-    calibration = fit_calibration(best, dev_loader, device, "dev")
+    # One pass over dev serves both fits: the temperature changes no logit and no embedding.
+    dev_result = predict(best, dev_loader, device, best.config.reference)
+    calibration = fit_calibration(best, dev_result, "dev")
     write_calibration(out_dir, calibration["temperature"], calibration)
     with log_path.open("a") as handle:
         handle.write(json.dumps({"calibration": calibration}) + "\n")
@@ -443,9 +445,8 @@ def train(
     semantic: dict[str, Any] | None = None
     if best.config.semantic_space:
         best.config.temperature = calibration["temperature"]
-        semantic = fit_semantic(
-            best, tokenizer, dev_loader, device, intent_set, texts_by_label(train_samples), opts.seed
-        )
+        examples = texts_by_label((s.text, s.label) for s in train_samples)
+        semantic = fit_semantic(best, tokenizer, dev_result, intent_set, examples, opts.seed)
         update_checkpoint_config(out_dir, semantic["fitted"], "semantic", semantic)
         with log_path.open("a") as handle:
             handle.write(json.dumps({"semantic": semantic}) + "\n")
@@ -471,13 +472,12 @@ RULE_MIN_SAMPLES = 100
 def fit_semantic(
     model: DFMQMC,
     tokenizer: Any,
-    loader: Iterable[Batch],
-    device: torch.device,
+    result: dict[str, np.ndarray],
     intent_set: IntentSet,
     train_texts: dict[int, list[str]],
     seed: int,
 ) -> dict[str, Any]:
-    """Fit the intent scoring on a held-out split (model/semantic.py).
+    """Fit the intent scoring on a held-out split's `predict` result (model/semantic.py).
 
     - `similarity_temperature`: NLL of softmax(similarity / T) over the trained labels' descriptions.
     - `reject_below`, learnt once: `RULE_SPLITS` draws of the split, each with `HELD_OUT_INTENTS`
@@ -490,7 +490,6 @@ def fit_semantic(
       is what was early-stopped on); below `RULE_MIN_SAMPLES` held-out samples the config's stays.
     """
     cfg = model.config
-    result = predict(model, loader, device, cfg.reference)
     labels, embeddings, sentences = result["labels"], result["embedding"], result["sentence"]
     by_name = {intent.name: intent for intent in intent_set.intents}
     descriptions = embed_sentences(model, tokenizer, [by_name[name].description for name in cfg.labels])
@@ -564,10 +563,11 @@ def fit_semantic(
     }
 
 
-def texts_by_label(samples: Iterable[Sample]) -> dict[int, list[str]]:
+def texts_by_label(rows: Iterable[tuple[str, int]]) -> dict[int, list[str]]:
+    """(text, label index) rows -> label index -> its texts."""
     out: dict[int, list[str]] = {}
-    for sample in samples:
-        out.setdefault(sample.label, []).append(sample.text)
+    for text, label in rows:
+        out.setdefault(label, []).append(text)
     return out
 
 
@@ -589,11 +589,10 @@ def format_semantic(record: dict[str, Any]) -> str:
     )
 
 
-def fit_calibration(model: DFMQMC, loader: Iterable[Batch], device: torch.device, split: str) -> dict[str, Any]:
-    """Fit the temperature of the fused logits on `loader` (a held-out split): NLL minimised over
-    one scalar T > 0. Returns the record kept in the checkpoint: T before and after, with the ECE
-    (percent, 15 bins) and NLL at each. The model itself is not changed."""
-    result = predict(model, loader, device, model.config.reference)
+def fit_calibration(model: DFMQMC, result: dict[str, np.ndarray], split: str) -> dict[str, Any]:
+    """Fit the temperature of the fused logits on a held-out split's `predict` result: NLL
+    minimised over one scalar T > 0. Returns the record kept in the checkpoint: T before and after,
+    with the ECE (percent, 15 bins) and NLL at each. The model itself is not changed."""
     logits, labels = result["logits"], result["labels"]
     old = model.config.temperature
     temperature, note = choose_temperature(logits, labels, old)
@@ -723,16 +722,15 @@ def calibrate(
     device = resolve_device(device_name)
     model, tokenizer = load_checkpoint(ckpt_dir, str(device))
     loader, _ = _split_loader(model, tokenizer, dataset, data_dir, split, seed)
-    record = fit_calibration(model, loader, device, split)
+    result = predict(model, loader, device, model.config.reference)
+    record = fit_calibration(model, result, split)
     write_calibration(ckpt_dir, record["temperature"], record)
     if model.config.semantic_space:
         model.config.temperature = record["temperature"]
         intent_set = checkpoint_intent_set(ckpt_dir, model.config.labels)
         train_split = read_split(dataset, Path(data_dir), "train", model.config.labels)
-        train_texts: dict[int, list[str]] = {}
-        for _, text, label in train_split:
-            train_texts.setdefault(label, []).append(text)
-        semantic = fit_semantic(model, tokenizer, loader, device, intent_set, train_texts, seed)
+        examples = texts_by_label((text, label) for _, text, label in train_split)
+        semantic = fit_semantic(model, tokenizer, result, intent_set, examples, seed)
         update_checkpoint_config(ckpt_dir, semantic["fitted"], "semantic", semantic)
         record["semantic"] = semantic
     return record
