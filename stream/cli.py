@@ -218,7 +218,7 @@ def _add_extract(sub: Any) -> None:
     p.add_argument(
         "--asr-model",
         default="tiny.en",
-        help="'tiny.en' (bundled) or a CTranslate2 Whisper folder; use the one `dfmq run` will use",
+        help="'tiny.en' (bundled), 'base' (asr-base extra) or a CTranslate2 Whisper folder; use the one `dfmq run` will use",
     )
     p.add_argument("--audio-quality", default="snr", choices=["snr", "paper"], help="audio quality formula")
     p.add_argument(
@@ -276,7 +276,7 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--hermes", action="store_true", help="also publish hermes/intent/<intentName> (Rhasspy/Snips)")
     p.add_argument("--engine", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"], help="backend")
     p.add_argument("--device", choices=["cpu", "cuda"], help="engine device (default: fastest available)")
-    p.add_argument("--asr-model", help="'tiny.en' (bundled, default) or a CTranslate2 Whisper folder")
+    p.add_argument("--asr-model", help="'tiny.en' (bundled, default), 'base' (asr-base extra) or a CTranslate2 Whisper folder")
     p.add_argument("--asr-device", choices=["cpu", "cuda"], help="faster-whisper device (default cpu)")
     p.add_argument("--asr-compute-type", help="faster-whisper compute type (int8, the default; float16, ...)")
     p.add_argument("--asr-threads", type=int, help="CTranslate2 threads (default 1; 0: its own default)")

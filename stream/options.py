@@ -144,7 +144,7 @@ def _existing_file() -> Rule:
 
 
 def _asr_model_ok(value: Any) -> bool:
-    return isinstance(value, str) and (value == "tiny.en" or (Path(value) / "model.bin").is_file())
+    return isinstance(value, str) and (value in ("tiny.en", "base") or (Path(value) / "model.bin").is_file())
 
 
 def _broker_url_ok(value: Any) -> bool:
@@ -189,9 +189,10 @@ WHISPER_LANGUAGES = tuple(_WHISPER_LANGUAGE_LIST.split())
 
 @dataclass(frozen=True)
 class AsrOptions:
-    # 'tiny.en' = the bundled CTranslate2 folder, or a model folder path
+    # 'tiny.en' (bundled), 'base' (the asr-base extra: stream/asr.py) or a CTranslate2 model folder
     model: str = _option(
-        "tiny.en", Rule("'tiny.en' (bundled) or a CTranslate2 model folder containing model.bin", _asr_model_ok)
+        "tiny.en",
+        Rule("'tiny.en' (bundled), 'base' (asr-base extra) or a CTranslate2 model folder with model.bin", _asr_model_ok),
     )
     device: str = _option("cpu", _one_of(ASR_DEVICES))
     compute_type: str = _option("int8", _one_of(COMPUTE_TYPES))

