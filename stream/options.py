@@ -192,7 +192,7 @@ class AsrOptions:
     # 'tiny.en' (bundled), 'base' (the asr-base extra: stream/asr.py) or a CTranslate2 model folder
     model: str = _option(
         "tiny.en",
-        Rule("'tiny.en' (bundled), 'base' (asr-base extra) or a CTranslate2 model folder with model.bin", _asr_model_ok),
+        Rule("'tiny.en' (bundled), 'base' (asr-base extra) or a CTranslate2 folder with model.bin", _asr_model_ok),
     )
     device: str = _option("cpu", _one_of(ASR_DEVICES))
     compute_type: str = _option("int8", _one_of(COMPUTE_TYPES))

@@ -1,4 +1,9 @@
-"""`dfmq run`: sources -> pipeline -> MQTT, with the embedded broker when no URL is given."""
+"""`dfmq run`: sources -> pipeline -> MQTT, with the embedded broker when no URL is given.
+
+One stream (`--input`, `--audio/--video`) or several (`--streams FILE.yaml`, stream/streams.py):
+each stream has its own sources, pipeline stages and sinks (its own MQTT connection, status and
+last will); the intent model, its engine and micro-batcher, Whisper and the worker thread are
+loaded once and shared. A stream that fails ends with its error while the others go on."""
 
 from __future__ import annotations
 
@@ -7,9 +12,9 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +43,7 @@ from stream.stages import (
     Transcribing,
     check_live_compatible,
 )
+from stream.streams import StreamSpec
 from stream.vad import Segmenter
 
 log = logging.getLogger("dfmq.run")
@@ -111,12 +117,62 @@ def _quiet_thread_pools() -> Iterator[None]:
 async def run_pipeline(
     req: RunRequest, broker: BrokerOptions, pipe_opts: PipelineOptions, seg_opts: SegmenterOptions, on_ready: Any = None
 ) -> PipelineStats:
+    """One stream (`--input` or `--audio/--video`): its stats, or its error raised."""
+    spec = StreamSpec(pipe_opts.stream_id, req.input, req.audio, req.video)
+    outcome = (await run_streams(req, [spec], broker, pipe_opts, seg_opts, on_ready))[0]
+    if outcome.error is not None:
+        raise outcome.error
+    return outcome.stats
+
+
+async def run_streams(
+    req: RunRequest,
+    specs: Sequence[StreamSpec],
+    broker: BrokerOptions,
+    pipe_opts: PipelineOptions,
+    seg_opts: SegmenterOptions,
+    on_ready: Any = None,
+) -> list[StreamOutcome]:
+    """Every stream of the list, to its end; one stream's failure does not stop the others."""
     with _quiet_thread_pools():
-        return await _run_pipeline(req, broker, pipe_opts, seg_opts, on_ready)
+        return await _run_streams(req, specs, broker, pipe_opts, seg_opts, on_ready)
+
+
+@dataclass
+class StreamOutcome:
+    stream_id: str
+    stats: PipelineStats
+    error: DfmqError | None = None  # what ended this stream early, if anything did
+
+
+@dataclass
+class _Stream:
+    """What one stream owns: its sources, its sinks (own MQTT connection: own status and last will)."""
+
+    spec: StreamSpec
+    sources: list[Source]
+    live: bool
+    sinks: list[Sink]  # the started ones
+    options: PipelineOptions
+    closed: bool = False
+
+
+@dataclass
+class _Shared:
+    """What every stream of a run shares: the intent model, its engine and micro-batcher, Whisper
+    (lru-cached in stream.asr) and the one worker thread that runs ASR and features."""
+
+    model: DFMQMC
+    tokenizer: Any
+    features: Any
+    anchors: IntentAnchors | None
+    engine_name: str
+    batcher: MicroBatcher
+    executor: ThreadPoolExecutor
 
 
 def _sinks(publisher: Publisher, options: PipelineOptions) -> list[Sink]:
-    """Every output of the run; a new output is one line here."""
+    """Every output of a stream; a new output is one line here."""
     sinks: list[Sink] = [MqttSink(publisher)]
     if options.hermes:
         sinks.append(HermesSink(publisher))
@@ -127,12 +183,24 @@ def _sinks(publisher: Publisher, options: PipelineOptions) -> list[Sink]:
     return sinks
 
 
-async def _run_pipeline(
-    req: RunRequest, broker: BrokerOptions, pipe_opts: PipelineOptions, seg_opts: SegmenterOptions, on_ready: Any = None
-) -> PipelineStats:
-    # Cheap checks first: the media opens (a missing track or a bad file fails here), the broker
-    # answers and accepts us, then the model and Whisper load.
-    sources, files = _sources(req, SourceOptions(pace=req.pace))
+async def _run_streams(
+    req: RunRequest,
+    specs: Sequence[StreamSpec],
+    broker: BrokerOptions,
+    pipe_opts: PipelineOptions,
+    seg_opts: SegmenterOptions,
+    on_ready: Any,
+) -> list[StreamOutcome]:
+    if pipe_opts.show and len(specs) > 1:
+        raise ConfigError("--show", "one stream (the viewer shows one picture)", f"{len(specs)} streams")
+    # Cheap checks first: every stream's media opens (a missing track or a bad file fails here),
+    # the broker answers and accepts each stream, then the model and Whisper load.
+    streams: list[_Stream] = []
+    for spec in specs:
+        sources, files = _sources(
+            replace(req, input=spec.input, audio=spec.audio, video=spec.video), SourceOptions(pace=req.pace)
+        )
+        streams.append(_Stream(spec, sources, not files, [], replace(pipe_opts, stream_id=spec.id)))
     embedded = None
     if broker.url == "embedded":
         embedded = EmbeddedBroker(port=req.embedded_port)
@@ -140,48 +208,69 @@ async def _run_pipeline(
         host, port, tls = "127.0.0.1", req.embedded_port, False
     else:
         host, port, tls = parse_broker_url(broker.url)
-    sinks = _sinks(Publisher(broker, pipe_opts.stream_id, host, port, tls), pipe_opts)
-    started: list[Sink] = []
     failing = False
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dfmq-work")
     try:
-        for sink in sinks:
-            await sink.start()
-            started.append(sink)
-        pipeline = _build_pipeline(req, sources, not files, sinks, pipe_opts, seg_opts, executor)
+        for stream in streams:
+            # A client id the user fixed would be shared by the streams' connections: one per stream.
+            unique = broker.client_id is not None and len(streams) > 1
+            options = replace(broker, client_id=f"{broker.client_id}-{stream.spec.id}") if unique else broker
+            for sink in _sinks(Publisher(options, stream.spec.id, host, port, tls), stream.options):
+                await sink.start()
+                stream.sinks.append(sink)
+        shared = _load_shared(req, executor)
+        pipelines = [_build_pipeline(req, stream, seg_opts, shared) for stream in streams]
         loop = asyncio.get_running_loop()
+
+        def stop_all() -> None:
+            for pipeline in pipelines:
+                pipeline.stop()
+
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signal.SIGINT, pipeline.stop)
-            loop.add_signal_handler(signal.SIGTERM, pipeline.stop)
+            loop.add_signal_handler(signal.SIGINT, stop_all)
+            loop.add_signal_handler(signal.SIGTERM, stop_all)
         if on_ready is not None:
             await on_ready(host, port)
-        began = time.monotonic()
-        async with pipeline.deciding.batcher:
-            stats = await pipeline.run()
-        log.info("pipeline done in %.1f s: %s", time.monotonic() - began, stats)
+        async with shared.batcher, asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_run_stream(stream, pipeline)) for stream, pipeline in zip(streams, pipelines)]
+        outcomes = [task.result() for task in tasks]
     except BaseException:
         failing = True
         raise
     finally:
         executor.shutdown(wait=False)
-        await _close_sinks(started, raise_failure=not failing)
+        await _close_sinks([sink for s in streams if not s.closed for sink in s.sinks], raise_failure=not failing)
         if embedded is not None:
             await embedded.stop()
-    for source in sources:
-        if source.error is not None:
+    return outcomes
+
+
+async def _run_stream(stream: _Stream, pipeline: Pipeline) -> StreamOutcome:
+    """One stream to its end, then its sinks closed (its status goes offline); its own failure,
+    whether a stage's, a source's or its sinks', is its outcome and not the run's."""
+    began = time.monotonic()
+    error: DfmqError | None = None
+    try:
+        await pipeline.run()
+    except DfmqError as exc:
+        error = exc
+    for source in stream.sources:
+        if error is None and isinstance(source.error, DfmqError):
+            error = source.error
+        elif error is None and source.error is not None:
             raise source.error
-    return stats
+    stream.closed = True
+    try:
+        await _close_sinks(stream.sinks, raise_failure=error is None)
+    except DfmqError as exc:
+        error = exc
+    log.info("stream %s done in %.1f s: %s", stream.spec.id, time.monotonic() - began, pipeline.stats)
+    if error is not None:
+        log.error("stream %s ended with an error: %s", stream.spec.id, error)
+    return StreamOutcome(stream.spec.id, pipeline.stats, error)
 
 
-def _build_pipeline(
-    req: RunRequest,
-    sources: list[Source],
-    live: bool,
-    sinks: list[Sink],
-    pipe_opts: PipelineOptions,
-    seg_opts: SegmenterOptions,
-    executor: ThreadPoolExecutor,
-) -> Pipeline:
+def _load_shared(req: RunRequest, executor: ThreadPoolExecutor) -> _Shared:
     ckpt_dir = resolve_ckpt(req.ckpt)
     model, tokenizer = load_checkpoint(ckpt_dir)
     features = check_live_compatible(model.config)
@@ -190,20 +279,33 @@ def _build_pipeline(
     engine = load_engine(model, choice)
     log.info("engine %s (%s)", engine.name, choice.reason)
     load_whisper(req.asr)  # load before the clock starts, not on the first utterance
-    buffer = MediaBuffer(pipe_opts)
-    quality = LiveQuality(model.config, features, pipe_opts.reference_momentum)
-    tracker = FaceTracker(features)
     batcher = MicroBatcher(engine, BatcherOptions(max_batch=8, max_delay_ms=2.0))
+    return _Shared(model, tokenizer, features, anchors, engine.name, batcher, executor)
+
+
+def _build_pipeline(req: RunRequest, stream: _Stream, seg_opts: SegmenterOptions, shared: _Shared) -> Pipeline:
+    options = stream.options
+    buffer = MediaBuffer(options)
+    quality = LiveQuality(shared.model.config, shared.features, options.reference_momentum)
+    tracker = FaceTracker(shared.features)
     return Pipeline(
-        sources=sources,
-        live=live,
+        sources=stream.sources,
+        live=stream.live,
         segmenting=Segmenting(Segmenter(seg_opts), buffer),
-        transcribing=Transcribing(req.asr, executor),
-        scoring=Scoring(quality, tracker, executor),
-        deciding=Deciding(model.config, tokenizer, batcher, pipe_opts, req.decision, engine.name, anchors),
-        ticker=QualityTicker(buffer, quality, tracker, pipe_opts),
-        sinks=sinks,
-        options=pipe_opts,
+        transcribing=Transcribing(req.asr, shared.executor),
+        scoring=Scoring(quality, tracker, shared.executor),
+        deciding=Deciding(
+            shared.model.config,
+            shared.tokenizer,
+            shared.batcher,
+            options,
+            req.decision,
+            shared.engine_name,
+            shared.anchors,
+        ),
+        ticker=QualityTicker(buffer, quality, tracker, options),
+        sinks=stream.sinks,
+        options=options,
     )
 
 

@@ -65,7 +65,9 @@ def test_whisper_base_joined_from_its_two_packages_reads_real_speech_word_for_wo
     """`asr.model: base` (the asr-base extra): model.bin's halves from two packages, joined in memory."""
     audio = decode_clip(DATA / "jfk.mp3", with_video=False).audio
     heard = transcribe(audio, BASE)
-    expected = "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
+    expected = (
+        "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
+    )
     assert words(heard.text) == expected.split()
     assert heard.scores.avg_logprob > -0.5 and heard.scores.no_speech_prob < 0.1
 

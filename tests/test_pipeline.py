@@ -124,13 +124,14 @@ class Subscriber:
         self.client.disconnect()
 
 
-def _run_request(req: RunRequest, port: int, **pipe: object) -> PipelineStats:
+def _run_request(req: RunRequest, port: int, on_ready: Any = None, **pipe: object) -> PipelineStats:
     return asyncio.run(
         run_pipeline(
             req,
             BrokerOptions(url=f"mqtt://127.0.0.1:{port}"),
             PipelineOptions(stream_id="test", **pipe),  # type: ignore[arg-type]
             SegmenterOptions(),
+            on_ready=on_ready,
         )
     )
 
@@ -143,10 +144,17 @@ def _run_microphone(
     ckpt: Path, port: int, stop_when: Callable[[], bool], limit_s: float, **pipe: object
 ) -> PipelineStats:
     """`dfmq run --audio default` on the FakeMicrophone, interrupted by SIGINT (what Ctrl-C sends)
-    once `stop_when()` holds or after `limit_s`; the run flushes and returns."""
-    finished = threading.Event()
+    once `stop_when()` holds or `limit_s` after the run is ready (its Ctrl-C handler installed:
+    on a loaded machine start-up alone can take longer than the recording); the run flushes and
+    returns."""
+    ready, finished = threading.Event(), threading.Event()
+
+    async def on_ready(host: str, port: int) -> None:
+        ready.set()
 
     def interrupt() -> None:
+        if not ready.wait(120.0):
+            return
         deadline = time.time() + limit_s
         while not stop_when() and time.time() < deadline and not finished.is_set():
             time.sleep(0.05)
@@ -157,7 +165,7 @@ def _run_microphone(
     interrupter.start()
     try:
         req = RunRequest(ckpt=str(ckpt), audio="default", video="none", engine="onnxruntime")
-        return _run_request(req, port, **pipe)
+        return _run_request(req, port, on_ready, **pipe)
     finally:
         finished.set()
         interrupter.join(5.0)

@@ -57,7 +57,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--windows", default="30,15,10,8,5", help="minimum encoder windows to compare, seconds")
     parser.add_argument("--mintrec", type=int, default=60, help="MIntRec dev texts to speak besides the corpus's")
-    parser.add_argument("--models", default="tiny.en", help="Whisper models to compare (asr.model values), comma-separated")
+    parser.add_argument("--models", default="tiny.en", help="Whisper models (asr.model values), comma-separated")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
     spoken = utterances(args.mintrec)
@@ -84,7 +84,8 @@ def main() -> int:
         key = f"{window_s:g}" if len(models) == 1 else f"{model} {window_s:g}"
         report["windows"][key] = row  # type: ignore[index]
         print(
-            f"{model:>8s}  window {window_s:>4g} s   WER {row['wer_percent']:5.1f} %   CPU {cpu_s:6.2f} s   over half wrong {broken}"
+            f"{model:>8s}  window {window_s:>4g} s   WER {row['wer_percent']:5.1f} %   CPU {cpu_s:6.2f} s   "
+            f"over half wrong {broken}"
         )
     write_report(report, args.json)
     return 0
