@@ -70,7 +70,8 @@ class Transcript:
     text: str
     scores: RecogniserScores
     dequeued_wall: float  # unix time at which transcription began (the VAD's share ends here)
-    asr_ms: float
+    asr_ms: float  # Whisper's own time on the worker thread
+    asr_wait_ms: float  # waiting for the worker thread (busy with other streams' work)
 
 
 @dataclass
@@ -81,7 +82,8 @@ class ScoredWindow:
     features: ClipFeatures
     quality_audio: float
     quality_video: float
-    features_ms: float
+    features_ms: float  # on the worker thread
+    features_wait_ms: float  # waiting for it
 
 
 @dataclass

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -38,6 +38,8 @@ from stream.asr import transcribe
 from stream.messages import AudioChunk, IntentEvent, QualityReport, ScoredWindow, Transcript, Utterance, VideoFrame
 from stream.options import AsrOptions, DecisionOptions, PipelineOptions
 from stream.vad import Segmenter
+
+T = TypeVar("T")
 
 
 def check_live_compatible(config: DFMQConfig) -> FeatureOptions:
@@ -147,6 +149,13 @@ class Segmenting:
         return utterances
 
 
+def _timed(work: Callable[..., T], *args: Any) -> tuple[T, float]:
+    """`work(*args)` and its milliseconds, measured on the worker thread: what it cost, apart from
+    the wait for the thread, which several streams share."""
+    started = time.perf_counter()
+    return work(*args), (time.perf_counter() - started) * 1000
+
+
 class Transcribing:
     def __init__(self, asr: AsrOptions, executor: Executor) -> None:
         self.asr = asr
@@ -155,8 +164,11 @@ class Transcribing:
     async def process(self, utterance: Utterance) -> Transcript:
         dequeued = time.time()
         started = time.perf_counter()
-        heard = await asyncio.get_running_loop().run_in_executor(self.executor, transcribe, utterance.samples, self.asr)
-        return Transcript(utterance, heard.text, heard.scores, dequeued, (time.perf_counter() - started) * 1000)
+        heard, asr_ms = await asyncio.get_running_loop().run_in_executor(
+            self.executor, _timed, transcribe, utterance.samples, self.asr
+        )
+        waited_ms = (time.perf_counter() - started) * 1000 - asr_ms
+        return Transcript(utterance, heard.text, heard.scores, dequeued, asr_ms, max(0.0, waited_ms))
 
 
 class Scoring:
@@ -170,12 +182,19 @@ class Scoring:
     async def process(self, transcript: Transcript) -> ScoredWindow:
         utterance = transcript.utterance
         started = time.perf_counter()
-        feats = await asyncio.get_running_loop().run_in_executor(
-            self.executor, extract_features, utterance.samples, utterance.frames, self.quality.options, self.tracker
+        feats, features_ms = await asyncio.get_running_loop().run_in_executor(
+            self.executor,
+            _timed,
+            extract_features,
+            utterance.samples,
+            utterance.frames,
+            self.quality.options,
+            self.tracker,
         )
+        waited_ms = max(0.0, (time.perf_counter() - started) * 1000 - features_ms)
         q_audio, q_video = self.quality.score(feats)
         self.quality.update(feats)
-        return ScoredWindow(transcript, feats, q_audio, q_video, (time.perf_counter() - started) * 1000)
+        return ScoredWindow(transcript, feats, q_audio, q_video, features_ms, waited_ms)
 
 
 def repeats_itself(text: str, times: int = 3) -> bool:
@@ -300,6 +319,7 @@ class Deciding:
             "vad": max(0.0, (transcript.dequeued_wall - utterance.speech_end_wall) * 1000),
             "asr": transcript.asr_ms,
             "features": scored.features_ms,
+            "worker_wait": transcript.asr_wait_ms + scored.features_wait_ms,
             "engine": engine_ms,
             "batch_wait": result.wait_ms,
             "total": (now - utterance.speech_end_wall) * 1000,

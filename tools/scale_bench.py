@@ -4,7 +4,7 @@ Each stream replays its own clip (the scene sentences in a different order, anot
 noise seed, a drawn talking face) at real-time pace into a real Mosquitto; a real subscriber
 receives every intent event. Per stream count, side by side in one run: speech end -> subscriber
 latency (p50, p95), process CPU (share of one core and of the machine), ASR CPU (the worker
-thread's ASR time, from the events' stage timings), what each stream costs besides ASR, and
+thread's own ASR time, from the events' stage timings), the wait for that thread, what each stream costs besides ASR, and
 drops (utterances and capture items, counted by the pipeline; events missing at the subscriber).
 
     .venv/bin/python tools/scale_bench.py --json docs/results/scale_cpu_2core.json
@@ -104,8 +104,9 @@ def run_count(clips: list[Path], port: int, args: argparse.Namespace) -> dict[st
         },
         "stage_ms_p50": {
             stage: round(float(np.median([e["latency_ms"][stage] for e in events])), 1)
-            for stage in ("vad", "asr", "features", "engine")
+            for stage in ("vad", "asr", "features", "worker_wait", "engine", "batch_wait")
         },
+        "worker_wait_ms_p95": round(float(np.percentile([e["latency_ms"]["worker_wait"] for e in events], 95)), 1),
         "cpu_s": round(cpu_s, 2),
         "cpu_share_of_one_core": round(cpu_s / wall_s, 3),
         "cpu_share_of_machine": round(cpu_s / wall_s / (os.cpu_count() or 1), 3),
