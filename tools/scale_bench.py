@@ -4,8 +4,9 @@ Each stream replays its own clip (the scene sentences in a different order, anot
 noise seed, a drawn talking face) at real-time pace into a real Mosquitto; a real subscriber
 receives every intent event. Per stream count, side by side in one run: speech end -> subscriber
 latency (p50, p95), process CPU (share of one core and of the machine), ASR CPU (the worker
-thread's own ASR time, from the events' stage timings), the wait for that thread, what each stream costs besides ASR, and
-drops (utterances and capture items, counted by the pipeline; events missing at the subscriber).
+thread's own ASR time, from the events' stage timings), the wait for that thread, what each
+stream costs besides ASR, and drops (utterances and capture items, counted by the pipeline;
+events missing at the subscriber).
 
     .venv/bin/python tools/scale_bench.py --json docs/results/scale_cpu_2core.json
 
