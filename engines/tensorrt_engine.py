@@ -21,8 +21,9 @@ import numpy as np
 
 from engines.base import INPUT_NAMES, OUTPUT_NAMES, EngineOutput, WindowBatch
 from model.errors import BackendUnavailableError, DfmqError
+from model.paths import cache_dir
 
-CACHE_DIR = Path(__file__).resolve().parent / "cache"
+CACHE_DIR = cache_dir()
 
 
 class EngineCacheError(DfmqError):

@@ -25,6 +25,7 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from model.errors import DataError
+from model.paths import config_file
 from model.yamlcheck import NULL_TAG, STR_TAG, NodeChecker, compose_yaml, describe, line_of
 
 MIN_INTENTS = 2
@@ -174,9 +175,6 @@ class _Checker(NodeChecker):
         return value
 
 
-REPO_INTENTS = Path(__file__).resolve().parent.parent / "configs" / "intents"
-
-
 def dataset_intent_set(dataset: str) -> IntentSet:
     """The intent set a dataset trains with when `dfmq train` is given none: MIntRec's written
     descriptions (configs/intents/mintrec.yaml); for MELD-DA, whose dialogue acts have no written
@@ -184,7 +182,7 @@ def dataset_intent_set(dataset: str) -> IntentSet:
     from model.config import MELD_DA_LABELS
 
     if dataset == "mintrec":
-        return load_intent_set(REPO_INTENTS / "mintrec.yaml")
+        return load_intent_set(config_file("intents", "mintrec.yaml"))
     if dataset == "meld-da":
         acts = MELD_DA_LABELS.values()
         intents = tuple(Intent(label, f"The speaker's dialogue act is: {label.lower()}.") for label in acts)

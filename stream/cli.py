@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from model.errors import ConfigError, DfmqError
+from model.paths import config_file
 
 T = TypeVar("T")
 
-REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
 DATASET_HELP = "layout and label set of --data; intents: train/dev.tsv of label<TAB>text, labels from --intents"
 
 
@@ -35,7 +36,7 @@ def _add_train(sub: Any) -> None:
     p.add_argument(
         "--config",
         type=Path,
-        default=REPO_CONFIGS / "default.yaml",
+        default=config_file("default.yaml"),
         help="YAML with 'model' and 'train' sections (default: configs/default.yaml)",
     )
     p.add_argument("--epochs", type=int, help="maximum epochs (overrides the config)")

@@ -9,12 +9,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from model.paths import demo_file
 from stream.broker import free_port
 from stream.options import BrokerOptions, PipelineOptions, SegmenterOptions
 from stream.run import RunRequest, run_pipeline
 
-REPO = Path(__file__).resolve().parent.parent
-DEMO_CLIP = REPO / "data" / "demo" / "demo.mp4"
+DEMO_CLIP = demo_file("demo.mp4")
 
 
 def bar(value: float, width: int = 8) -> str:
