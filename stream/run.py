@@ -15,7 +15,7 @@ from typing import Any
 
 from engines.batcher import BatcherOptions, MicroBatcher
 from engines.select import choose_engine, load_engine
-from model.checkpoint import checkpoint_intent_set, load_checkpoint, resolve_ckpt
+from model.checkpoint import checkpoint_intent_set, load_checkpoint, read_checkpoint_config, resolve_ckpt
 from model.dfmq import DFMQMC
 from model.errors import ConfigError, DfmqError
 from model.features import FaceTracker
@@ -23,7 +23,15 @@ from model.intents import IntentSet
 from model.semantic import IntentAnchors, build_anchors, require_semantic_space
 from stream.asr import load_whisper
 from stream.broker import EmbeddedBroker
-from stream.options import AsrOptions, BrokerOptions, DecisionOptions, PipelineOptions, SegmenterOptions
+from stream.options import (
+    AsrOptions,
+    BrokerOptions,
+    DecisionOptions,
+    HomeAssistantOptions,
+    MetricsOptions,
+    PipelineOptions,
+    SegmenterOptions,
+)
 from stream.pipeline import Pipeline, PipelineStats
 from stream.publisher import Publisher, parse_broker_url
 from stream.sinks import HermesSink, MqttSink, Sink
@@ -56,6 +64,8 @@ class RunRequest:
     decision: DecisionOptions = field(default_factory=DecisionOptions)
     embedded_port: int = 1883
     intents: IntentSet | None = None  # None: the checkpoint's own (trained) intent set
+    homeassistant: HomeAssistantOptions = field(default_factory=HomeAssistantOptions)
+    metrics: MetricsOptions = field(default_factory=MetricsOptions)
 
 
 def _sources(req: RunRequest, options: SourceOptions) -> tuple[list[Source], bool]:
@@ -115,11 +125,19 @@ async def run_pipeline(
         return await _run_pipeline(req, broker, pipe_opts, seg_opts, on_ready)
 
 
-def _sinks(publisher: Publisher, options: PipelineOptions) -> list[Sink]:
+def _sinks(publisher: Publisher, options: PipelineOptions, req: RunRequest, stats: PipelineStats) -> list[Sink]:
     """Every output of the run; a new output is one line here."""
     sinks: list[Sink] = [MqttSink(publisher)]
     if options.hermes:
         sinks.append(HermesSink(publisher))
+    if req.homeassistant.enabled:
+        from stream.homeassistant import HomeAssistantSink
+
+        sinks.append(HomeAssistantSink(publisher, options, req.homeassistant, _intent_names(req)))
+    if req.metrics.port is not None:
+        from stream.metrics import MetricsSink
+
+        sinks.append(MetricsSink(req.metrics, publisher, stats))
     if options.show:
         from stream.show import ViewerSink
 
@@ -140,7 +158,8 @@ async def _run_pipeline(
         host, port, tls = "127.0.0.1", req.embedded_port, False
     else:
         host, port, tls = parse_broker_url(broker.url)
-    sinks = _sinks(Publisher(broker, pipe_opts.stream_id, host, port, tls), pipe_opts)
+    stats = PipelineStats()
+    sinks = _sinks(Publisher(broker, pipe_opts.stream_id, host, port, tls), pipe_opts, req, stats)
     started: list[Sink] = []
     failing = False
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dfmq-work")
@@ -148,7 +167,7 @@ async def _run_pipeline(
         for sink in sinks:
             await sink.start()
             started.append(sink)
-        pipeline = _build_pipeline(req, sources, not files, sinks, pipe_opts, seg_opts, executor)
+        pipeline = _build_pipeline(req, sources, not files, sinks, pipe_opts, seg_opts, executor, stats)
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGINT, pipeline.stop)
@@ -157,7 +176,7 @@ async def _run_pipeline(
             await on_ready(host, port)
         began = time.monotonic()
         async with pipeline.deciding.batcher:
-            stats = await pipeline.run()
+            await pipeline.run()
         log.info("pipeline done in %.1f s: %s", time.monotonic() - began, stats)
     except BaseException:
         failing = True
@@ -181,6 +200,7 @@ def _build_pipeline(
     pipe_opts: PipelineOptions,
     seg_opts: SegmenterOptions,
     executor: ThreadPoolExecutor,
+    stats: PipelineStats,
 ) -> Pipeline:
     ckpt_dir = resolve_ckpt(req.ckpt)
     model, tokenizer = load_checkpoint(ckpt_dir)
@@ -204,7 +224,18 @@ def _build_pipeline(
         ticker=QualityTicker(buffer, quality, tracker, pipe_opts),
         sinks=sinks,
         options=pipe_opts,
+        stats=stats,
     )
+
+
+def _intent_names(req: RunRequest) -> tuple[str, ...]:
+    """The names the run's events can carry, read before the model loads (what `_intent_anchors`
+    will score: the run's intent set with a semantic space, else the checkpoint's trained labels)."""
+    ckpt_dir = resolve_ckpt(req.ckpt)
+    config, _ = read_checkpoint_config(ckpt_dir)
+    if not config.semantic_space:
+        return tuple(config.labels)
+    return (req.intents if req.intents is not None else checkpoint_intent_set(ckpt_dir, config.labels)).names
 
 
 def _intent_anchors(model: DFMQMC, tokenizer: Any, ckpt_dir: Path, intents: IntentSet | None) -> IntentAnchors | None:
