@@ -281,6 +281,21 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--stream-id", help="the <stream-id> in the topics (default cam0)")
     p.add_argument("--no-transcripts", action="store_true", help="leave the transcript out of intent events")
     p.add_argument("--hermes", action="store_true", help="also publish hermes/intent/<intentName> (Rhasspy/Snips)")
+    p.add_argument(
+        "--homeassistant",
+        nargs="?",
+        const="homeassistant",
+        metavar="PREFIX",
+        help="announce the stream to Home Assistant by MQTT discovery under PREFIX (default homeassistant): "
+        "an Intent event entity and quality and weight sensors",
+    )
+    p.add_argument(
+        "--homeassistant-remove",
+        action="store_true",
+        help="remove the stream's Home Assistant entities (empty retained configs on --broker) and exit",
+    )
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (default: off)")
+    p.add_argument("--metrics-host", help="address the metrics endpoint binds (default 127.0.0.1)")
     p.add_argument("--engine", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"], help="backend")
     p.add_argument("--device", choices=["cpu", "cuda"], help="engine device (default: fastest available)")
     p.add_argument(
@@ -511,6 +526,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
+    from model.errors import ConfigError
     from model.intents import load_intent_set
     from stream.options import load_live_options
 
@@ -550,6 +566,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
             if value is not None:
                 raise ConfigError(flag, "nothing with --streams: its file names every source and stream id", value)
         streams = load_streams(args.streams)
+    homeassistant = _overridden(
+        live.homeassistant, enabled=args.homeassistant is not None or None, prefix=args.homeassistant
+    )
+    metrics = _overridden(live.metrics, port=args.metrics_port, host=args.metrics_host)
+    if args.metrics_host is not None and metrics.port is None:
+        raise ConfigError("--metrics-host", "--metrics-port (or metrics.port in the config)", args.metrics_host)
+    if args.homeassistant_remove:
+        return _remove_homeassistant(broker, pipe.stream_id, homeassistant.prefix)
     # Imported once every option is checked: a bad value fails before torch loads.
     from stream.run import RunRequest, run_pipeline, run_streams
 
@@ -565,6 +589,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         decision=live.decision,
         embedded_port=args.embedded_port,
         intents=load_intent_set(args.intents) if args.intents is not None else None,
+        homeassistant=homeassistant,
+        metrics=metrics,
     )
     if streams is None:
         stats = asyncio.run(run_pipeline(req, broker, pipe, seg))
@@ -586,6 +612,25 @@ def _summary(stats: Any) -> str:
         f"{stats.events} intent events from {stats.utterances} utterances; dropped "
         f"{stats.dropped_utterances} utterances, {stats.dropped_items} capture items"
     )
+
+
+def _remove_homeassistant(broker: Any, stream_id: str, prefix: str) -> int:
+    import asyncio
+
+    from model.errors import ConfigError
+    from stream.homeassistant import remove_entities
+    from stream.publisher import Publisher, parse_broker_url
+
+    if broker.url == "embedded":
+        raise ConfigError(
+            "--homeassistant-remove",
+            "--broker mqtt://HOST:PORT (the embedded broker keeps nothing after a run)",
+            "embedded",
+        )
+    host, port, tls = parse_broker_url(broker.url)
+    topics = asyncio.run(remove_entities(Publisher(broker, stream_id, host, port, tls), prefix))
+    print(f"dfmq run: removed the {len(topics)} Home Assistant entities of stream {stream_id} under {prefix}/")
+    return 0
 
 
 def _cmd_broker(args: argparse.Namespace) -> int:

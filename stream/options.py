@@ -308,6 +308,48 @@ class DecisionOptions:
         check_fields(self)
 
 
+# One or more MQTT topic levels (HA's discovery_prefix): no wildcards, no empty level.
+DISCOVERY_PREFIX = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
+
+
+@dataclass
+class HomeAssistantOptions:
+    """Home Assistant MQTT discovery (stream/homeassistant.py)."""
+
+    enabled: bool = _option(False, _flag())
+    prefix: str = _option(
+        "homeassistant",
+        Rule(
+            "topic levels of A-Z a-z 0-9 _ . - separated by '/' (Home Assistant's discovery prefix)",
+            lambda v: isinstance(v, str) and DISCOVERY_PREFIX.fullmatch(v) is not None,
+        ),
+    )
+    # True: the run's entities are removed from Home Assistant when it ends, instead of being kept
+    # (shown unavailable through the status topic) until the next run.
+    remove_at_close: bool = _option(False, _flag())
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass
+class MetricsOptions:
+    """The Prometheus endpoint (stream/metrics.py)."""
+
+    # None: no endpoint. 0 is refused: an ephemeral port nobody could be told to scrape.
+    port: int | None = _option(
+        None,
+        Rule(
+            "a port number in 1..65535, or null (off)",
+            lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 65535),
+        ),
+    )
+    host: str = _option("127.0.0.1", _text(optional=False))  # loopback unless asked: metrics name the streams
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
 @dataclass
 class LiveOptions:
     """Everything `dfmq run` tunes besides its inputs, one section of `configs/live.yaml` each."""
@@ -317,6 +359,8 @@ class LiveOptions:
     pipeline: PipelineOptions = field(default_factory=PipelineOptions)
     broker: BrokerOptions = field(default_factory=BrokerOptions)
     decision: DecisionOptions = field(default_factory=DecisionOptions)
+    homeassistant: HomeAssistantOptions = field(default_factory=HomeAssistantOptions)
+    metrics: MetricsOptions = field(default_factory=MetricsOptions)
 
 
 LIVE_SECTIONS: dict[str, type[Any]] = {
@@ -325,11 +369,14 @@ LIVE_SECTIONS: dict[str, type[Any]] = {
     "pipeline": PipelineOptions,
     "broker": BrokerOptions,
     "decision": DecisionOptions,
+    "homeassistant": HomeAssistantOptions,
+    "metrics": MetricsOptions,
 }
 
 
 def load_live_options(path: Path | None) -> LiveOptions:
-    """The options of a YAML file (sections asr, segmenter, pipeline, broker, decision); defaults without one."""
+    """The options of a YAML file (sections asr, segmenter, pipeline, broker, decision, homeassistant,
+    metrics); defaults without one."""
     if path is None:
         return LiveOptions()
     raw = load_yaml(path)

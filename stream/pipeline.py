@@ -125,6 +125,7 @@ class Pipeline:
         ticker: QualityTicker,
         sinks: Sequence[Sink],
         options: PipelineOptions,
+        stats: PipelineStats | None = None,  # given: counted where others (the metrics) read them too
     ) -> None:
         self.sources = list(sources)
         self.live = live
@@ -135,7 +136,7 @@ class Pipeline:
         self.ticker = ticker
         self.sinks = list(sinks)
         self.options = options
-        self.stats = PipelineStats()
+        self.stats = stats if stats is not None else PipelineStats()
         self.inbox: CaptureInbox | None = None
         self.finished = asyncio.Event()
         self._sources_stopped = False

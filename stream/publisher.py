@@ -24,6 +24,7 @@ import socket
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -318,6 +319,7 @@ class Publisher:
         self._outage_mono = 0.0
         self._outage_attempts = 0
         self._last_warning = 0.0
+        self._subscriptions: dict[str, Callable[[bytes], None]] = {}
 
     @property
     def address(self) -> str:
@@ -325,6 +327,38 @@ class Publisher:
 
     def topic(self, leaf: str) -> str:
         return f"dfmq/{self.stream_id}/{leaf}"
+
+    def subscribe(self, topic: str, on_message: Callable[[bytes], None]) -> None:
+        """Hand the payload of every message on `topic` (one exact topic) to `on_message`, on the loop.
+
+        For a sink that listens to one topic beside what it publishes (Home Assistant's birth
+        message): it rides on this connection instead of a client of its own, so it shares the
+        broker options, the reconnects and their backoff. Call before `start()`; the subscription
+        is made again on every connection (clean sessions), so retained messages come again each time."""
+        if self._task is not None:
+            raise RuntimeError("Publisher.subscribe() after start()")
+        self._subscriptions[topic] = on_message
+
+    async def publish_retained(self, messages: list[tuple[str, bytes]]) -> None:
+        """Connect on a client of its own (no will, no status: nothing says the stream is live),
+        publish each (topic, payload) retained at QoS 1, and disconnect; for changes made while no
+        run is live (`dfmq run --homeassistant-remove`). Raises BrokerConnectError or
+        BrokerTimeoutError like `start()`."""
+        import aiomqtt
+
+        async def publish() -> None:
+            async with self._client(will=False, identifier=self._probe_id) as client:
+                for topic, payload in messages:
+                    await client.publish(topic, payload, qos=1, retain=True)
+
+        timeout_s = self.options.connect_timeout_s
+        try:
+            await asyncio.wait_for(publish(), timeout_s)
+        except TimeoutError:
+            raise BrokerTimeoutError(self.host, self.port, timeout_s) from None
+        except (aiomqtt.MqttError, OSError) as exc:
+            failure = describe_failure(exc, self.tls, self._paho_error)
+            raise BrokerConnectError(self.host, self.port, failure.reason, failure.kind) from None
 
     # ---- queueing ------------------------------------------------------------------------------
     def send(
@@ -566,6 +600,8 @@ class Publisher:
                 async with self._client(will=True) as client:
                     try:
                         await client.publish(self.topic("status"), b"online", qos=1, retain=True)
+                        for topic in self._subscriptions:
+                            await client.subscribe(topic, qos=1)
                         self._on_connected()
                         delay = self.options.backoff_min_s
                         if await self._serve(client):
@@ -613,11 +649,14 @@ class Publisher:
         watcher.result()  # raises MqttError: the connection went away
         return False
 
-    @staticmethod
-    async def _watch(client: Any) -> None:
-        """Returns (raising MqttError) as soon as the connection is lost, even while idle."""
-        async for _ in client.messages:
-            pass
+    async def _watch(self, client: Any) -> None:
+        """Hands messages to their subscriber; returns (raising MqttError) as soon as the connection
+        is lost, even while idle."""
+        async for message in client.messages:
+            on_message = self._subscriptions.get(str(message.topic))
+            if on_message is not None:
+                payload = message.payload
+                on_message(bytes(payload) if isinstance(payload, bytes | bytearray) else str(payload or "").encode())
 
     async def _drain(self, client: Any) -> bool:
         while True:

@@ -20,7 +20,7 @@ from typing import Any
 
 from engines.batcher import BatcherOptions, MicroBatcher
 from engines.select import choose_engine, load_engine
-from model.checkpoint import checkpoint_intent_set, load_checkpoint, resolve_ckpt
+from model.checkpoint import checkpoint_intent_set, load_checkpoint, read_checkpoint_config, resolve_ckpt
 from model.dfmq import DFMQMC
 from model.errors import ConfigError, DfmqError
 from model.features import FaceTracker
@@ -28,7 +28,15 @@ from model.intents import IntentSet
 from model.semantic import IntentAnchors, build_anchors, require_semantic_space
 from stream.asr import load_whisper
 from stream.broker import EmbeddedBroker
-from stream.options import AsrOptions, BrokerOptions, DecisionOptions, PipelineOptions, SegmenterOptions
+from stream.options import (
+    AsrOptions,
+    BrokerOptions,
+    DecisionOptions,
+    HomeAssistantOptions,
+    MetricsOptions,
+    PipelineOptions,
+    SegmenterOptions,
+)
 from stream.pipeline import Pipeline, PipelineStats
 from stream.publisher import Publisher, parse_broker_url
 from stream.sinks import HermesSink, MqttSink, Sink
@@ -62,6 +70,8 @@ class RunRequest:
     decision: DecisionOptions = field(default_factory=DecisionOptions)
     embedded_port: int = 1883
     intents: IntentSet | None = None  # None: the checkpoint's own (trained) intent set
+    homeassistant: HomeAssistantOptions = field(default_factory=HomeAssistantOptions)
+    metrics: MetricsOptions = field(default_factory=MetricsOptions)
 
 
 def _sources(req: RunRequest, options: SourceOptions) -> tuple[list[Source], bool]:
@@ -154,6 +164,7 @@ class _Stream:
     live: bool
     sinks: list[Sink]  # the started ones
     options: PipelineOptions
+    stats: PipelineStats = field(default_factory=PipelineStats)
     closed: bool = False
 
 
@@ -171,11 +182,22 @@ class _Shared:
     executor: ThreadPoolExecutor
 
 
-def _sinks(publisher: Publisher, options: PipelineOptions) -> list[Sink]:
-    """Every output of a stream; a new output is one line here."""
+def _sinks(
+    publisher: Publisher, options: PipelineOptions, req: RunRequest, stats: PipelineStats, metrics: Any
+) -> list[Sink]:
+    """Every output of a stream; a new output is one line here. `metrics`: the run's
+    MetricsServer, shared by its streams, or None."""
     sinks: list[Sink] = [MqttSink(publisher)]
     if options.hermes:
         sinks.append(HermesSink(publisher))
+    if req.homeassistant.enabled:
+        from stream.homeassistant import HomeAssistantSink
+
+        sinks.append(HomeAssistantSink(publisher, options, req.homeassistant, _intent_names(req)))
+    if metrics is not None:
+        from stream.metrics import MetricsSink
+
+        sinks.append(MetricsSink(metrics, publisher, stats))
     if options.show:
         from stream.show import ViewerSink
 
@@ -210,12 +232,19 @@ async def _run_streams(
         host, port, tls = parse_broker_url(broker.url)
     failing = False
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dfmq-work")
+    metrics = None
     try:
+        if req.metrics.port is not None:
+            from stream.metrics import MetricsServer
+
+            metrics = MetricsServer(req.metrics)  # one endpoint for every stream of the run
+            metrics.start()
         for stream in streams:
             # A client id the user fixed would be shared by the streams' connections: one per stream.
             unique = broker.client_id is not None and len(streams) > 1
             options = replace(broker, client_id=f"{broker.client_id}-{stream.spec.id}") if unique else broker
-            for sink in _sinks(Publisher(options, stream.spec.id, host, port, tls), stream.options):
+            publisher = Publisher(options, stream.spec.id, host, port, tls)
+            for sink in _sinks(publisher, stream.options, req, stream.stats, metrics):
                 await sink.start()
                 stream.sinks.append(sink)
         shared = _load_shared(req, executor)
@@ -240,6 +269,8 @@ async def _run_streams(
     finally:
         executor.shutdown(wait=False)
         await _close_sinks([sink for s in streams if not s.closed for sink in s.sinks], raise_failure=not failing)
+        if metrics is not None:
+            metrics.stop()
         if embedded is not None:
             await embedded.stop()
     return outcomes
@@ -306,7 +337,18 @@ def _build_pipeline(req: RunRequest, stream: _Stream, seg_opts: SegmenterOptions
         ticker=QualityTicker(buffer, quality, tracker, options),
         sinks=stream.sinks,
         options=options,
+        stats=stream.stats,
     )
+
+
+def _intent_names(req: RunRequest) -> tuple[str, ...]:
+    """The names the run's events can carry, read before the model loads (what `_intent_anchors`
+    will score: the run's intent set with a semantic space, else the checkpoint's trained labels)."""
+    ckpt_dir = resolve_ckpt(req.ckpt)
+    config, _ = read_checkpoint_config(ckpt_dir)
+    if not config.semantic_space:
+        return tuple(config.labels)
+    return (req.intents if req.intents is not None else checkpoint_intent_set(ckpt_dir, config.labels)).names
 
 
 def _intent_anchors(model: DFMQMC, tokenizer: Any, ckpt_dir: Path, intents: IntentSet | None) -> IntentAnchors | None:

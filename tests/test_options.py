@@ -66,6 +66,15 @@ BAD: dict[str, dict[str, list[Any]]] = {
         "min_transcript_confidence": [2, NAN, "high"],
         "min_confidence": [-1, INF, True],
     },
+    "homeassistant": {
+        "enabled": ["yes", 1],
+        "prefix": ["", "a/+", "#", "home/", "/home", "a//b", "home assistant", 5],
+        "remove_at_close": ["no", 0],
+    },
+    "metrics": {
+        "port": [0, 65536, -1, True, 9100.0, "9100"],
+        "host": ["", 127],
+    },
 }
 
 CASES = [
@@ -182,6 +191,9 @@ def test_known_bad_configs_exit_2_with_one_clear_line(
         (["--stream-id", "a/b"], "option 'stream_id' expected 1 to 64 characters of A-Z a-z 0-9 _ . -"),
         (["--broker", "http://host"], "option 'url' expected 'embedded', mqtt://HOST[:PORT]"),
         (["--ca-file", "no/such/ca.pem"], "option 'ca_file' expected an existing file or null, got 'no/such/ca.pem'"),
+        (["--metrics-port", "0"], "option 'port' expected a port number in 1..65535, or null (off), got 0"),
+        (["--metrics-host", "::1"], "option '--metrics-host' expected --metrics-port (or metrics.port in the config)"),
+        (["--homeassistant", "ha/+"], "option 'prefix' expected topic levels of A-Z a-z 0-9 _ . - separated by '/'"),
     ],
 )
 def test_command_line_overrides_are_checked_too(
