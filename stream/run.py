@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import time
@@ -23,9 +24,11 @@ from model.intents import IntentSet
 from model.semantic import IntentAnchors, build_anchors, require_semantic_space
 from stream.asr import load_whisper
 from stream.broker import EmbeddedBroker
+from stream.messages import RunStarted
 from stream.options import AsrOptions, BrokerOptions, DecisionOptions, PipelineOptions, SegmenterOptions
 from stream.pipeline import Pipeline, PipelineStats
 from stream.publisher import Publisher, parse_broker_url
+from stream.record import RecordSink
 from stream.sinks import HermesSink, MqttSink, Sink
 from stream.sources import CameraSource, FileSource, MicSource, Source, SourceOptions, StreamClock
 from stream.stages import (
@@ -120,6 +123,8 @@ def _sinks(publisher: Publisher, options: PipelineOptions) -> list[Sink]:
     sinks: list[Sink] = [MqttSink(publisher)]
     if options.hermes:
         sinks.append(HermesSink(publisher))
+    if options.record is not None:
+        sinks.append(RecordSink(options, publisher))
     if options.show:
         from stream.show import ViewerSink
 
@@ -149,6 +154,7 @@ async def _run_pipeline(
             await sink.start()
             started.append(sink)
         pipeline = _build_pipeline(req, sources, not files, sinks, pipe_opts, seg_opts, executor)
+        pipeline.emit(_run_started(req, pipeline, seg_opts))
         loop = asyncio.get_running_loop()
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGINT, pipeline.stop)
@@ -204,6 +210,25 @@ def _build_pipeline(
         ticker=QualityTicker(buffer, quality, tracker, pipe_opts),
         sinks=sinks,
         options=pipe_opts,
+    )
+
+
+def _run_started(req: RunRequest, pipeline: Pipeline, seg_opts: SegmenterOptions) -> RunStarted:
+    deciding = pipeline.deciding
+    anchors = deciding.anchors
+    return RunStarted(
+        stream_id=pipeline.options.stream_id,
+        wall_s=round(time.time(), 3),
+        checkpoint=str(resolve_ckpt(req.ckpt)),
+        engine=deciding.engine_name,
+        intents=list(anchors.names if anchors is not None else deciding.config.labels),
+        reject_below=None if anchors is None else round(float(anchors.reject_below), 4),
+        options={
+            "asr": dataclasses.asdict(req.asr),
+            "segmenter": dataclasses.asdict(seg_opts),
+            "pipeline": dataclasses.asdict(pipeline.options),
+            "decision": dataclasses.asdict(req.decision),
+        },
     )
 
 
