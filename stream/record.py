@@ -163,6 +163,7 @@ class RecordSink:
 
     # ---- on the writer thread --------------------------------------------------------------------
     def _write_loop(self) -> None:
+        stopped = False
         try:
             while (line := self.queue.get()) is not _STOP:
                 if line["kind"] == "run":
@@ -170,13 +171,23 @@ class RecordSink:
                 self._write(line)
                 if self.queue.empty():
                     self._flush()
+            stopped = True
+            self._flush()
         except OSError as exc:
             self._error = exc
-            while self.queue.get() is not _STOP:  # let close() and handle() go on
-                pass
+            while not stopped:  # let handle() and close() go on: take what comes until the stop
+                stopped = self.queue.get() is _STOP
         finally:
-            if self._file is not None:
-                self._file.close()
+            self._close_file()
+
+    def _close_file(self) -> None:
+        if self._file is None:
+            return
+        try:
+            self._file.close()
+        except OSError as exc:  # the last buffered bytes did not fit either
+            self._error = self._error or exc
+        self._file = None
 
     def _flush(self) -> None:
         if self._file is not None:
@@ -210,9 +221,9 @@ class RecordSink:
             self._write(self._run)
 
     def _rotate(self) -> None:
-        assert self._file is not None
-        self._file.close()
-        self._file = None
+        self._close_file()
+        if self._error is not None:
+            raise self._error
         self.rotations += 1
         if self.keep_files == 0:
             self.path.unlink()

@@ -209,10 +209,16 @@ def _draw_quality(ax: Any, session: Session) -> None:
     ax.scatter(mids, [q.get("text", 0) for q in quality], color="tab:green", marker="s", s=18, label="text (utterance)")
     ax.scatter(mids, [q.get("audio", 0) for q in quality], color="tab:blue", marker="o", s=14)
     ax.scatter(mids, [q.get("video", 0) for q in quality], color="tab:orange", marker="o", s=14)
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_ylabel("quality")
+    _unit_axis(ax, "quality")
     ax.set_title("quality per channel (lines: running, dots: per utterance)")
-    ax.legend(loc="lower left", fontsize=8, ncol=3)
+
+
+def _unit_axis(ax: Any, label: str) -> None:
+    """A [0, 1] axis with room above 1 for the legend, so that it never hides a line at 1."""
+    ax.set_ylim(-0.05, 1.35)
+    ax.set_yticks([0.0, 0.5, 1.0])
+    ax.set_ylabel(label)
+    ax.legend(loc="upper left", fontsize=8, ncol=3, frameon=False)
     ax.grid(alpha=0.3)
 
 
@@ -221,12 +227,9 @@ def _draw_weights(ax: Any, session: Session) -> None:
     for channel, colour in (("audio", "tab:blue"), ("video", "tab:orange")):
         values = [e.get("weights", {}).get(channel, 0) for e in session.intents]
         ax.plot(mids, values, marker="o", color=colour, label=channel)
-    ax.set_ylim(-0.05, 1.05)
-    ax.set_ylabel("weight")
+    _unit_axis(ax, "weight")
     ax.set_xlabel("stream time (s)")
     ax.set_title("fusion weights per utterance")
-    ax.legend(loc="lower left", fontsize=8, ncol=2)
-    ax.grid(alpha=0.3)
 
 
 def _draw_latency(ax: Any, events: list[dict[str, Any]]) -> None:

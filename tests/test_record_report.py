@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
@@ -15,11 +16,12 @@ import pytest
 
 from stream.cli import main
 from stream.messages import IntentEvent, QualityReport, RunStarted
-from stream.options import PipelineOptions
-from stream.record import RecordSink, part_path
+from stream.options import BrokerOptions, PipelineOptions
+from stream.publisher import Publisher
+from stream.record import RecordError, RecordSink, part_path
 from stream.render import FaceStyle, render_face, speak, write_clip
 from stream.report import read_session
-from tests.conftest import Mosquitto, require_binary, wait_until
+from tests.conftest import Mosquitto, require_binary, until, wait_until
 from tests.test_pipeline import Subscriber
 
 # The keys rhasspy-hermes (rhasspyhermes/asr.py, nlu.py, intent.py; v0.6) gives each message in its
@@ -342,3 +344,58 @@ def test_demo_writes_a_record_and_its_report_and_says_where(
     for name in ("session.jsonl", "session.html", "session.png"):
         assert (out / name).is_file() and str(out / name) in said
     assert read_session(out / "session.jsonl").intents
+
+
+@pytest.mark.broker
+def test_broker_outages_and_lost_devices_are_status_lines(tmp_path: Path) -> None:
+    """A real Mosquitto stopped and started under a running publisher; a camera that stops and
+    comes back in the quality reports."""
+    broker = Mosquitto(tmp_path / "broker").start()
+    path = tmp_path / "session.jsonl"
+    try:
+
+        async def body() -> None:
+            fast = BrokerOptions(url=f"mqtt://127.0.0.1:{broker.port}", backoff_min_s=0.05, backoff_max_s=0.2)
+            publisher = Publisher(fast, "st", "127.0.0.1", broker.port, False)
+            await publisher.start()
+            sink = RecordSink(PipelineOptions(stream_id="st", record=str(path)), publisher)
+            await sink.start()
+            sink.handle(QualityReport("st", 1.0, time.time(), 0.7, 0.9, True, True))
+            broker.stop()
+            await until(lambda: not publisher.stats.connected, 5.0, "the publisher to see the broker gone")
+            sink.handle(QualityReport("st", 2.0, time.time(), 0.7, 0.0, False, True))
+            await asyncio.to_thread(broker.start)
+            await until(lambda: publisher.stats.connected, 5.0, "the reconnect")
+            sink.handle(QualityReport("st", 3.0, time.time(), 0.7, 0.9, True, True))
+            await sink.close()
+            await publisher.close()
+
+        asyncio.run(body())
+    finally:
+        broker.stop()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    statuses = [(line["status"], line.get("time")) for line in lines if line["kind"] == "status"]
+    assert statuses == [
+        ("online", None),
+        ("camera_lost", 2.0),
+        ("broker_unreachable", None),
+        ("camera_found", 3.0),
+        ("broker_connected", None),
+        ("offline", None),
+    ]
+
+
+def test_a_record_that_cannot_be_written_fails_the_close_naming_the_file(tmp_path: Path) -> None:
+    """/dev/full: opening works, every write fails with ENOSPC, as a full disk does."""
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    sink = RecordSink(PipelineOptions(stream_id="full", record="/dev/full"))
+
+    async def session() -> None:
+        await sink.start()
+        for i in range(5):
+            sink.handle(QualityReport("full", float(i), 1000.0 + i, 0.7, 0.9, True, True))
+        await sink.close()
+
+    with pytest.raises(RecordError, match=r"session record /dev/full: writing failed \(.*No space left on device"):
+        asyncio.run(session())
