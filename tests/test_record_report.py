@@ -399,3 +399,18 @@ def test_a_record_that_cannot_be_written_fails_the_close_naming_the_file(tmp_pat
 
     with pytest.raises(RecordError, match=r"session record /dev/full: writing failed \(.*No space left on device"):
         asyncio.run(session())
+
+
+def test_a_record_of_several_streams_is_drawn_one_stream_at_a_time(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record = tmp_path / "two.jsonl"
+    lines = [{"kind": "header", "schema": "dfmq.record/1", "stream_id": "a", "wall": 1000.0}]
+    for stream in ("a", "b"):
+        lines.append({"kind": "quality", "stream_id": stream, "time": 1.0, "wall": 1001.0, "audio": 0.5, "video": 0.5})
+    record.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert main(["report", str(record), "--out", str(tmp_path / "r.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "dfmq report: error: option '--stream-id' expected one of the record's streams (a, b), got None"
+    assert main(["report", str(record), "--out", str(tmp_path / "r.png"), "--stream-id", "b"]) == 0
+    assert "stream 'b'" in capsys.readouterr().out
