@@ -155,6 +155,25 @@ def _add_demo(sub: Any) -> None:
     p.add_argument("--clip", type=Path, help="another clip to run instead of the sample")
     p.add_argument("--pace", default="realtime", choices=["realtime", "fast"], help="replay speed (default realtime)")
     p.add_argument("--ckpt", default="default", help="checkpoint (default: the shipped starter model)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="folder for the session record and its report (default: runs/demo-<date>-<time> here)",
+    )
+
+
+def _add_report(sub: Any) -> None:
+    p = sub.add_parser(
+        "report",
+        help="draw a session recorded with `dfmq run --record`: timeline, quality, weights, latency, counts",
+        description="Reads FILE.jsonl and its rotated parts (FILE.jsonl.1, .2, ...) and writes one PNG figure "
+        "(utterances with their intents on a timeline, not-recognized marked with the reason, quality and "
+        "fusion weights per channel over time, latency distribution, counts per intent), or a self-contained "
+        "HTML page with that figure and tables of the run, counts and events.",
+    )
+    p.add_argument("record", type=Path, help="session record written by `dfmq run --record FILE.jsonl`")
+    p.add_argument("--out", required=True, type=Path, help="FILE.png or FILE.html to write")
+    p.add_argument("--stream-id", help="the stream to draw, when the record holds several")
 
 
 def _int_list(text: str) -> list[int]:
@@ -280,7 +299,20 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--ca-file", help="CA certificate for mqtts://")
     p.add_argument("--stream-id", help="the <stream-id> in the topics (default cam0)")
     p.add_argument("--no-transcripts", action="store_true", help="leave the transcript out of intent events")
-    p.add_argument("--hermes", action="store_true", help="also publish hermes/intent/<intentName> (Rhasspy/Snips)")
+    p.add_argument(
+        "--hermes",
+        action="store_true",
+        help="also publish Rhasspy Hermes: hermes/asr/textCaptured, hermes/intent/<IntentName>, "
+        "hermes/nlu/intentNotRecognized",
+    )
+    p.add_argument(
+        "--record",
+        metavar="FILE.jsonl",
+        help="keep the session (intent events, quality, status; never media) in this JSON Lines file, "
+        "for `dfmq report`",
+    )
+    p.add_argument("--record-max-mb", type=float, help="size of one record file before it rotates (default 50)")
+    p.add_argument("--record-keep-files", type=int, help="rotated record parts kept beside it (default 4)")
     p.add_argument(
         "--homeassistant",
         nargs="?",
@@ -340,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_classify(sub)
     _add_calibrate(sub)
     _add_demo(sub)
+    _add_report(sub)
     _add_export(sub)
     _add_bench(sub)
     _add_extract(sub)
@@ -466,7 +499,18 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from stream.demo import DEMO_CLIP, run_demo
 
-    return run_demo(args.clip or DEMO_CLIP, args.pace, args.ckpt)
+    return run_demo(args.clip or DEMO_CLIP, args.pace, args.ckpt, args.out)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from stream.report import write_report
+
+    session = write_report(args.record, args.out, args.stream_id)
+    print(
+        f"dfmq report: {len(session.intents)} utterances of stream '{session.stream_id}' from "
+        f"{len(session.parts)} file(s): {args.out}"
+    )
+    return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -555,6 +599,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         publish_transcripts=False if args.no_transcripts else None,
         hermes=args.hermes or None,
         show=args.show or None,
+        record=args.record,
+        record_max_mb=args.record_max_mb,
+        record_keep_files=args.record_keep_files,
     )
     seg = _overridden(live.segmenter, min_silence_ms=args.min_silence_ms, max_utterance_s=args.max_utterance_s)
     streams = None
@@ -680,6 +727,7 @@ COMMANDS = {
     "classify": _cmd_classify,
     "calibrate": _cmd_calibrate,
     "demo": _cmd_demo,
+    "report": _cmd_report,
     "export": _cmd_export,
     "bench": _cmd_bench,
     "extract": _cmd_extract,

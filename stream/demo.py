@@ -1,17 +1,20 @@
 """`dfmq demo`: the committed sample clip through the whole pipeline on the embedded broker, with
-a subscriber inside the demo printing each event as one readable line and a summary at the end."""
+a subscriber inside the demo printing each event as one readable line and a summary at the end.
+The session is recorded (`dfmq run --record`) and drawn (`dfmq report`) into a folder it names."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 from model.paths import demo_file
 from stream.broker import free_port
 from stream.options import BrokerOptions, PipelineOptions, SegmenterOptions
+from stream.report import draw, read_session, render_html
 from stream.run import RunRequest, run_pipeline
 
 DEMO_CLIP = demo_file("demo.mp4")
@@ -43,7 +46,7 @@ def event_line(event: dict[str, Any]) -> str:
     )
 
 
-async def _demo(clip: Path, pace: str, ckpt: str) -> list[dict[str, Any]]:
+async def _demo(clip: Path, pace: str, ckpt: str, record: Path) -> list[dict[str, Any]]:
     import aiomqtt
 
     events: list[dict[str, Any]] = []
@@ -73,7 +76,11 @@ async def _demo(clip: Path, pace: str, ckpt: str) -> list[dict[str, Any]]:
 
     req = RunRequest(ckpt=ckpt, input=str(clip), pace=pace, embedded_port=free_port())
     await run_pipeline(
-        req, BrokerOptions(url="embedded"), PipelineOptions(stream_id="demo"), SegmenterOptions(), on_ready=on_ready
+        req,
+        BrokerOptions(url="embedded"),
+        PipelineOptions(stream_id="demo", record=str(record)),
+        SegmenterOptions(),
+        on_ready=on_ready,
     )
     task = listener.get("task")
     if task is not None:
@@ -83,17 +90,26 @@ async def _demo(clip: Path, pace: str, ckpt: str) -> list[dict[str, Any]]:
     return events
 
 
-def run_demo(clip: Path = DEMO_CLIP, pace: str = "realtime", ckpt: str = "default") -> int:
+def run_demo(clip: Path = DEMO_CLIP, pace: str = "realtime", ckpt: str = "default", out: Path | None = None) -> int:
+    out = (out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    record = out / "session.jsonl"
     print(
         f"[demo] {clip.name}: spoken sentences with a face; after a third the room gets loud, "
         "after two thirds the camera goes dark too"
     )
-    events = asyncio.run(_demo(clip, pace, ckpt))
+    events = asyncio.run(_demo(clip, pace, ckpt, record))
     if not events:
         print("[demo] no events arrived")
         return 1
     latencies = sorted(e["latency_ms"]["total"] for e in events)
     print(f"[demo] {len(events)} intent events; latency p50 {latencies[len(events) // 2]:.0f} ms")
+    session = read_session(record)
+    png = draw(session)
+    (out / "session.png").write_bytes(png)
+    (out / "session.html").write_text(render_html(session, png), encoding="utf-8")
+    print(f"[demo] session record: {record}")
+    print(f"[demo] its report: {out / 'session.html'} and {out / 'session.png'} (`dfmq report {record} --out FILE`)")
     phases_path = clip.with_suffix(".json")
     if not phases_path.is_file():
         return 0

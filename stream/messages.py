@@ -129,5 +129,20 @@ class QualityReport:
     schema: str = "dfmq.quality/1"
 
 
+@dataclass
+class RunStarted:
+    """Sent once, after the model and the intent set are loaded and before the first sample: what
+    this run recognises and with which thresholds (the session record's header keeps it)."""
+
+    stream_id: str
+    wall_s: float
+    checkpoint: str
+    engine: str
+    intents: list[str]  # the names events can carry
+    reject_below: float | None  # out-of-scope threshold on `scope`; None: no semantic space
+    options: dict[str, dict[str, object]]  # option sections of the run (asr, segmenter, pipeline, decision)
+    schema: str = "dfmq.run/1"
+
+
 # What every sink receives; each takes the kinds it shows and ignores the rest.
-SinkMessage = IntentEvent | QualityReport | VideoFrame
+SinkMessage = IntentEvent | QualityReport | VideoFrame | RunStarted

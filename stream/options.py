@@ -160,6 +160,15 @@ def _broker_url_ok(value: Any) -> bool:
     return parsed.scheme in ("mqtt", "mqtts") and bool(parsed.hostname) and port != 0
 
 
+def _record_path_ok(value: Any) -> bool:
+    if value is None:
+        return True
+    if not isinstance(value, str) or value == "":
+        return False
+    path = Path(value)
+    return path.parent.is_dir() and not path.is_dir()
+
+
 # It becomes a level of the MQTT topics dfmq/<stream_id>/...: no '/', no wildcards '+' '#', not empty.
 STREAM_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -252,6 +261,11 @@ class PipelineOptions:
     max_pending_items: int = _option(2000, _count(1))
     reference_momentum: float = _option(0.2, _number("a fraction", 0, 1, low_open=True))  # model.quality
     show: bool = _option(False, _flag())
+    # The session record (stream/record.py): a JSON Lines file; None: none is kept.
+    record: str | None = _option(None, Rule("null or a file path in an existing folder (JSON Lines)", _record_path_ok))
+    # One file's size; then it rotates, and at most record_keep_files older parts are kept beside it.
+    record_max_mb: float = _option(50.0, _number("megabytes", 0, low_open=True))
+    record_keep_files: int = _option(4, _count(0))
 
     def __post_init__(self) -> None:
         check_fields(self)

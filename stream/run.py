@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import signal
 import time
@@ -28,6 +29,7 @@ from model.intents import IntentSet
 from model.semantic import IntentAnchors, build_anchors, require_semantic_space
 from stream.asr import load_whisper
 from stream.broker import EmbeddedBroker
+from stream.messages import RunStarted
 from stream.options import (
     AsrOptions,
     BrokerOptions,
@@ -39,6 +41,7 @@ from stream.options import (
 )
 from stream.pipeline import Pipeline, PipelineStats
 from stream.publisher import Publisher, parse_broker_url
+from stream.record import RecordSink
 from stream.sinks import HermesSink, MqttSink, Sink
 from stream.sources import CameraSource, FileSource, MicSource, Source, SourceOptions, StreamClock
 from stream.stages import (
@@ -198,6 +201,8 @@ def _sinks(
         from stream.metrics import MetricsSink
 
         sinks.append(MetricsSink(metrics, publisher, stats))
+    if options.record is not None:
+        sinks.append(RecordSink(options, publisher))
     if options.show:
         from stream.show import ViewerSink
 
@@ -222,7 +227,7 @@ async def _run_streams(
         sources, files = _sources(
             replace(req, input=spec.input, audio=spec.audio, video=spec.video), SourceOptions(pace=req.pace)
         )
-        streams.append(_Stream(spec, sources, not files, [], replace(pipe_opts, stream_id=spec.id)))
+        streams.append(_Stream(spec, sources, not files, [], _stream_options(pipe_opts, spec.id, len(specs))))
     embedded = None
     if broker.url == "embedded":
         embedded = EmbeddedBroker(port=req.embedded_port)
@@ -249,6 +254,8 @@ async def _run_streams(
                 stream.sinks.append(sink)
         shared = _load_shared(req, executor)
         pipelines = [_build_pipeline(req, stream, seg_opts, shared) for stream in streams]
+        for pipeline in pipelines:
+            pipeline.emit(_run_started(req, pipeline, seg_opts))
         loop = asyncio.get_running_loop()
 
         def stop_all() -> None:
@@ -274,6 +281,16 @@ async def _run_streams(
         if embedded is not None:
             await embedded.stop()
     return outcomes
+
+
+def _stream_options(options: PipelineOptions, stream_id: str, streams: int) -> PipelineOptions:
+    """A stream's pipeline options: its id; with several streams, its own record file
+    (`FILE.jsonl` -> `FILE.<stream_id>.jsonl`: one writer per file, one stream per report)."""
+    options = replace(options, stream_id=stream_id)
+    if options.record is not None and streams > 1:
+        path = Path(options.record)
+        options = replace(options, record=str(path.with_name(f"{path.stem}.{stream_id}{path.suffix}")))
+    return options
 
 
 async def _run_stream(stream: _Stream, pipeline: Pipeline) -> StreamOutcome:
@@ -349,6 +366,25 @@ def _intent_names(req: RunRequest) -> tuple[str, ...]:
     if not config.semantic_space:
         return tuple(config.labels)
     return (req.intents if req.intents is not None else checkpoint_intent_set(ckpt_dir, config.labels)).names
+
+
+def _run_started(req: RunRequest, pipeline: Pipeline, seg_opts: SegmenterOptions) -> RunStarted:
+    deciding = pipeline.deciding
+    anchors = deciding.anchors
+    return RunStarted(
+        stream_id=pipeline.options.stream_id,
+        wall_s=round(time.time(), 3),
+        checkpoint=str(resolve_ckpt(req.ckpt)),
+        engine=deciding.engine_name,
+        intents=list(anchors.names if anchors is not None else deciding.config.labels),
+        reject_below=None if anchors is None else round(float(anchors.reject_below), 4),
+        options={
+            "asr": dataclasses.asdict(req.asr),
+            "segmenter": dataclasses.asdict(seg_opts),
+            "pipeline": dataclasses.asdict(pipeline.options),
+            "decision": dataclasses.asdict(req.decision),
+        },
+    )
 
 
 def _intent_anchors(model: DFMQMC, tokenizer: Any, ckpt_dir: Path, intents: IntentSet | None) -> IntentAnchors | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Protocol
+from typing import Any, Protocol
 
 from stream.messages import IntentEvent, QualityReport, SinkMessage
 from stream.publisher import Publisher
@@ -69,8 +69,13 @@ class MqttSink:
 
 
 class HermesSink:
-    """Rhasspy/Snips-compatible `hermes/intent/<intentName>` messages, on the MQTT sink's connection
-    (which it neither opens nor closes)."""
+    """Rhasspy Hermes messages, on the MQTT sink's connection (which it neither opens nor closes).
+
+    Per utterance, in the order a Rhasspy ASR and NLU publish them: `hermes/asr/textCaptured`
+    (AsrTextCaptured), then `hermes/intent/<IntentName>` (NluIntent) or
+    `hermes/nlu/intentNotRecognized` (NluIntentNotRecognized). The keys are those of rhasspy-hermes'
+    dataclasses (rhasspyhermes/asr.py, nlu.py) in its camelCase JSON, every one present (null where
+    this pipeline has nothing to say), as rhasspy-hermes' own `payload()` writes them."""
 
     name = "hermes"
 
@@ -83,35 +88,75 @@ class HermesSink:
     def handle(self, message: SinkMessage) -> None:
         if not isinstance(message, IntentEvent):
             return
-        session = f"{message.stream_id}-{message.utterance_id}"
-        if message.intent is None:
-            self.publisher.send(
-                "hermes/nlu/intentNotRecognized",
-                {
-                    "input": message.text or "",
-                    "siteId": message.stream_id,
-                    "sessionId": session,
-                    # Hermes carries free-form data as a string: why, and how sure the model was.
-                    "customData": json.dumps({"reason": message.reason, "confidence": message.confidence}),
-                },
-                qos=1,
-            )
-            return
-        name = message.intent.title().replace(" ", "")
-        self.publisher.send(
-            f"hermes/intent/{name}",
-            {
-                "input": message.text or "",
-                "intent": {"intentName": name, "confidenceScore": message.confidence},
-                "siteId": message.stream_id,
-                "sessionId": session,
-                "customData": None,
-                "slots": [],
-                "asrTokens": [],
-                "asrConfidence": None,
-            },
-            qos=1,
-        )
+        for topic, payload in hermes_messages(message):
+            self.publisher.send(topic, payload, qos=1)
 
     async def close(self) -> None:
         return None
+
+
+def hermes_name(intent: str) -> str:
+    """`Check in` -> `CheckIn`: Hermes intent names are one word (they end the topic)."""
+    return intent.title().replace(" ", "")
+
+
+def hermes_messages(event: IntentEvent) -> list[tuple[str, dict[str, Any]]]:
+    """The Hermes (topic, payload) pairs of one intent event."""
+    session = f"{event.stream_id}-{event.utterance_id}"
+    text = event.text or ""
+    messages: list[tuple[str, dict[str, Any]]] = []
+    if event.text is not None:
+        # textCaptured is the transcript itself: with transcripts switched off it is not sent at all.
+        messages.append(
+            (
+                "hermes/asr/textCaptured",
+                {
+                    "text": event.text,
+                    "likelihood": event.transcript_confidence,
+                    # rhasspy-hermes: "the duration it took to do the processing" (Rhasspy's ASRs send
+                    # their transcription time), not the length of the utterance.
+                    "seconds": round(event.latency_ms.get("asr", 0.0) / 1000, 4),
+                    "siteId": event.stream_id,
+                    "sessionId": session,
+                    "wakewordId": None,
+                    "asrTokens": None,
+                    "lang": None,
+                },
+            )
+        )
+    if event.intent is None:
+        messages.append(
+            (
+                "hermes/nlu/intentNotRecognized",
+                {
+                    "input": text,
+                    "siteId": event.stream_id,
+                    "id": None,
+                    # Hermes carries free-form data as a string: why, and how sure the model was.
+                    "customData": json.dumps({"reason": event.reason, "confidence": event.confidence}),
+                    "sessionId": session,
+                },
+            )
+        )
+        return messages
+    name = hermes_name(event.intent)
+    messages.append(
+        (
+            f"hermes/intent/{name}",
+            {
+                "input": text,
+                "intent": {"intentName": name, "confidenceScore": event.confidence},
+                "siteId": event.stream_id,
+                "id": None,
+                "slots": [],
+                "sessionId": session,
+                "customData": None,
+                "asrTokens": None,
+                "asrConfidence": event.transcript_confidence,
+                "rawInput": text,
+                "wakewordId": None,
+                "lang": None,
+            },
+        )
+    )
+    return messages

@@ -45,6 +45,9 @@ BAD: dict[str, dict[str, list[Any]]] = {
         "max_pending_items": [0, -5],
         "reference_momentum": [0, 1.5, -0.2, NAN],
         "show": ["no"],
+        "record": ["no/such/folder/session.jsonl", "", 5, "."],
+        "record_max_mb": [0, -1, NAN, True],
+        "record_keep_files": [-1, 1.5, False],
     },
     "broker": {
         "url": ["http://host:1883", "mqtt://", "mqtt://host:99999", "localhost"],

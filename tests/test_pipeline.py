@@ -35,6 +35,7 @@ from stream.run import RunRequest, run_pipeline
 from tests.conftest import Mosquitto, require_binary, wait_until
 
 pytestmark = pytest.mark.broker
+HERMES_NLU = ("hermes/intent/", "hermes/nlu/")  # hermes/asr/textCaptured: tests/test_record_report.py
 SENTENCES = (
     "thank you so much for the help",
     "hello there, good morning",
@@ -206,7 +207,7 @@ def test_one_event_per_utterance_with_quality_following_the_channels(
     statuses = [p for t, p, _ in sub.messages if t.endswith("/status")]
     assert statuses[0] == b"online" and statuses[-1] == b"offline"
     assert any(t.endswith("/quality") for t, _, _ in sub.messages)
-    hermes = [(t, json.loads(p)) for t, p, _ in sub.messages if t.startswith("hermes/")]
+    hermes = [(t, json.loads(p)) for t, p, _ in sub.messages if t.startswith(HERMES_NLU)]
     assert len(hermes) == len(events)
     for (topic, message), event in zip(hermes, events):
         assert message["siteId"] == "test" and message["input"] == event["text"]
@@ -520,7 +521,7 @@ def test_non_speech_is_not_recognized_and_hermes_hears_intent_not_recognized(tmp
         assert event["recognized"] is False and event["intent"] is None, event
         assert event["reason"] in ("no_speech", "unreliable_transcript", "low_confidence")
         assert event["top_k"] and event["quality"] and event["weights"]  # kept in the event
-    hermes = [(t, json.loads(p)) for t, p, _ in sub.messages if t.startswith("hermes/")]
+    hermes = [(t, json.loads(p)) for t, p, _ in sub.messages if t.startswith(HERMES_NLU)]
     assert [t for t, _ in hermes] == ["hermes/intent/Thank"] + ["hermes/nlu/intentNotRecognized"] * len(rest)
     for (_, message), event in zip(hermes[1:], rest):
         assert set(message) >= {"input", "siteId", "sessionId", "customData"}
@@ -564,5 +565,5 @@ def test_run_with_a_new_intent_set_publishes_its_names_and_rejects_off_topic(tmp
     assert events[1]["reason"] == "out_of_scope" and events[1]["recognized"] is False
     assert events[1]["scope"] < events[0]["scope"] and events[1]["scope"] < events[2]["scope"]
     assert {k["intent"] for e in events for k in e["top_k"]} <= {"Lights", "Music"}  # type: ignore[union-attr]
-    hermes = [t for t, _, _ in sub.messages if t.startswith("hermes/")]
+    hermes = [t for t, _, _ in sub.messages if t.startswith(HERMES_NLU)]
     assert hermes == ["hermes/intent/Lights", "hermes/nlu/intentNotRecognized", "hermes/intent/Music"]

@@ -126,3 +126,13 @@ def test_three_streams_in_one_process_each_its_own_events_and_a_broken_one_leave
     for stream_id in ("lobby", "desk", "broken"):
         statuses = [p for t, p, _ in messages if t == f"dfmq/{stream_id}/status"]
         assert statuses[0] == b"online" and statuses[-1] == b"offline", (stream_id, statuses)
+
+
+def test_with_several_streams_each_keeps_its_own_record_file() -> None:
+    from stream.options import PipelineOptions
+    from stream.run import _stream_options
+
+    options = PipelineOptions(record="/tmp/session.jsonl")
+    assert _stream_options(options, "desk", 2).record == "/tmp/session.desk.jsonl"
+    assert _stream_options(options, "desk", 1).record == "/tmp/session.jsonl"  # one stream: the file as given
+    assert _stream_options(options, "desk", 2).stream_id == "desk"
