@@ -26,7 +26,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from model.errors import DataError
 from model.paths import config_file
-from model.yamlcheck import NULL_TAG, STR_TAG, NodeChecker, compose_yaml, describe, line_of
+from model.yamlcheck import NULL_TAG, STR_TAG, NodeChecker, compose_file, describe, line_of
 
 MIN_INTENTS = 2
 TOP_KEYS = ("intents", "reject_below")
@@ -64,13 +64,7 @@ class IntentSet:
 def load_intent_set(path: Path | str) -> IntentSet:
     """Read and check an intent set file; raise `DataError` naming file, line and key on any problem."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError("intent set file is missing", path=path, expected="a YAML file of intents") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read intent set: {exc}", path=path, expected="a UTF-8 YAML file") from None
-    return _Checker(path).intent_set(compose_yaml(path, text))
+    return _Checker(path).intent_set(compose_file(path, "intent set", "intents"))
 
 
 class _Checker(NodeChecker):

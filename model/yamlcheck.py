@@ -16,6 +16,18 @@ STR_TAG = "tag:yaml.org,2002:str"
 YAML_HINT = "valid YAML: check indentation, quotes and brackets"
 
 
+def compose_file(path: Path, what: str, holds: str) -> Node | None:
+    """The node tree of a user's YAML file; `what` names the file in errors ("intent set"),
+    `holds` what it should hold ("intents")."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"{what} file is missing", path=path, expected=f"a YAML file of {holds}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {what}: {exc}", path=path, expected="a UTF-8 YAML file") from None
+    return compose_yaml(path, text)
+
+
 def compose_yaml(path: Path, text: str) -> Node | None:
     try:
         return yaml.compose(text, Loader=yaml.SafeLoader)

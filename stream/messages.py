@@ -128,6 +128,19 @@ class QualityReport:
     face_box_px: tuple[int, int, int, int] | None = None  # x, y, width, height in the newest frame
     schema: str = "dfmq.quality/1"
 
+    def payload(self) -> dict[str, object]:
+        """What dfmq/<id>/quality carries (and the session record keeps): no face box."""
+        return {
+            "schema": self.schema,
+            "stream_id": self.stream_id,
+            "time": self.time_s,
+            "wall": self.wall_s,
+            "audio": self.audio,
+            "video": self.video,
+            "camera": self.camera,
+            "microphone": self.microphone,
+        }
+
 
 @dataclass
 class RunStarted:

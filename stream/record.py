@@ -101,19 +101,7 @@ class RecordSink:
             self._put({"kind": "intent", **line})
         elif isinstance(message, QualityReport):
             self._watch_devices(message)
-            self._put(
-                {
-                    "kind": "quality",
-                    "schema": message.schema,
-                    "stream_id": message.stream_id,
-                    "time": message.time_s,
-                    "wall": message.wall_s,
-                    "audio": message.audio,
-                    "video": message.video,
-                    "camera": message.camera,
-                    "microphone": message.microphone,
-                }
-            )
+            self._put({"kind": "quality", **message.payload()})
         elif isinstance(message, RunStarted):
             self._put({"kind": "run", **asdict(message)})
         else:

@@ -49,20 +49,7 @@ class MqttSink:
                 del payload["text"]
             self.publisher.send(self.publisher.topic("intent"), payload, qos=1, handover_stamp=True)
         elif isinstance(message, QualityReport):
-            self.publisher.send(
-                self.publisher.topic("quality"),
-                {
-                    "schema": message.schema,
-                    "stream_id": message.stream_id,
-                    "time": message.time_s,
-                    "wall": message.wall_s,
-                    "audio": message.audio,
-                    "video": message.video,
-                    "camera": message.camera,
-                    "microphone": message.microphone,
-                },
-                qos=0,
-            )
+            self.publisher.send(self.publisher.topic("quality"), message.payload(), qos=0)
 
     async def close(self) -> None:
         await self.publisher.close()

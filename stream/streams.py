@@ -21,7 +21,7 @@ from pathlib import Path
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from model.errors import DataError
-from model.yamlcheck import NULL_TAG, NodeChecker, compose_yaml, describe
+from model.yamlcheck import NULL_TAG, NodeChecker, compose_file, describe
 from stream.options import STREAM_ID
 
 STREAM_KEYS = ("id", "input", "audio", "video")
@@ -41,13 +41,7 @@ class StreamSpec:
 def load_streams(path: Path | str) -> list[StreamSpec]:
     """Read and check a streams file; raise `DataError` naming file, line and key on any problem."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError("streams file is missing", path=path, expected="a YAML file of streams") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read streams file: {exc}", path=path, expected="a UTF-8 YAML file") from None
-    return _StreamsChecker(path).streams(compose_yaml(path, text))
+    return _StreamsChecker(path).streams(compose_file(path, "streams", "streams"))
 
 
 class _StreamsChecker(NodeChecker):
