@@ -44,7 +44,14 @@ from model.errors import ConfigError
 from model.features import ClipFeatures, FaceTracker
 from stream.asr import NOTHING
 from stream.messages import IntentEvent, ScoredWindow, Transcript, Utterance, VideoFrame
-from stream.options import BrokerOptions, DecisionOptions, PipelineOptions, ScaleOutOptions, SegmenterOptions
+from stream.options import (
+    AsrOptions,
+    BrokerOptions,
+    DecisionOptions,
+    PipelineOptions,
+    ScaleOutOptions,
+    SegmenterOptions,
+)
 from stream.pipeline import END, CaptureInbox, PipelineStats, first_error
 from stream.publisher import BrokerConnectError, Failure, describe_failure, parse_broker_url
 from stream.sinks import Sink
@@ -634,6 +641,37 @@ async def _run_capture(
 
 # ---- the worker --------------------------------------------------------------------------------
 @dataclass
+class WorkerModels:
+    """What a worker loads once and serves every item with: the checkpoint, its intent set, the
+    engine, and Whisper's options (the Whisper model itself is cached by stream.asr)."""
+
+    config: DFMQConfig
+    tokenizer: Any
+    anchors: Any  # model.semantic.IntentAnchors, or None for a checkpoint without the semantic space
+    engine: Any  # engines.base.Engine
+    engine_name: str
+    asr: AsrOptions
+    decision: DecisionOptions
+
+
+def load_worker_models(req: Any) -> WorkerModels:
+    """`req` is a stream.run.RunRequest: its ckpt, engine, device, asr, decision and intents."""
+    from engines.select import choose_engine, load_engine
+    from model.checkpoint import load_checkpoint, resolve_ckpt
+    from stream.asr import load_whisper
+    from stream.run import _intent_anchors
+
+    ckpt_dir = resolve_ckpt(req.ckpt)
+    model, tokenizer = load_checkpoint(ckpt_dir)
+    anchors = _intent_anchors(model, tokenizer, ckpt_dir, req.intents)
+    choice = choose_engine(req.engine, req.device)
+    engine = load_engine(model, choice)
+    log.info("engine %s (%s)", engine.name, choice.reason)
+    load_whisper(req.asr)
+    return WorkerModels(model.config, tokenizer, anchors, engine, engine.name, req.asr, req.decision)
+
+
+@dataclass
 class WorkerStats:
     served: int = 0  # results published
     errors: int = 0  # items answered with an error (another checkpoint's features, a bad stream id)
@@ -643,28 +681,17 @@ class WorkerStats:
 
 class Worker:
     """Decides work items: Whisper on the utterance, then the engine on the transcript and the
-    capture node's features. One item at a time (the ASR executor is one thread anyway)."""
+    capture node's features. One item at a time (its ASR executor is one thread anyway)."""
 
-    def __init__(
-        self,
-        worker_id: str,
-        transcribing: Transcribing,
-        config: DFMQConfig,
-        tokenizer: Any,
-        batcher: Any,
-        decision: DecisionOptions,
-        engine_name: str,
-        anchors: Any,
-    ) -> None:
+    def __init__(self, worker_id: str, models: WorkerModels, executor: ThreadPoolExecutor, batcher: Any) -> None:
+        """`batcher`: an engines.batcher.MicroBatcher on models.engine, entered while serving."""
         self.worker_id = worker_id
-        self.transcribing = transcribing
-        self.config = config
-        self.tokenizer = tokenizer
+        self.models = models
         self.batcher = batcher
-        self.decision = decision
-        self.engine_name = engine_name
-        self.anchors = anchors
-        self.features_id = features_id(config)
+        self.ready = asyncio.Event()  # subscribed: items sent from now on reach the group
+        self.transcribing = Transcribing(models.asr, executor)
+        self.features_id = features_id(models.config)
+        self.stats = WorkerStats()
 
     async def process(self, item: WorkItem, received_mono: float) -> WorkResult:
         if item.features_id != self.features_id:
@@ -696,9 +723,8 @@ class Worker:
             item.quality_video,
             item.features_ms,
         )
-        deciding = Deciding(
-            self.config, self.tokenizer, self.batcher, options, self.decision, self.engine_name, self.anchors
-        )
+        m = self.models
+        deciding = Deciding(m.config, m.tokenizer, self.batcher, options, m.decision, m.engine_name, m.anchors)
         event = await deciding.process(scored)
         fields = asdict(event)
         del fields["latency_ms"]  # the worker's clock: the capture node times the event on its own
@@ -728,72 +754,25 @@ class Worker:
             worker_ms=round((time.monotonic() - received_mono) * 1000, 1),
         )
 
-
-def default_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
-
-
-async def run_worker(
-    req: Any, broker: BrokerOptions, scale: ScaleOutOptions, worker_id: str, stop: asyncio.Event | None = None
-) -> WorkerStats:
-    """`dfmq worker` until SIGINT/SIGTERM (or `stop`): `req` is a stream.run.RunRequest (its ckpt,
-    engine, device, asr, decision and intents)."""
-    from stream.run import _quiet_thread_pools
-
-    with _quiet_thread_pools():
-        return await _run_worker(req, broker, scale, worker_id, stop or asyncio.Event())
-
-
-async def _run_worker(
-    req: Any, broker: BrokerOptions, scale: ScaleOutOptions, worker_id: str, stop: asyncio.Event
-) -> WorkerStats:
-    from engines.batcher import BatcherOptions, MicroBatcher
-    from engines.select import choose_engine, load_engine
-    from model.checkpoint import load_checkpoint, resolve_ckpt
-    from stream.asr import load_whisper
-    from stream.run import _intent_anchors
-
-    host, port, tls = external_broker(broker.url)
-    ckpt_dir = resolve_ckpt(req.ckpt)
-    model, tokenizer = load_checkpoint(ckpt_dir)
-    anchors = _intent_anchors(model, tokenizer, ckpt_dir, req.intents)
-    choice = choose_engine(req.engine, req.device)
-    engine = load_engine(model, choice)
-    log.info("engine %s (%s)", engine.name, choice.reason)
-    load_whisper(req.asr)
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dfmq-worker")
-    batcher = MicroBatcher(engine, BatcherOptions(max_batch=8, max_delay_ms=2.0))
-    worker = Worker(
-        worker_id,
-        Transcribing(req.asr, executor),
-        model.config,
-        tokenizer,
-        batcher,
-        req.decision,
-        engine.name,
-        anchors,
-    )
-    inbox: asyncio.Queue[tuple[bytes, float]] = asyncio.Queue()
-    identifier = f"{broker.client_id}-{worker_id}" if broker.client_id else f"dfmq-worker-{worker_id}"
-    link = MqttLink(
-        broker,
-        host,
-        port,
-        tls,
-        identifier,
-        [shared_work_subscription(scale.group)],
-        lambda message: inbox.put_nowait((bytes(message.payload), time.monotonic())),
-    )
-    stats = WorkerStats()
-    loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError):
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-    try:
-        async with batcher:
-            # Models first, then the subscription: a worker takes items only once it can decide them.
-            await link.start()
-            log.info("worker %s serving group %s", worker_id, scale.group)
+    async def serve(self, broker: BrokerOptions, scale: ScaleOutOptions, stop: asyncio.Event) -> WorkerStats:
+        """Take items from the group's shared subscription until `stop` is set; the item in hand is
+        finished first. Items received and not begun are dropped: their capture nodes send them again."""
+        host, port, tls = external_broker(broker.url)
+        inbox: asyncio.Queue[tuple[bytes, float]] = asyncio.Queue()
+        identifier = f"{broker.client_id}-{self.worker_id}" if broker.client_id else f"dfmq-worker-{self.worker_id}"
+        link = MqttLink(
+            broker,
+            host,
+            port,
+            tls,
+            identifier,
+            [shared_work_subscription(scale.group)],
+            lambda message: inbox.put_nowait((bytes(message.payload), time.monotonic())),
+        )
+        await link.start()
+        self.ready.set()
+        log.info("worker %s serving group %s", self.worker_id, scale.group)
+        try:
             while not stop.is_set():
                 next_item = asyncio.ensure_future(inbox.get())
                 stopping = asyncio.ensure_future(stop.wait())
@@ -802,31 +781,55 @@ async def _run_worker(
                 if not next_item.done():
                     next_item.cancel()
                     break
-                await _serve_one(worker, link, stats, *next_item.result())
-    finally:
-        executor.shutdown(wait=False)
-        await link.close()
-    left = inbox.qsize()
-    log.info("worker %s done: %s (%d items left unserved: their capture nodes send them again)", worker_id, stats, left)
-    return stats
+                await self._serve_one(link, *next_item.result())
+        finally:
+            await link.close()
+        log.info("worker %s done: %s (%d items left unserved)", self.worker_id, self.stats, inbox.qsize())
+        return self.stats
+
+    async def _serve_one(self, link: MqttLink, payload: bytes, received_mono: float) -> None:
+        try:
+            item = WorkItem.decode(payload)
+        except WorkFormatError as exc:
+            self.stats.errors += 1
+            log.error("%s: dropped", exc)
+            return
+        where = f"stream {item.stream_id} utterance {item.utterance_id} (attempt {item.attempt})"
+        if time.monotonic() - received_mono > item.timeout_s:
+            self.stats.stale += 1
+            log.info("%s: stale, skipped", where)
+            return
+        log.info("%s: working on it", where)
+        result = await self.process(item, received_mono)
+        if result.error is not None:
+            self.stats.errors += 1
+        if await link.publish(result_topic(item.stream_id), result.encode()):
+            self.stats.served += result.error is None
+        else:
+            self.stats.unsent += 1
 
 
-async def _serve_one(worker: Worker, link: MqttLink, stats: WorkerStats, payload: bytes, received_mono: float) -> None:
-    try:
-        item = WorkItem.decode(payload)
-    except WorkFormatError as exc:
-        stats.errors += 1
-        log.error("%s: dropped", exc)
-        return
-    if time.monotonic() - received_mono > item.timeout_s:
-        stats.stale += 1
-        log.info("stream %s utterance %d (attempt %d): stale, skipped", item.stream_id, item.utterance_id, item.attempt)
-        return
-    log.info("stream %s utterance %d (attempt %d): working on it", item.stream_id, item.utterance_id, item.attempt)
-    result = await worker.process(item, received_mono)
-    if result.error is not None:
-        stats.errors += 1
-    if await link.publish(result_topic(item.stream_id), result.encode()):
-        stats.served += result.error is None
-    else:
-        stats.unsent += 1
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def run_worker(req: Any, broker: BrokerOptions, scale: ScaleOutOptions, worker_id: str) -> WorkerStats:
+    """`dfmq worker` until SIGINT or SIGTERM: `req` is a stream.run.RunRequest."""
+    from engines.batcher import BatcherOptions, MicroBatcher
+    from stream.run import _quiet_thread_pools
+
+    external_broker(broker.url)
+    with _quiet_thread_pools():
+        # Models first, then the subscription: a worker takes items only once it can decide them.
+        models = load_worker_models(req)
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dfmq-worker")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGINT, stop.set)
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
+        try:
+            async with MicroBatcher(models.engine, BatcherOptions(max_batch=8, max_delay_ms=2.0)) as batcher:
+                return await Worker(worker_id, models, executor, batcher).serve(broker, scale, stop)
+        finally:
+            executor.shutdown(wait=False)

@@ -30,7 +30,11 @@ RESULT_SCHEMA = "dfmq.result/1"
 INTERNAL_ROOT = "dfmq-internal"
 _HEADER_LEN = struct.Struct(">I")
 _ARRAYS = ("samples_pcm16", "audio_features", "video_features")
-_DTYPES: dict[str, np.dtype[Any]] = {"samples_pcm16": np.dtype("<i2"), "audio_features": np.dtype("<f4"), "video_features": np.dtype("<f4")}
+_DTYPES: dict[str, np.dtype[Any]] = {
+    "samples_pcm16": np.dtype("<i2"),
+    "audio_features": np.dtype("<f4"),
+    "video_features": np.dtype("<f4"),
+}
 
 
 class WorkFormatError(DfmqError):
