@@ -5,7 +5,6 @@ process start costs tens of seconds here), except in the one test that kills a r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -29,6 +28,9 @@ from stream.run import RunRequest
 from stream.workitems import WorkFormatError, WorkItem, WorkResult, from_pcm16, to_pcm16
 from tests.conftest import Mosquitto, require_binary, wait_until
 
+T = TypeVar("T")
+ACL = Path(__file__).resolve().parent.parent / "docs" / "scaleout" / "mosquitto.acl"
+PASSWORDS = {"capture": "capture-pw", "worker": "worker-pw", "viewer": "viewer-pw", "monitor": "monitor-pw"}
 SENTENCES = (
     "thank you so much for the help",
     "hello there, good morning",
@@ -55,15 +57,19 @@ def models() -> WorkerModels:
 
 
 class Subscriber:
-    """paho-mqtt on a thread, on the event topics and the internal results."""
+    """paho-mqtt on a thread, on the event topics and the internal results (or on `topics`)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(
+        self, port: int, topics: tuple[str, ...] = ("dfmq/#", "dfmq-internal/result/#"), user: str = ""
+    ) -> None:
         import paho.mqtt.client as mqtt
 
         self.messages: list[tuple[str, bytes]] = []
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dfmq-test-dist-sub")
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"dfmq-test-dist-sub-{user}")
         self.client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload))
-        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([("dfmq/#", 1), ("dfmq-internal/result/#", 1)])
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in topics])
+        if user:
+            self.client.username_pw_set(user, PASSWORDS[user])
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
         wait_until(self.client.is_connected, 5, "the test subscriber connected")
@@ -79,11 +85,29 @@ class Subscriber:
         self.client.disconnect()
 
 
-def _capture(clip: Path, port: int, scale: ScaleOutOptions, stream_id: str = "lobby") -> Awaitable[CaptureStats]:
+def _login(port: int, user: str) -> BrokerOptions:
+    if not user:
+        return BrokerOptions(url=f"mqtt://127.0.0.1:{port}")
+    return BrokerOptions(url=f"mqtt://127.0.0.1:{port}", username=user, password=PASSWORDS[user])
+
+
+def _acl_broker(folder: Path) -> Mosquitto:
+    """Mosquitto with logins and the README's example ACL, docs/scaleout/mosquitto.acl."""
+    passwd = require_binary("mosquitto_passwd", "mosquitto")
+    passwords = folder / "passwords"
+    for i, (user, password) in enumerate(PASSWORDS.items()):
+        subprocess.run([passwd, *(["-c"] if i == 0 else []), "-b", str(passwords), user, password], check=True)
+    config = f"allow_anonymous false\npassword_file {passwords}\nacl_file {ACL}"
+    return Mosquitto(folder, config=config).start()
+
+
+def _capture(
+    clip: Path, port: int, scale: ScaleOutOptions, stream_id: str = "lobby", user: str = "", transcripts: bool = True
+) -> Awaitable[CaptureStats]:
     return run_capture(
         RunRequest(input=str(clip), pace="fast"),
-        BrokerOptions(url=f"mqtt://127.0.0.1:{port}"),
-        PipelineOptions(stream_id=stream_id),
+        _login(port, user),
+        PipelineOptions(stream_id=stream_id, publish_transcripts=transcripts),
         SegmenterOptions(),
         scale,
     )
@@ -93,14 +117,16 @@ async def _with_workers(
     models: WorkerModels,
     port: int,
     scale: ScaleOutOptions,
-    run: Callable[[list[Worker], list[asyncio.Task[Any]]], Awaitable[CaptureStats]],
-) -> CaptureStats:
-    """Two workers, A and B, serving the group while `run` runs; stopped after it."""
-    broker = BrokerOptions(url=f"mqtt://127.0.0.1:{port}")
+    run: Callable[[list[Worker], list[asyncio.Task[Any]]], Awaitable[T]],
+    names: str = "AB",
+    user: str = "",
+) -> T:
+    """Workers (A and B) serving the group while `run` runs; stopped after it."""
+    broker = _login(port, user)
     stop = asyncio.Event()
-    executors = [ThreadPoolExecutor(1), ThreadPoolExecutor(1)]
+    executors = [ThreadPoolExecutor(1) for _ in names]
     async with MicroBatcher(models.engine, BatcherOptions(max_batch=8, max_delay_ms=2.0)) as batcher:
-        workers = [Worker(name, models, ex, batcher) for name, ex in zip("AB", executors)]
+        workers = [Worker(name, models, ex, batcher) for name, ex in zip(names, executors)]
         tasks = [asyncio.create_task(w.serve(broker, scale, stop)) for w in workers]
         await asyncio.wait_for(asyncio.gather(*(w.ready.wait() for w in workers)), 10)
         try:
@@ -121,16 +147,22 @@ def _check_once_in_order(events: list[dict[str, Any]], stats: CaptureStats) -> N
 def test_two_workers_share_the_work_and_every_utterance_is_published_once_in_order(
     clip: Path, models: WorkerModels, tmp_path: Path
 ) -> None:
-    broker = Mosquitto(tmp_path).start()
-    sub = Subscriber(broker.port)
+    """Under the README's example ACL, each side with its own login."""
+    broker = _acl_broker(tmp_path)
+    sub = Subscriber(broker.port, user="monitor")
+    viewer = Subscriber(broker.port, topics=("#",), user="viewer")
     scale = ScaleOutOptions(work_timeout_s=30.0)
+
+    def capture(workers: list[Worker], tasks: list[asyncio.Task[Any]]) -> Awaitable[CaptureStats]:
+        return _capture(clip, broker.port, scale, user="capture")
+
     try:
-        stats = asyncio.run(
-            _with_workers(models, broker.port, scale, lambda workers, tasks: _capture(clip, broker.port, scale))
-        )
+        stats = asyncio.run(_with_workers(models, broker.port, scale, capture, user="worker"))
         wait_until(lambda: len(sub.events()) >= len(SENTENCES), 5, "every intent event")
+        wait_until(lambda: len(viewer.events()) >= len(SENTENCES), 5, "every intent event, for the viewer")
     finally:
         sub.stop()
+        viewer.stop()
         broker.stop()
     events = sub.events()
     _check_once_in_order(events, stats)
@@ -145,8 +177,10 @@ def test_two_workers_share_the_work_and_every_utterance_is_published_once_in_ord
     assert set(served) == {"A", "B"}, served
     for result in sub.results():
         assert result["asr_ms"] > 0 and result["engine_ms"] > 0 and result["worker_ms"] >= result["asr_ms"]
-    # Event topics carry events, quality and status only: the audio stayed on dfmq-internal/work.
+    # Event topics carry events, quality and status only: the audio stayed on dfmq-internal/work,
+    # which a viewer subscribed to everything never receives.
     assert {t.rsplit("/", 1)[1] for t, _ in sub.messages if t.startswith("dfmq/")} == {"intent", "quality", "status"}
+    assert viewer.events() == events and all(t.startswith("dfmq/lobby/") for t, _ in viewer.messages)
 
 
 @pytest.mark.broker
@@ -177,7 +211,7 @@ def test_a_worker_dying_with_an_item_loses_nothing_and_duplicate_results_publish
             raise AssertionError("unreachable")
 
         monkeypatch.setattr(workers[0], "process", die)
-        return await _capture(clip, broker.port, scale)
+        return await _capture(clip, broker.port, scale, transcripts=False)
 
     try:
         stats = asyncio.run(_with_workers(models, broker.port, scale, run))
@@ -192,6 +226,9 @@ def test_a_worker_dying_with_an_item_loses_nothing_and_duplicate_results_publish
     assert stats.resent >= 1 and stats.given_up == 0
     assert stats.duplicates >= len(SENTENCES)  # every second copy, at least, was dropped
     assert stats.served_by == {"B": len(SENTENCES)}
+    # --no-transcripts: neither the events nor the results on the broker carry one
+    assert all("text" not in e for e in sub.events())
+    assert all(r["event"]["text"] is None for r in sub.results())
 
 
 @pytest.mark.broker
@@ -265,55 +302,46 @@ def test_capture_and_worker_refuse_the_embedded_broker_and_a_bad_group(capsys: p
 
 
 @pytest.mark.broker
-@pytest.mark.slow
-def test_a_killed_worker_process_loses_nothing(clip: Path, tmp_path: Path) -> None:
-    """The real command lines: two `dfmq worker` processes and a `dfmq capture`; worker A is
-    killed (SIGKILL) as soon as it starts on an item."""
+def test_a_killed_worker_process_loses_nothing(clip: Path, models: WorkerModels, tmp_path: Path) -> None:
+    """The real command lines: `dfmq capture` with a `dfmq worker` process, A, killed (SIGKILL) as
+    soon as it starts on an item, and worker B (here, on the loaded models)."""
     broker = Mosquitto(tmp_path).start()
     sub = Subscriber(broker.port)
     url = f"mqtt://127.0.0.1:{broker.port}"
     cli = [sys.executable, "-m", "stream.cli"]
-    workers: dict[str, subprocess.Popen[str]] = {}
-    logs: dict[str, list[str]] = {"A": [], "B": []}
+    command = [*cli, "worker", "--broker", url, "--engine", "onnxruntime", "--worker-id", "A"]
+    worker_a = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    log_a: list[str] = []
+    threading.Thread(target=lambda: log_a.extend(worker_a.stderr or []), daemon=True).start()
 
-    def read(name: str, stream: Any) -> None:
-        for line in stream:
-            logs[name].append(line)
+    def kill_a_on_its_first_item() -> None:
+        while worker_a.poll() is None:
+            if any("working on it" in line for line in log_a):
+                worker_a.send_signal(signal.SIGKILL)
+                return
+            time.sleep(0.005)
+
+    async def capture(workers: list[Worker], tasks: list[asyncio.Task[Any]]) -> tuple[int, str, str]:
+        command = [*cli, "capture", "--broker", url, "--input", str(clip), "--pace", "fast", "--stream-id", "hall"]
+        command += ["--work-timeout-s", "4", "--max-in-flight", "2"]
+        proc = await asyncio.create_subprocess_exec(*command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+        return proc.returncode or 0, out.decode(), err.decode()
 
     try:
-        for name in "AB":
-            command = [*cli, "worker", "--broker", url, "--engine", "onnxruntime", "--worker-id", name]
-            proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-            workers[name] = proc
-            threading.Thread(target=read, args=(name, proc.stderr), daemon=True).start()
-        wait_until(lambda: all(any("serving group" in x for x in logs[n]) for n in "AB"), 120, "both workers up")
-
-        def kill_a_on_its_first_item() -> None:
-            while workers["A"].poll() is None:
-                if any("working on it" in x for x in logs["A"]):
-                    workers["A"].send_signal(signal.SIGKILL)
-                    return
-                time.sleep(0.005)
-
-        killer = threading.Thread(target=kill_a_on_its_first_item, daemon=True)
-        killer.start()
-        capture = [*cli, "capture", "--broker", url, "--input", str(clip), "--pace", "fast", "--stream-id", "hall"]
-        capture += ["--work-timeout-s", "4", "--max-in-flight", "2"]
-        done = subprocess.run(capture, capture_output=True, text=True, timeout=120)
-        killer.join(5)
+        wait_until(lambda: any("serving group" in line for line in log_a), 120, "worker A up")
+        threading.Thread(target=kill_a_on_its_first_item, daemon=True).start()
+        code, out, err = asyncio.run(_with_workers(models, broker.port, ScaleOutOptions(), capture, names="B"))
         wait_until(lambda: len(sub.events()) >= len(SENTENCES), 5, "every intent event")
     finally:
-        for proc in workers.values():
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGINT)
-        for proc in workers.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(10)
+        if worker_a.poll() is None:
+            worker_a.kill()
+        worker_a.wait(10)
         sub.stop()
         broker.stop()
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert workers["A"].returncode == -signal.SIGKILL
+    assert code == 0, err[-2000:]
+    assert worker_a.returncode == -signal.SIGKILL
     assert [e["utterance_id"] for e in sub.events()] == list(range(len(SENTENCES)))
     assert all(e["reason"] != "worker_timeout" for e in sub.events())
     assert {r["worker_id"] for r in sub.results()} == {"B"}
-    assert "re-sent 0," not in done.stdout and "served by: B 6" in done.stdout, done.stdout
+    assert "re-sent 0," not in out and f"served by: B {len(SENTENCES)}" in out, out
