@@ -66,6 +66,12 @@ BAD: dict[str, dict[str, list[Any]]] = {
         "min_transcript_confidence": [2, NAN, "high"],
         "min_confidence": [-1, INF, True],
     },
+    "scaleout": {
+        "group": ["a/b", "+", "", 3],
+        "work_timeout_s": [0, 0.5, INF, NAN],
+        "max_attempts": [0, 1.5],
+        "max_in_flight": [0, True],
+    },
 }
 
 CASES = [
