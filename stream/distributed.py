@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model.config import DFMQConfig
 from model.errors import ConfigError
@@ -67,6 +67,9 @@ from stream.workitems import (
     to_pcm16,
     work_topic,
 )
+
+if TYPE_CHECKING:
+    from stream.run import RunRequest
 
 log = logging.getLogger("dfmq.distributed")
 
@@ -567,9 +570,9 @@ class CaptureNode:
 
 
 async def run_capture(
-    req: Any, broker: BrokerOptions, pipe: PipelineOptions, seg: SegmenterOptions, scale: ScaleOutOptions
+    req: RunRequest, broker: BrokerOptions, pipe: PipelineOptions, seg: SegmenterOptions, scale: ScaleOutOptions
 ) -> CaptureStats:
-    """`dfmq capture`: `req` is a stream.run.RunRequest (its ckpt, input, audio, video and pace)."""
+    """`dfmq capture`: the request's ckpt, input, audio, video and pace are used."""
     from stream.run import _quiet_thread_pools
 
     with _quiet_thread_pools():
@@ -577,7 +580,7 @@ async def run_capture(
 
 
 async def _run_capture(
-    req: Any, broker: BrokerOptions, pipe: PipelineOptions, seg: SegmenterOptions, scale: ScaleOutOptions
+    req: RunRequest, broker: BrokerOptions, pipe: PipelineOptions, seg: SegmenterOptions, scale: ScaleOutOptions
 ) -> CaptureStats:
     from model.checkpoint import read_checkpoint_config, resolve_ckpt
     from stream.publisher import Publisher
@@ -654,8 +657,8 @@ class WorkerModels:
     decision: DecisionOptions
 
 
-def load_worker_models(req: Any) -> WorkerModels:
-    """`req` is a stream.run.RunRequest: its ckpt, engine, device, asr, decision and intents."""
+def load_worker_models(req: RunRequest) -> WorkerModels:
+    """The request's ckpt, engine, device, asr, decision and intents are used."""
     from engines.select import choose_engine, load_engine
     from model.checkpoint import load_checkpoint, resolve_ckpt
     from stream.asr import load_whisper
@@ -813,8 +816,8 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-async def run_worker(req: Any, broker: BrokerOptions, scale: ScaleOutOptions, worker_id: str) -> WorkerStats:
-    """`dfmq worker` until SIGINT or SIGTERM: `req` is a stream.run.RunRequest."""
+async def run_worker(req: RunRequest, broker: BrokerOptions, scale: ScaleOutOptions, worker_id: str) -> WorkerStats:
+    """`dfmq worker` until SIGINT or SIGTERM."""
     from engines.batcher import BatcherOptions, MicroBatcher
     from stream.run import _quiet_thread_pools
 
