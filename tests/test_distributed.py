@@ -224,7 +224,8 @@ def test_a_worker_dying_with_an_item_loses_nothing_and_duplicate_results_publish
     _check_once_in_order(sub.events(), stats)
     assert all(e["reason"] != "worker_timeout" for e in sub.events())
     assert stats.resent >= 1 and stats.given_up == 0
-    assert stats.duplicates >= len(SENTENCES)  # every second copy, at least, was dropped
+    # Every second copy was dropped; the last one's may arrive after the capture node is done.
+    assert stats.duplicates >= len(SENTENCES) - 1
     assert stats.served_by == {"B": len(SENTENCES)}
     # --no-transcripts: neither the events nor the results on the broker carry one
     assert all("text" not in e for e in sub.events())
