@@ -364,6 +364,65 @@ def _add_broker(sub: Any) -> None:
     )
 
 
+def _add_broker_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT of an MQTT 5 broker (Mosquitto 2, EMQX)"
+    )
+    p.add_argument("--username", help="MQTT user name")
+    p.add_argument("--password", help="MQTT password")
+    p.add_argument("--cert-file", help="client TLS certificate (mqtts://)")
+    p.add_argument("--key-file", help="its private key, when not inside --cert-file")
+    p.add_argument("--ca-file", help="CA certificate for mqtts://")
+    p.add_argument(
+        "--config", type=Path, help="YAML with the sections of configs/live.yaml (scaleout among them); flags win"
+    )
+    p.add_argument("--group", help="worker group: the shared subscription $share/<group>/... (default dfmq)")
+    p.add_argument("--ckpt", default="default", help="checkpoint folder or 'default'; the same on capture and workers")
+
+
+def _add_capture(sub: Any) -> None:
+    p = sub.add_parser(
+        "capture",
+        help="scale-out: sources, VAD and features here; utterances to `dfmq worker`s through the broker",
+        description="The capture half of `dfmq run`: each utterance goes, with its features, to "
+        "dfmq-internal/work/<stream-id> (QoS 1) for a worker; the results come back and are published here, "
+        "once each and in order, on dfmq/<stream-id>/intent. Utterance audio travels only on dfmq-internal/.",
+    )
+    p.add_argument("--input", help="one file or URL with both tracks")
+    p.add_argument("--audio", help="'default', a microphone name or index, a FILE or URL, or 'none'")
+    p.add_argument("--video", help="camera index (0), /dev/videoN, a FILE or URL, or 'none'")
+    p.add_argument("--pace", default="realtime", choices=["realtime", "fast"], help="file replay speed")
+    p.add_argument("--stream-id", help="the <stream-id> in the topics (default cam0)")
+    _add_broker_flags(p)
+    p.add_argument("--no-transcripts", action="store_true", help="leave the transcript out of events and results")
+    p.add_argument("--hermes", action="store_true", help="also publish hermes/intent/<intentName> (Rhasspy/Snips)")
+    p.add_argument("--show", action="store_true", help="open a window with the video, quality bars and last intent")
+    p.add_argument("--min-silence-ms", type=float, help="a pause this long ends an utterance (default 400)")
+    p.add_argument("--max-utterance-s", type=float, help="longer speech is split here (default 12)")
+    p.add_argument("--work-timeout-s", type=float, help="send an unanswered utterance again after this (default 15)")
+    p.add_argument("--max-attempts", type=int, help="sends before it is published as worker_timeout (default 3)")
+    p.add_argument("--max-in-flight", type=int, help="utterances sent and not yet answered (default 8)")
+
+
+def _add_worker(sub: Any) -> None:
+    p = sub.add_parser(
+        "worker",
+        help="scale-out: Whisper and the model for the utterances of `dfmq capture` nodes, until Ctrl-C",
+        description="Takes work items from the MQTT 5 shared subscription $share/<group>/dfmq-internal/work/+ "
+        "(each item goes to one worker of the group: another worker adds capacity), decides them and publishes "
+        "the result to the capture node on dfmq-internal/result/<stream-id>.",
+    )
+    _add_broker_flags(p)
+    p.add_argument("--worker-id", help="this worker's name in results and logs (default HOST-PID)")
+    p.add_argument("--intents", type=Path, help="intent set YAML (default: the checkpoint's own)")
+    p.add_argument("--engine", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"], help="backend")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="engine device (default: fastest available)")
+    p.add_argument("--asr-model", help="'tiny.en' (bundled, default), 'base' (asr-base extra) or a CTranslate2 dir")
+    p.add_argument("--asr-device", choices=["cpu", "cuda"], help="faster-whisper device (default cpu)")
+    p.add_argument("--asr-compute-type", help="faster-whisper compute type (int8, the default; float16, ...)")
+    p.add_argument("--asr-threads", type=int, help="CTranslate2 threads (default 1; 0: its own default)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dfmq", description="Live multimodal intent recognition (DFMQ-MC).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -379,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_synth(sub)
     _add_run(sub)
     _add_broker(sub)
+    _add_capture(sub)
+    _add_worker(sub)
     sub.add_parser("devices", help="list microphones and cameras")
     return parser
 
@@ -680,6 +741,92 @@ def _remove_homeassistant(broker: Any, stream_id: str, prefix: str) -> int:
     return 0
 
 
+def _scaleout_options(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """(live options, broker options, scale-out options) of `dfmq capture` and `dfmq worker`."""
+    from stream.distributed import external_broker
+    from stream.options import load_live_options
+
+    live = load_live_options(args.config)
+    broker = _overridden(
+        live.broker,
+        url=args.broker,
+        username=args.username,
+        password=args.password,
+        ca_file=args.ca_file,
+        cert_file=args.cert_file,
+        key_file=args.key_file,
+    )
+    external_broker(broker.url)
+    scale = _overridden(
+        live.scaleout,
+        group=args.group,
+        work_timeout_s=getattr(args, "work_timeout_s", None),
+        max_attempts=getattr(args, "max_attempts", None),
+        max_in_flight=getattr(args, "max_in_flight", None),
+    )
+    return live, broker, scale
+
+
+def _cmd_capture(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    live, broker, scale = _scaleout_options(args)
+    pipe = _overridden(
+        live.pipeline,
+        stream_id=args.stream_id,
+        publish_transcripts=False if args.no_transcripts else None,
+        hermes=args.hermes or None,
+        show=args.show or None,
+    )
+    seg = _overridden(live.segmenter, min_silence_ms=args.min_silence_ms, max_utterance_s=args.max_utterance_s)
+    from stream.distributed import run_capture
+    from stream.run import RunRequest
+
+    req = RunRequest(ckpt=args.ckpt, input=args.input, audio=args.audio, video=args.video, pace=args.pace)
+    stats = asyncio.run(run_capture(req, broker, pipe, seg, scale))
+    served = ", ".join(f"{worker} {count}" for worker, count in sorted(stats.served_by.items())) or "none"
+    print(
+        f"dfmq capture: {stats.events} intent events from {stats.utterances} utterances; re-sent {stats.resent}, "
+        f"gave up on {stats.given_up}, dropped {stats.duplicates} duplicate results, {stats.dropped_utterances} "
+        f"utterances, {stats.dropped_items} capture items; served by: {served}"
+    )
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from model.intents import load_intent_set
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    live, broker, scale = _scaleout_options(args)
+    asr = _overridden(
+        live.asr,
+        model=args.asr_model,
+        device=args.asr_device,
+        compute_type=args.asr_compute_type,
+        cpu_threads=args.asr_threads,
+    )
+    from stream.distributed import default_worker_id, run_worker
+    from stream.run import RunRequest
+
+    req = RunRequest(
+        ckpt=args.ckpt,
+        engine=args.engine,
+        device=args.device,
+        asr=asr,
+        decision=live.decision,
+        intents=load_intent_set(args.intents) if args.intents is not None else None,
+    )
+    worker_id = args.worker_id or default_worker_id()
+    stats = asyncio.run(run_worker(req, broker, scale, worker_id))
+    print(f"dfmq worker {worker_id}: served {stats.served}, errors {stats.errors}, stale {stats.stale}")
+    return 0
+
+
 def _cmd_broker(args: argparse.Namespace) -> int:
     import asyncio
     import contextlib
@@ -734,6 +881,8 @@ COMMANDS = {
     "synth": _cmd_synth,
     "run": _cmd_run,
     "broker": _cmd_broker,
+    "capture": _cmd_capture,
+    "worker": _cmd_worker,
     "devices": _cmd_devices,
 }
 

@@ -99,6 +99,7 @@ class IntentEvent:
     text: str | None
     recognized: bool  # false: intent is None and `reason` says why
     # no_speech | unreliable_transcript | out_of_scope | low_confidence; None when recognized
+    # (dfmq capture also: worker_timeout | worker_error, when no worker decided: stream/distributed.py)
     reason: str | None
     intent: str | None  # a name of the run's intent set
     confidence: float  # the top intent's probability x transcript_confidence

@@ -365,6 +365,30 @@ class MetricsOptions:
 
 
 @dataclass
+class ScaleOutOptions:
+    """`dfmq capture` and `dfmq worker`: utterances sent through the broker to shared workers."""
+
+    # The worker group of the MQTT 5 shared subscription $share/<group>/...: one group shares the work.
+    group: str = _option(
+        "dfmq",
+        Rule(
+            "1 to 64 characters of A-Z a-z 0-9 _ . - (a level of the shared subscription)",
+            lambda v: isinstance(v, str) and STREAM_ID.fullmatch(v) is not None,
+        ),
+    )
+    # An utterance with no result this long after it was sent goes out again (and expires on the
+    # broker, which then no longer hands the stale copy to a worker).
+    work_timeout_s: float = _option(15.0, _number("seconds", 1, 3600))
+    # Sends of one utterance before the capture node publishes it as recognized false, worker_timeout.
+    max_attempts: int = _option(3, _count(1))
+    # Utterances sent and not yet answered; a file waits for a free one, a live source drops the oldest.
+    max_in_flight: int = _option(8, _count(1))
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass
 class LiveOptions:
     """Everything `dfmq run` tunes besides its inputs, one section of `configs/live.yaml` each."""
 
@@ -375,6 +399,7 @@ class LiveOptions:
     decision: DecisionOptions = field(default_factory=DecisionOptions)
     homeassistant: HomeAssistantOptions = field(default_factory=HomeAssistantOptions)
     metrics: MetricsOptions = field(default_factory=MetricsOptions)
+    scaleout: ScaleOutOptions = field(default_factory=ScaleOutOptions)
 
 
 LIVE_SECTIONS: dict[str, type[Any]] = {
@@ -385,12 +410,15 @@ LIVE_SECTIONS: dict[str, type[Any]] = {
     "decision": DecisionOptions,
     "homeassistant": HomeAssistantOptions,
     "metrics": MetricsOptions,
+    "scaleout": ScaleOutOptions,
 }
 
 
 def load_live_options(path: Path | None) -> LiveOptions:
     """The options of a YAML file (sections asr, segmenter, pipeline, broker, decision, homeassistant,
     metrics); defaults without one."""
+    """The options of a YAML file (sections asr, segmenter, pipeline, broker, decision, scaleout); defaults
+    without one."""
     if path is None:
         return LiveOptions()
     raw = load_yaml(path)

@@ -78,6 +78,12 @@ BAD: dict[str, dict[str, list[Any]]] = {
         "port": [0, 65536, -1, True, 9100.0, "9100"],
         "host": ["", 127],
     },
+    "scaleout": {
+        "group": ["a/b", "+", "", 3],
+        "work_timeout_s": [0, 0.5, INF, NAN],
+        "max_attempts": [0, 1.5],
+        "max_in_flight": [0, True],
+    },
 }
 
 CASES = [
