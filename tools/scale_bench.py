@@ -11,6 +11,11 @@ events missing at the subscriber).
     .venv/bin/python tools/scale_bench.py --json docs/results/scale_cpu_2core.json
 
 A stream count "holds" when p95 <= 1 s, nothing is dropped and every utterance gives an event.
+
+`--split` adds the capture/worker split on this one machine (stream/distributed.py): `dfmq capture`
+replaying one clip at real-time pace, two `dfmq worker` processes sharing the work through the
+broker, worker A killed (SIGKILL) as it takes an utterance once the subscriber has two events:
+latency, events exactly once and in order, re-sends, who served what.
 Needs mosquitto and espeak-ng (Debian packages of those names).
 """
 
@@ -117,6 +122,82 @@ def run_count(clips: list[Path], port: int, args: argparse.Namespace) -> dict[st
     }
 
 
+def run_split(clip: Path, port: int, args: argparse.Namespace) -> dict[str, Any]:
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    import paho.mqtt.client as mqtt
+
+    url = f"mqtt://127.0.0.1:{port}"
+    cli = [sys.executable, "-m", "stream.cli"]
+    workers: dict[str, subprocess.Popen[str]] = {}
+    logs: dict[str, list[str]] = {}
+    for name in ("A", "B"):
+        command = [*cli, "worker", "--broker", url, "--engine", args.engine, "--worker-id", name, "--ckpt", args.ckpt]
+        workers[name] = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        logs[name] = []
+        threading.Thread(target=lambda n=name: logs[n].extend(workers[n].stderr or []), daemon=True).start()
+    received: list[tuple[float, dict[str, Any]]] = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dfmq-scale-split-sub")
+    sub.on_message = lambda c, u, m: received.append((time.time(), json.loads(m.payload)))
+    sub.on_connect = lambda c, u, f, rc, p: c.subscribe("dfmq/split/intent", qos=1)
+    sub.connect("127.0.0.1", port)
+    sub.loop_start()
+    killed_at_event = None
+    try:
+        deadline = time.time() + 300
+        while not all(any("serving group" in line for line in logs[n]) for n in workers):
+            if time.time() > deadline or any(w.poll() is not None for w in workers.values()):
+                raise SystemExit(f"scale_bench: workers did not start: {logs}")
+            time.sleep(0.1)
+        command = [*cli, "capture", "--broker", url, "--input", str(clip), "--pace", "realtime", "--stream-id", "split"]
+        capture = subprocess.Popen([*command, "--work-timeout-s", "4"], stdout=subprocess.PIPE, text=True)
+        busy_before = 0
+        while capture.poll() is None:
+            busy = sum("working on it" in line for line in logs["A"])
+            if killed_at_event is None and len(received) >= 2 and busy > busy_before:
+                # A has just taken an utterance: killed with it in hand, the capture node must re-send it.
+                workers["A"].send_signal(signal.SIGKILL)
+                killed_at_event = len(received)
+            busy_before = busy
+            time.sleep(0.005)
+        out = capture.stdout.read() if capture.stdout else ""
+        time.sleep(0.5)
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
+        for worker in workers.values():
+            if worker.poll() is None:
+                worker.send_signal(signal.SIGINT)
+        for worker in workers.values():
+            try:
+                worker.wait(20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+    events = [e for _, e in received]
+    ids = [int(e["utterance_id"]) for e in events]
+    latency = np.array([(wall - float(e["speech_end_wall"])) * 1000 for wall, e in received])
+    return {
+        "capture_exit": capture.returncode,
+        "capture_summary": out.strip().splitlines()[-1] if out.strip() else "",
+        "events_received": len(events),
+        "exactly_once_in_order": ids == list(range(len(ids))),
+        "worker_a_killed_after_event": killed_at_event,
+        "worker_a_exit": workers["A"].returncode,
+        "not_recognized_worker_timeout": sum(e.get("reason") == "worker_timeout" for e in events),
+        "speech_end_to_subscriber_ms": {
+            "p50": round(float(np.percentile(latency, 50)), 1) if len(latency) else None,
+            "p95": round(float(np.percentile(latency, 95)), 1) if len(latency) else None,
+            "max": round(float(latency.max()), 1) if len(latency) else None,
+        },
+        "dispatch_ms_p50": round(float(np.median([e["latency_ms"].get("dispatch", 0.0) for e in events])), 1)
+        if events
+        else None,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", default="default", help="checkpoint (default: the starter model)")
@@ -124,12 +205,13 @@ def main() -> int:
     parser.add_argument("--asr-model", default="tiny.en", help="asr.model")
     parser.add_argument("--counts", default="1,2,4,8", help="stream counts to run, comma-separated")
     parser.add_argument("--repeat", type=int, default=1, help="times each clip says the 9 scene sentences")
+    parser.add_argument("--split", action="store_true", help="also the capture/worker split, one worker killed")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
-    counts = [int(c) for c in args.counts.split(",")]
+    counts = [int(c) for c in args.counts.split(",")] if args.counts else []
     began = time.time()
     with tempfile.TemporaryDirectory() as tmp, mosquitto() as port:
-        clips, durations = render_clips(Path(tmp), max(counts), args.repeat)
+        clips, durations = render_clips(Path(tmp), max([*counts, 1]), args.repeat)
         rows = []
         for count in counts:
             row = run_count(clips[:count], port, args)
@@ -142,6 +224,15 @@ def main() -> int:
                 f"holds: {row['holds']}",
                 flush=True,
             )
+        split = run_split(clips[0], port, args) if args.split else None
+        if split is not None:
+            lat = split["speech_end_to_subscriber_ms"]
+            print(
+                f"split: {split['events_received']} events, exactly once in order: {split['exactly_once_in_order']}; "
+                f"worker A killed after event {split['worker_a_killed_after_event']}; p50 {lat['p50']} ms, "
+                f"p95 {lat['p95']} ms; {split['capture_summary']}",
+                flush=True,
+            )
     held = [r["streams"] for r in rows if r["holds"]]
     report = {
         "command": "tools/scale_bench.py "
@@ -151,6 +242,7 @@ def main() -> int:
         "asr_model": args.asr_model,
         "clip_s": durations,
         "runs": rows,
+        "split": split,
         "most_streams_held": max(held) if held else 0,
         "runtime_s": round(time.time() - began, 1),
     }
