@@ -62,6 +62,7 @@ from model.semantic import (
     embed_utterances,
     fit_reject_below,
     offtopic_sentences,
+    set_fit,
     triplet_loss,
 )
 
@@ -545,11 +546,14 @@ def fit_semantic(
                 prototypes.append(examples[k][picked])
                 owner += [j] * len(picked)
         stacked = np.concatenate(prototypes)
+        owners = np.asarray(owner)
+        is_description = np.r_[True, owners[1:] != owners[:-1]]  # each intent's first prototype
         anchors = IntentAnchors(
             names=tuple(cfg.labels[k] for k in known),
             prototypes=stacked,
-            owner=np.asarray(owner),
-            background=np.sort((background @ stacked.T).max(axis=1)),
+            owner=owners,
+            is_description=is_description,
+            background=np.sort(set_fit(background, stacked, owners, is_description, trained=False)),
             trained=False,
             reject_below=0.0,
             reject_below_source="fit",
