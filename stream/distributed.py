@@ -56,7 +56,7 @@ from stream.pipeline import END, CaptureInbox, PipelineStats, first_error
 from stream.publisher import BrokerConnectError, Failure, describe_failure, parse_broker_url
 from stream.sinks import Sink
 from stream.sources import Source
-from stream.stages import Deciding, QualityTicker, Scoring, Segmenting, Transcribing
+from stream.stages import AsrBatcher, Deciding, QualityTicker, Scoring, Segmenting, Transcribing
 from stream.workitems import (
     WorkFormatError,
     WorkItem,
@@ -693,7 +693,7 @@ class Worker:
         self.models = models
         self.batcher = batcher
         self.ready = asyncio.Event()  # subscribed: items sent from now on reach the group
-        self.transcribing = Transcribing(models.asr, executor)
+        self.transcribing = Transcribing(AsrBatcher(models.asr, executor))
         self.features_id = features_id(models.config)
         self.stats = WorkerStats()
 

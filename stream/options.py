@@ -214,6 +214,10 @@ class AsrOptions:
     cpu_threads: int = _option(1, _count(0, " (0: CTranslate2's default)"))  # 0: 4, or fewer cores
     # 30.0: stock Whisper (every call padded to 30 s)
     encoder_min_window_s: float = _option(10.0, _number("seconds", 1, 30, note=" (30 = stock Whisper)"))
+    # Utterances of different streams waiting together are transcribed in one batched call, at most
+    # this many (1: one call each). 0.67x the CPU at 4 (tools/asr_batch_bench.py); one stream's
+    # utterances go one at a time whatever this is.
+    batch_max: int = _option(4, _count(1))
 
     def __post_init__(self) -> None:
         check_fields(self)

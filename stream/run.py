@@ -45,6 +45,7 @@ from stream.record import RecordSink
 from stream.sinks import HermesSink, MqttSink, Sink
 from stream.sources import CameraSource, FileSource, MicSource, Source, SourceOptions, StreamClock
 from stream.stages import (
+    AsrBatcher,
     Deciding,
     LiveQuality,
     MediaBuffer,
@@ -183,6 +184,7 @@ class _Shared:
     engine_name: str
     batcher: MicroBatcher
     executor: ThreadPoolExecutor
+    whisper: AsrBatcher
 
 
 def _sinks(
@@ -328,7 +330,7 @@ def _load_shared(req: RunRequest, executor: ThreadPoolExecutor) -> _Shared:
     log.info("engine %s (%s)", engine.name, choice.reason)
     load_whisper(req.asr)  # load before the clock starts, not on the first utterance
     batcher = MicroBatcher(engine, BatcherOptions(max_batch=8, max_delay_ms=2.0))
-    return _Shared(model, tokenizer, features, anchors, engine.name, batcher, executor)
+    return _Shared(model, tokenizer, features, anchors, engine.name, batcher, executor, AsrBatcher(req.asr, executor))
 
 
 def _build_pipeline(req: RunRequest, stream: _Stream, seg_opts: SegmenterOptions, shared: _Shared) -> Pipeline:
@@ -340,7 +342,7 @@ def _build_pipeline(req: RunRequest, stream: _Stream, seg_opts: SegmenterOptions
         sources=stream.sources,
         live=stream.live,
         segmenting=Segmenting(Segmenter(seg_opts), buffer),
-        transcribing=Transcribing(req.asr, shared.executor),
+        transcribing=Transcribing(shared.whisper),
         scoring=Scoring(quality, tracker, shared.executor),
         deciding=Deciding(
             shared.model.config,

@@ -34,7 +34,7 @@ from model.quality import (
     text_quality,
 )
 from model.semantic import OUT_OF_SCOPE, IntentAnchors
-from stream.asr import transcribe
+from stream.asr import Recognised, transcribe_batch
 from stream.messages import AudioChunk, IntentEvent, QualityReport, ScoredWindow, Transcript, Utterance, VideoFrame
 from stream.options import AsrOptions, DecisionOptions, PipelineOptions
 from stream.vad import Segmenter
@@ -156,17 +156,64 @@ def _timed(work: Callable[..., T], *args: Any) -> tuple[T, float]:
     return work(*args), (time.perf_counter() - started) * 1000
 
 
-class Transcribing:
+class AsrBatcher:
+    """Whisper, shared by the streams of a run: utterances that wait together (they come from
+    different streams: each stream hands over one at a time) go in one batched call of at most
+    `asr.batch_max` (stream/asr.py `transcribe_batch`); one call runs at a time, on the worker
+    thread."""
+
     def __init__(self, asr: AsrOptions, executor: Executor) -> None:
         self.asr = asr
         self.executor = executor
+        self._waiting: list[tuple[np.ndarray, asyncio.Future[tuple[Recognised, float]]]] = []
+        self._busy = False
+
+    async def transcribe(self, samples: np.ndarray) -> tuple[Recognised, float]:
+        """The transcript, and this utterance's share of its call's milliseconds."""
+        future: asyncio.Future[tuple[Recognised, float]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((samples, future))
+        self._start_next()
+        return await future
+
+    def _start_next(self) -> None:
+        if self._busy or not self._waiting:
+            return
+        batch, self._waiting = self._waiting[: self.asr.batch_max], self._waiting[self.asr.batch_max :]
+        self._busy = True
+        call = asyncio.get_running_loop().run_in_executor(
+            self.executor, _timed, transcribe_batch, [samples for samples, _ in batch], self.asr
+        )
+        call.add_done_callback(lambda done: self._finish(done, batch))
+
+    def _finish(
+        self,
+        done: asyncio.Future[tuple[list[Recognised], float]],
+        batch: list[tuple[np.ndarray, asyncio.Future[tuple[Recognised, float]]]],
+    ) -> None:
+        self._busy = False
+        waiting = [future for _, future in batch if not future.done()]
+        if done.cancelled():
+            for future in waiting:
+                future.cancel()
+        elif (error := done.exception()) is not None:
+            for future in waiting:
+                future.set_exception(error)
+        else:
+            heard, call_ms = done.result()
+            for (_, future), recognised in zip(batch, heard):
+                if not future.done():
+                    future.set_result((recognised, call_ms / len(batch)))
+        self._start_next()
+
+
+class Transcribing:
+    def __init__(self, whisper: AsrBatcher) -> None:
+        self.whisper = whisper
 
     async def process(self, utterance: Utterance) -> Transcript:
         dequeued = time.time()
         started = time.perf_counter()
-        heard, asr_ms = await asyncio.get_running_loop().run_in_executor(
-            self.executor, _timed, transcribe, utterance.samples, self.asr
-        )
+        heard, asr_ms = await self.whisper.transcribe(utterance.samples)
         waited_ms = (time.perf_counter() - started) * 1000 - asr_ms
         return Transcript(utterance, heard.text, heard.scores, dequeued, asr_ms, max(0.0, waited_ms))
 

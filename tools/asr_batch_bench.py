@@ -11,7 +11,8 @@ a batch padded to the longest, plus 1 s, at least 10 s):
   `clip_timestamps`, `batch_size` of them per encoder and decoder call (greedy, no fallback);
 - CTranslate2 directly: the batch's log-mels stacked, one `encode`, one `generate`.
 
-Word error rate, process CPU seconds and wall seconds per way and batch size.
+Word error rate, process CPU seconds and wall seconds per way and batch size: medians of rounds in
+which the ways take turns (a busy moment of the machine lands on every way alike).
 
     .venv/bin/python tools/asr_batch_bench.py --json docs/results/asr_batch_cpu_2core.json
 """
@@ -97,6 +98,7 @@ def main() -> int:
     parser.add_argument("--mintrec", type=int, default=60, help="MIntRec dev texts to speak besides the corpus's")
     parser.add_argument("--batches", default="4,8", help="batch sizes, comma-separated")
     parser.add_argument("--asr-model", default="tiny.en", help="asr.model")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds, each way once per round; medians reported")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
     options = AsrOptions(model=args.asr_model)
@@ -106,22 +108,27 @@ def main() -> int:
     for batch in (int(b) for b in args.batches.split(",")):
         ways.append((f"batched pipeline x{batch}", lambda b=batch: batched_pipeline(spoken, options, b)))
         ways.append((f"ctranslate2 x{batch}", lambda b=batch: ctranslate2_batch(spoken, options, b)))
-    rows: dict[str, dict[str, float]] = {}
-    for name, run in ways:
-        cpu, wall = cpu_seconds(), time.perf_counter()
-        texts = run()
-        cpu_s, wall_s = cpu_seconds() - cpu, time.perf_counter() - wall
-        errors = sum(edit_distance(words(ref), words(hyp)) for (ref, _), hyp in zip(spoken, texts))
-        total = sum(len(words(ref)) for ref, _ in spoken)
+    # The ways take turns, `--repeats` rounds: a busy moment of the machine then lands on every way
+    # alike, and each figure is the median of its rounds.
+    samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _ in ways}
+    total = sum(len(words(ref)) for ref, _ in spoken)
+    for _ in range(args.repeats):
+        for name, run in ways:
+            cpu, wall = cpu_seconds(), time.perf_counter()
+            texts = run()
+            cpu_s, wall_s = cpu_seconds() - cpu, time.perf_counter() - wall
+            errors = sum(edit_distance(words(ref), words(hyp)) for (ref, _), hyp in zip(spoken, texts))
+            samples[name].append((100 * errors / total, cpu_s, wall_s))
+    rows: dict[str, dict[str, Any]] = {}
+    for name, runs in samples.items():
+        wer, cpu_s, wall_s = (float(np.median([r[i] for r in runs])) for i in range(3))
         rows[name] = {
-            "wer_percent": round(100 * errors / total, 1),
+            "wer_percent": round(wer, 1),
             "cpu_s": round(cpu_s, 2),
             "wall_s": round(wall_s, 2),
+            "cpu_s_rounds": [round(r[1], 2) for r in runs],
         }
-        print(
-            f"{name:>22s}   WER {rows[name]['wer_percent']:5.1f} %   CPU {cpu_s:6.2f} s   wall {wall_s:6.2f} s",
-            flush=True,
-        )
+        print(f"{name:>22s}   WER {wer:5.1f} %   CPU {cpu_s:6.2f} s   wall {wall_s:6.2f} s (medians)", flush=True)
     base = rows["per utterance"]
     for row in rows.values():
         row["cpu_vs_per_utterance"] = round(row["cpu_s"] / base["cpu_s"], 3)
