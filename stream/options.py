@@ -263,6 +263,10 @@ class PipelineOptions:
     # asyncio.Queue(0) would be unbounded, and 0 capture slots would block the file sources for good.
     max_pending_utterances: int = _option(8, _count(1))
     max_pending_items: int = _option(2000, _count(1))
+    # Threads for ASR and features, shared by the streams of a run (read from the run's options):
+    # with two, a stream's features and the running quality do not wait behind another's Whisper
+    # call (tools/scale_bench.py --worker-threads 1,2).
+    worker_threads: int = _option(2, _count(1))
     reference_momentum: float = _option(0.2, _number("a fraction", 0, 1, low_open=True))  # model.quality
     show: bool = _option(False, _flag())
     # The session record (stream/record.py): a JSON Lines file; None: none is kept.

@@ -175,7 +175,8 @@ class _Stream:
 @dataclass
 class _Shared:
     """What every stream of a run shares: the intent model, its engine and micro-batcher, Whisper
-    (lru-cached in stream.asr) and the one worker thread that runs ASR and features."""
+    (lru-cached in stream.asr) and the worker threads that run ASR and features
+    (`pipeline.worker_threads`)."""
 
     model: DFMQMC
     tokenizer: Any
@@ -238,7 +239,7 @@ async def _run_streams(
     else:
         host, port, tls = parse_broker_url(broker.url)
     failing = False
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dfmq-work")
+    executor = ThreadPoolExecutor(max_workers=pipe_opts.worker_threads, thread_name_prefix="dfmq-work")
     metrics = None
     try:
         if req.metrics.port is not None:

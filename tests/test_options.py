@@ -43,6 +43,7 @@ BAD: dict[str, dict[str, list[Any]]] = {
         "quality_window_s": [0, INF],
         "video_buffer_s": [0, -1],
         "max_pending_utterances": [0],
+        "worker_threads": [0, -1, 1.5, True],
         "max_pending_items": [0, -5],
         "reference_momentum": [0, 1.5, -0.2, NAN],
         "show": ["no"],
