@@ -123,6 +123,7 @@ def test_auto_takes_int8_only_when_its_gate_is_cleared(
     model = _small_model(tiny_model_config, tokenizer)
     gate = int8_gate(model, tokenizer, tmp_path)
     cleared, note = gate()
+    assert (note == "ok") == cleared
     meta = read_meta(onnx_for(model, "int8", tmp_path))  # built by the gate, read back from the cache
     assert cleared == meta["parity"]["passed"]
     choice = choose_engine("auto", "cpu", gate)
