@@ -127,7 +127,8 @@ class Segmenter:
         two words the level dips even where the VAD stays sure of speech, and in the middle of a word
         it does not. Searching at most `split_search_s` back keeps the pieces near the maximum length."""
         n = len(self._speech)
-        span = min(n - 1, round(self.options.split_search_s / self._window_s()))
+        search_s = min(self.options.split_search_s, self.options.max_utterance_s / 2)
+        span = min(n - 1, round(search_s / self._window_s()))
         if span <= 0:
             return n
         quietest = min(range(n - span, n), key=lambda i: (self._levels[i][0] >= self._low(), self._levels[i][1]))

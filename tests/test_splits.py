@@ -9,9 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+import numpy as np
 
-from model.errors import ConfigError
 from stream.options import SegmenterOptions
 from tests.conftest import require_binary
 
@@ -43,6 +42,13 @@ def test_cuts_at_the_quietest_point_lose_no_word(tmp_path: Path) -> None:
         assert piece["end_s"] - piece["start_s"] <= 12.0 + 0.04
 
 
-def test_split_search_must_be_shorter_than_the_maximum() -> None:
-    with pytest.raises(ConfigError, match="split_search_s"):
-        SegmenterOptions(max_utterance_s=2.0, split_search_s=2.0)
+def test_a_short_maximum_halves_the_search() -> None:
+    require_binary("espeak-ng", "espeak-ng")
+    from stream.render import speak
+    from tests.test_vad import segment
+
+    audio = np.concatenate([speak("we keep on talking and talking and never stop for a pause " * 2), np.zeros(16000)])
+    options = SegmenterOptions(max_utterance_s=2.0)  # split_search_s stays 2.5: only 1 s of it is used
+    pieces = segment(audio.astype(np.float32), 100.0, options)
+    forced = [u for u in pieces if u.forced_split]
+    assert forced and all(1.0 - 0.04 <= u.end_s - u.start_s <= 2.0 + 0.04 for u in forced)
