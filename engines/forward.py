@@ -32,7 +32,7 @@ def forward_for(preference: str, device: str | None) -> Callable[[DFMQMC, Any], 
     """What `model.train.evaluate` calls once the checkpoint is loaded: (engine name, forward)."""
 
     def build(model: DFMQMC, tokenizer: Any) -> tuple[str, ModelForward]:
-        choice = choose_engine(preference, device, int8_gate(model, tokenizer))
+        choice = choose_engine(preference, device, int8_gate(model))
         engine = load_engine(model, choice, tokenizer=tokenizer)
         return engine.name, engine_forward(engine)
 

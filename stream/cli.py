@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -544,11 +545,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from model.checkpoint import load_checkpoint, resolve_ckpt
 
     model, tokenizer = load_checkpoint(resolve_ckpt(args.ckpt))
+    if args.format == "onnx" and args.precision == "int8":
+        # Built in the engine cache, where `--engine auto` looks for it, and copied to --out.
+        from engines.select import onnx_for
+
+        cached = onnx_for(model, "int8", tokenizer=tokenizer)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cached, args.out)
+        shutil.copyfile(cached.with_suffix(".json"), Path(args.out).with_suffix(".json"))
+        print(f"wrote {args.out} ({cached.stat().st_size / 2**20:.1f} MB, cached as {cached}); ONNX checker: ok")
+        print(_int8_summary(Path(args.out)))
+        return 0
     if args.format == "onnx":
         path = export_onnx(model, args.out, args.precision, tokenizer=tokenizer)
         print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB) and {path.with_suffix('.json')}; ONNX checker: ok")
-        if args.precision == "int8":
-            print(_int8_summary(path))
         return 0
     if args.precision == "int8":
         raise ConfigError("--precision", "fp32 or fp16 with --format tensorrt (int8 is an ONNX Runtime graph)", "int8")

@@ -323,7 +323,7 @@ def _load_shared(req: RunRequest, executor: ThreadPoolExecutor) -> _Shared:
     model, tokenizer = load_checkpoint(ckpt_dir)
     features = check_live_compatible(model.config)
     anchors = _intent_anchors(model, tokenizer, ckpt_dir, req.intents)
-    choice = choose_engine(req.engine, req.device, int8_gate(model, tokenizer))
+    choice = choose_engine(req.engine, req.device, int8_gate(model))
     engine = load_engine(model, choice, tokenizer=tokenizer)
     log.info("engine %s (%s)", engine.name, choice.reason)
     load_whisper(req.asr)  # load before the clock starts, not on the first utterance
