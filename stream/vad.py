@@ -112,7 +112,7 @@ class Segmenter:
             # Keep only `pad` of the trailing silence.
             drop = max(0, self._silence_run - pad_windows)
             if drop:
-                self._speech = self._speech[:-drop]
+                self._speech, self._levels = self._speech[:-drop], self._levels[:-drop]
             return self._emit(forced=False)
         return None
 
@@ -150,6 +150,9 @@ class Segmenter:
             self._speech, self._levels = carry, carry_levels
             self._speech_start_s = start_s + len(samples) / 16000
             self._speech_windows = max(1, carry_speech)
+            # A pause that had begun before the cut goes on counting toward the end of speech.
+            while self._silence_run < len(carry_levels) and carry_levels[-1 - self._silence_run][0] < self._low():
+                self._silence_run += 1
         if speech_ms < self.options.min_speech_ms:
             return None
         end_s = start_s + len(samples) / 16000
