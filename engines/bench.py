@@ -14,7 +14,7 @@ import numpy as np
 
 from engines.base import Engine
 from engines.export import example_batch
-from engines.select import EngineChoice, load_engine, torch_cuda_available
+from engines.select import INT8, EngineChoice, load_engine, split_engine_name, torch_cuda_available
 from model.dfmq import DFMQMC
 from model.errors import DfmqError
 
@@ -79,8 +79,14 @@ def _time_engine(engine: Engine, model: DFMQMC, batch_sizes: list[int], shape: B
 
 
 def run_bench(
-    model: DFMQMC, engines: list[str], batch_sizes: list[int], shape: BenchShape, device: str | None = None
+    model: DFMQMC,
+    engines: list[str],
+    batch_sizes: list[int],
+    shape: BenchShape,
+    device: str | None = None,
+    tokenizer: Any = None,
 ) -> dict[str, Any]:
+    """`tokenizer`: the model's, which the int8 export's calibration and gate need."""
     import torch
 
     cuda = torch_cuda_available() and device != "cpu"
@@ -99,11 +105,13 @@ def run_bench(
     reference_batch = example_batch(model, 4, shape.text_len, shape.audio_len, shape.video_len, seed=99)
     reference = None
     for name in engines:
-        backend, _, precision = name.partition(":")
-        precision = precision or "fp32"
-        choice = EngineChoice(backend, "cuda" if backend == "tensorrt" else dev, "bench")
+        backend, precision = split_engine_name(name)
+        if precision == "int8":
+            choice = EngineChoice(INT8, "cpu", "bench")
+        else:
+            choice = EngineChoice(backend, "cuda" if backend == "tensorrt" else dev, "bench")
         try:
-            engine = load_engine(model, choice, precision)
+            engine = load_engine(model, choice, precision, tokenizer=tokenizer)
         except DfmqError as exc:
             report["errors"][name] = str(exc)
             print(f"bench: {name} skipped: {exc}")

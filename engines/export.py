@@ -5,8 +5,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,7 +17,7 @@ from engines.base import INPUT_NAMES, OUTPUT_NAMES, WindowBatch
 from model.dfmq import DFMQMC
 from model.errors import ConfigError
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 OPSET = 17
 
 
@@ -52,14 +54,26 @@ def model_fingerprint(model: DFMQMC) -> str:
     return digest.hexdigest()[:16]
 
 
-def export_onnx(model: DFMQMC, out_path: Path, precision: str = "fp32", fingerprint: str | None = None) -> Path:
-    """Export with dynamic batch and sequence axes, then run the ONNX checker on the file."""
+def export_onnx(
+    model: DFMQMC,
+    out_path: Path,
+    precision: str = "fp32",
+    fingerprint: str | None = None,
+    tokenizer: Any = None,
+    fp32_path: Path | None = None,
+) -> Path:
+    """Export with dynamic batch and sequence axes, then run the ONNX checker on the file.
+
+    int8 quantises an fp32 export (`fp32_path`, else one made here) and needs the model's tokenizer:
+    its calibration and parity gate run real sentences (engines/int8.py)."""
     import onnx
 
     if precision not in PRECISIONS:
         raise ConfigError("--precision", f"one of {PRECISIONS}", precision)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    if precision == "int8":
+        return _export_int8(model, out_path, fingerprint or model_fingerprint(model), tokenizer, fp32_path)
     # Traced on a CPU fp32 copy: the caller's model may live on the GPU for another engine.
     model = copy.deepcopy(model).cpu().float().eval()
     example = example_batch(model)
@@ -106,3 +120,25 @@ def export_onnx(model: DFMQMC, out_path: Path, precision: str = "fp32", fingerpr
     }
     out_path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
     return out_path
+
+
+def _export_int8(model: DFMQMC, out_path: Path, fingerprint: str, tokenizer: Any, fp32_path: Path | None) -> Path:
+    import onnx
+
+    from engines.int8 import quantize_int8
+
+    if tokenizer is None:
+        raise ValueError("an int8 export needs the model's tokenizer (calibration and parity run real sentences)")
+    with tempfile.TemporaryDirectory() as tmp:
+        if fp32_path is None:
+            fp32_path = export_onnx(model, Path(tmp) / "fp32.onnx", "fp32", fingerprint)
+        record = quantize_int8(fp32_path, out_path, model, tokenizer)
+    onnx.checker.check_model(str(out_path), full_check=True)
+    meta = {"fingerprint": fingerprint, "precision": "int8", "opset": OPSET, "labels": model.config.labels, **record}
+    out_path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    return out_path
+
+
+def read_meta(onnx_path: Path) -> dict[str, Any]:
+    """The sidecar an export wrote beside its .onnx."""
+    return dict(json.loads(Path(onnx_path).with_suffix(".json").read_text()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,13 @@ def cuda_provider_available() -> bool:
         return False
 
 
+def _precision(onnx_path: Path) -> str:
+    sidecar = onnx_path.with_suffix(".json")
+    if not sidecar.is_file():
+        return "fp32"
+    return str(json.loads(sidecar.read_text()).get("precision", "fp32"))
+
+
 class OnnxRuntimeEngine:
     def __init__(self, onnx_path: Path, device: str = "cpu", threads: int | None = None) -> None:
         ort = import_onnxruntime()
@@ -51,6 +59,9 @@ class OnnxRuntimeEngine:
         self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
         self.float_type = np.float16 if "float16" in self.session.get_inputs()[2].type else np.float32
         self.name = f"onnxruntime-{device}" + ("-fp16" if self.float_type == np.float16 else "")
+        if _precision(Path(onnx_path)) == "int8":
+            # The name `--engine` takes for it, so that bench rows and events say which graph ran.
+            self.name = f"onnxruntime-int8-{device}"
 
     def infer(self, batch: WindowBatch) -> EngineOutput:
         feeds = {}

@@ -9,7 +9,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -233,6 +233,11 @@ def training_loss(
     return total, parts, ref
 
 
+# The model's forward signature, (input_ids, attention_mask, audio, audio_mask, video, video_mask,
+# quality) -> (logits, probs, weights, embedding, sentence): an inference engine can stand in for it.
+ModelForward = Callable[..., tuple[torch.Tensor, ...]]
+
+
 @torch.no_grad()
 def predict(
     model: DFMQMC,
@@ -242,15 +247,17 @@ def predict(
     noise_sigma: float = 0.0,
     seed: int = 0,
     progress: bool = False,
+    forward: ModelForward | None = None,
 ) -> dict[str, np.ndarray]:
     model.eval()
+    run = forward or model
     generator = torch.Generator().manual_seed(seed)
     keys: list[str] = []
     labels, preds, weights, qualities, all_logits, embeddings, sentences = [], [], [], [], [], [], []
     for batch in tqdm(loader, desc="eval", leave=False, disable=None if progress else True):
         batch = add_noise(batch, noise_sigma, generator).to(device)
         quality, _ = batch_quality(model, batch, reference)
-        logits, _, w, embedding, sentence = model(
+        logits, _, w, embedding, sentence = run(
             batch.input_ids, batch.attention_mask, batch.audio, batch.audio_mask, batch.video, batch.video_mask, quality
         )
         embeddings.append(embedding.float().cpu().numpy())
@@ -702,14 +709,18 @@ def evaluate(
     noise_sigma: float = 0.0,
     device_name: str = "cpu",
     seed: int = 0,
+    forward_for: Callable[[DFMQMC, Any], tuple[str, ModelForward]] | None = None,
 ) -> dict[str, Any]:
+    """Score a split; `forward_for(model, tokenizer)` -> (engine name, forward) runs it on an engine
+    instead of eager torch (`dfmq eval --engine`)."""
     if noise_sigma < 0 or not math.isfinite(noise_sigma):
         raise ConfigError("--noise", "a standard deviation >= 0", noise_sigma)
     device = resolve_device(device_name)
     model, tokenizer = load_checkpoint(ckpt_dir, str(device))
     cfg = model.config
     loader, text_only = _split_loader(model, tokenizer, dataset, data_dir, split, seed)
-    result = predict(model, loader, device, cfg.reference, noise_sigma, seed, progress=True)
+    engine_name, forward = forward_for(model, tokenizer) if forward_for is not None else (f"torch-{device.type}", None)
+    result = predict(model, loader, device, cfg.reference, noise_sigma, seed, progress=True, forward=forward)
     metrics = classification_metrics(result["labels"], result["preds"], cfg.labels)
     if cfg.semantic_space:
         # What a live decision on the trained set uses: the head mixed with the description scores
@@ -725,6 +736,7 @@ def evaluate(
         {
             "split": split,
             "dataset": dataset,
+            "engine": engine_name,
             "noise_sigma": noise_sigma,
             "text_only": text_only,
             # Of the probabilities the model outputs, softmax(logits / temperature).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,6 +17,8 @@ from model.paths import config_file
 T = TypeVar("T")
 
 
+# engines.select.ENGINE_NAMES, spelt out so that `dfmq --help` does not import torch.
+ENGINE_CHOICES = ["auto", "torch", "onnxruntime", "onnxruntime-int8", "tensorrt"]
 DATASET_HELP = "layout and label set of --data; intents: train/dev.tsv of label<TAB>text, labels from --intents"
 
 
@@ -111,6 +114,12 @@ def _add_eval(sub: Any) -> None:
     p.add_argument("--json", required=True, type=Path, help="metrics file to write; the PNG goes beside it")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device (default cpu)")
     p.add_argument("--seed", type=int, default=0, help="seed of the injected noise")
+    p.add_argument(
+        "--engine",
+        default="torch",
+        choices=ENGINE_CHOICES,
+        help="backend that scores the split (default torch, eager; auto: what `dfmq run` would pick)",
+    )
 
 
 def _add_classify(sub: Any) -> None:
@@ -195,7 +204,12 @@ def _add_export(sub: Any) -> None:
     )
     p.add_argument("--ckpt", required=True, help="checkpoint folder, or 'default' for the shipped starter model")
     p.add_argument("--format", default="onnx", choices=["onnx", "tensorrt"], help="output format (default onnx)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "fp16"], help="precision of the export")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "fp16", "int8"],
+        help="precision of the export (int8: ONNX only, dynamic quantisation checked against fp32; see README Engines)",
+    )
     p.add_argument("--out", required=True, type=Path, help="file to write (.onnx or .plan)")
 
 
@@ -210,7 +224,7 @@ def _add_bench(sub: Any) -> None:
     p.add_argument(
         "--engines",
         default="torch,onnxruntime",
-        help="comma-separated backends, each optionally ':fp16' (torch, onnxruntime, tensorrt)",
+        help="comma-separated backends, each optionally ':fp16' (torch, onnxruntime, onnxruntime-int8, tensorrt)",
     )
     p.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 32], help="comma-separated (default 1,8,32)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present, else cpu")
@@ -328,7 +342,7 @@ def _add_run(sub: Any) -> None:
     )
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (default: off)")
     p.add_argument("--metrics-host", help="address the metrics endpoint binds (default 127.0.0.1)")
-    p.add_argument("--engine", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"], help="backend")
+    p.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help="backend")
     p.add_argument("--device", choices=["cpu", "cuda"], help="engine device (default: fastest available)")
     p.add_argument(
         "--asr-model", help="'tiny.en' (bundled, default), 'base' (asr-base extra) or a CTranslate2 Whisper folder"
@@ -494,11 +508,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError("--dataset/--data", "both, or --tsv with --intents", args.dataset or args.data)
     if args.intents or args.descriptions_only or args.reject_below is not None:
         raise ConfigError("--intents", "only with --tsv (a dataset split is scored on its own labels)", args.intents)
+    forward = None
+    if args.engine != "torch":
+        from engines.forward import forward_for
+
+        forward = forward_for(args.engine, args.device)
     metrics = evaluate(
-        resolve_ckpt(args.ckpt), args.dataset, args.data, args.split, args.json, args.noise, args.device, args.seed
+        resolve_ckpt(args.ckpt),
+        args.dataset,
+        args.data,
+        args.split,
+        args.json,
+        args.noise,
+        args.device,
+        args.seed,
+        forward_for=forward,
     )
     shown = {k: round(v, 2) for k, v in metrics.items() if isinstance(v, float)}
-    print(json.dumps({"split": args.split, **shown, "n": metrics["n"]}))
+    print(json.dumps({"split": args.split, "engine": metrics["engine"], **shown, "n": metrics["n"]}))
     print(
         f"metrics: {args.json}  confusion matrix: {metrics['confusion_png']}  "
         f"reliability diagram: {metrics['reliability_png']}"
@@ -578,11 +605,24 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from engines.export import export_onnx
     from model.checkpoint import load_checkpoint, resolve_ckpt
 
-    model, _ = load_checkpoint(resolve_ckpt(args.ckpt))
+    model, tokenizer = load_checkpoint(resolve_ckpt(args.ckpt))
+    if args.format == "onnx" and args.precision == "int8":
+        # Built in the engine cache, where `--engine auto` looks for it, and copied to --out.
+        from engines.select import onnx_for
+
+        cached = onnx_for(model, "int8", tokenizer=tokenizer)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(cached, args.out)
+        shutil.copyfile(cached.with_suffix(".json"), Path(args.out).with_suffix(".json"))
+        print(f"wrote {args.out} ({cached.stat().st_size / 2**20:.1f} MB, cached as {cached}); ONNX checker: ok")
+        print(_int8_summary(Path(args.out)))
+        return 0
     if args.format == "onnx":
-        path = export_onnx(model, args.out, args.precision)
+        path = export_onnx(model, args.out, args.precision, tokenizer=tokenizer)
         print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB) and {path.with_suffix('.json')}; ONNX checker: ok")
         return 0
+    if args.precision == "int8":
+        raise ConfigError("--precision", "fp32 or fp16 with --format tensorrt (int8 is an ONNX Runtime graph)", "int8")
     from engines.select import ensure_plan
 
     plan, key, _ = ensure_plan(model, args.precision, plan_path=args.out)
@@ -590,14 +630,28 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int8_summary(path: Path) -> str:
+    from engines.export import read_meta
+
+    meta = read_meta(path)
+    parity = meta["parity"]
+    verdict = "clears" if parity["passed"] else "misses"
+    return (
+        f"int8 level {meta['quantization']['level']}: on {parity['sentences']} sentences argmax agreement "
+        f"{parity['argmax_agreement']:.3f}, max |dlogit| {parity['max_abs_dlogit']:.3f}, min cosine embedding "
+        f"{parity['min_cosine_embedding']:.4f} sentence {parity['min_cosine_sentence']:.4f}; {verdict} the gate "
+        f"{parity['gate']} (--engine auto uses it only when it clears)"
+    )
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     from engines.bench import BenchShape, format_report, run_bench, write_report
     from model.checkpoint import load_checkpoint, resolve_ckpt
 
-    model, _ = load_checkpoint(resolve_ckpt(args.ckpt))
+    model, tokenizer = load_checkpoint(resolve_ckpt(args.ckpt))
     shape = BenchShape(args.text_len, args.audio_frames, args.video_frames, iters=args.iters)
     engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    report = run_bench(model, engines, args.batch_sizes, shape, args.device)
+    report = run_bench(model, engines, args.batch_sizes, shape, args.device, tokenizer)
     write_report(report, args.json)
     print(format_report(report, args.batch_sizes))
     print(f"report: {args.json}")

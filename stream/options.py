@@ -230,6 +230,9 @@ class SegmenterOptions:
     min_speech_ms: float = _option(250.0, _number("milliseconds", 0))  # shorter bursts are dropped
     speech_pad_ms: float = _option(150.0, _number("milliseconds", 0))  # kept on both sides of the speech
     max_utterance_s: float = _option(12.0, _number("seconds", 0, low_open=True))  # longer speech is split here
+    # A forced split cuts at the quietest 32 ms window this far before max_utterance_s (0: at it; at
+    # most half of max_utterance_s, so that lowering that alone never makes pieces tiny).
+    split_search_s: float = _option(2.5, _number("seconds", 0))
 
     def __post_init__(self) -> None:
         check_fields(self)

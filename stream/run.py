@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.batcher import BatcherOptions, MicroBatcher
-from engines.select import choose_engine, load_engine
+from engines.select import choose_engine, int8_gate, load_engine
 from model.checkpoint import checkpoint_intent_set, load_checkpoint, read_checkpoint_config, resolve_ckpt
 from model.dfmq import DFMQMC
 from model.errors import ConfigError, DfmqError
@@ -326,8 +326,8 @@ def _load_shared(req: RunRequest, executor: ThreadPoolExecutor) -> _Shared:
     model, tokenizer = load_checkpoint(ckpt_dir)
     features = check_live_compatible(model.config)
     anchors = _intent_anchors(model, tokenizer, ckpt_dir, req.intents)
-    choice = choose_engine(req.engine, req.device)
-    engine = load_engine(model, choice)
+    choice = choose_engine(req.engine, req.device, int8_gate(model))
+    engine = load_engine(model, choice, tokenizer=tokenizer)
     log.info("engine %s (%s)", engine.name, choice.reason)
     load_whisper(req.asr)  # load before the clock starts, not on the first utterance
     batcher = MicroBatcher(engine, BatcherOptions(max_batch=8, max_delay_ms=2.0))

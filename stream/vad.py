@@ -50,7 +50,10 @@ class Segmenter:
         self._pending = np.zeros(0, dtype=np.float32)
         self._pending_start_s = 0.0
         self._history: list[np.ndarray] = []  # recent windows, for the leading pad
+        self._history_levels: list[tuple[float, float]] = []
         self._speech: list[np.ndarray] = []
+        # (VAD probability, RMS) of each window of _speech: where a forced split finds a quiet point.
+        self._levels: list[tuple[float, float]] = []
         self._speech_start_s = 0.0
         self._silence_run = 0
         self._speech_windows = 0
@@ -83,43 +86,73 @@ class Segmenter:
         prob = self.vad(window)
         pad_windows = max(1, round(opts.speech_pad_ms / 1000 / self._window_s()))
         silence_windows = max(1, round(opts.min_silence_ms / 1000 / self._window_s()))
+        level = (prob, float(np.sqrt(np.mean(np.square(window, dtype=np.float64)))))
         if not self._in_speech:
-            self._history = [*self._history[-(pad_windows - 1) :], window] if pad_windows > 1 else [window]
+            keep = pad_windows - 1
+            self._history = [*self._history[-keep:], window] if keep else [window]
+            self._history_levels = [*self._history_levels[-keep:], level] if keep else [level]
             if prob >= opts.threshold:
                 self._in_speech = True
                 self._speech = list(self._history)
+                self._levels = list(self._history_levels)
                 self._speech_start_s = start_s - (len(self._history) - 1) * self._window_s()
                 self._speech_windows, self._silence_run = 1, 0
             return None
         self._speech.append(window)
-        if prob >= max(opts.threshold - 0.15, 0.01):
+        self._levels.append(level)
+        if prob >= self._low():
             self._speech_windows += 1
             self._silence_run = 0
         else:
             self._silence_run += 1
         duration_s = len(self._speech) * self._window_s()
         if duration_s >= opts.max_utterance_s:
-            return self._emit(forced=True)
+            return self._emit(forced=True, cut=self._quietest())
         if self._silence_run >= silence_windows:
             # Keep only `pad` of the trailing silence.
             drop = max(0, self._silence_run - pad_windows)
             if drop:
-                self._speech = self._speech[:-drop]
+                self._speech, self._levels = self._speech[:-drop], self._levels[:-drop]
             return self._emit(forced=False)
         return None
 
-    def _emit(self, forced: bool) -> Utterance | None:
-        samples = np.concatenate(self._speech)
+    def _low(self) -> float:
+        """VAD probability under which a window inside speech counts as a pause."""
+        return max(self.options.threshold - 0.15, 0.01)
+
+    def _quietest(self) -> int:
+        """Where a forced split cuts: after the quietest window of the last `split_search_s`.
+
+        Windows the VAD calls a pause come first (a breath, a comma), then the lowest energy: between
+        two words the level dips even where the VAD stays sure of speech, and in the middle of a word
+        it does not. Searching at most `split_search_s` back keeps the pieces near the maximum length."""
+        n = len(self._speech)
+        search_s = min(self.options.split_search_s, self.options.max_utterance_s / 2)
+        span = min(n - 1, round(search_s / self._window_s()))
+        if span <= 0:
+            return n
+        quietest = min(range(n - span, n), key=lambda i: (self._levels[i][0] >= self._low(), self._levels[i][1]))
+        return quietest + 1
+
+    def _emit(self, forced: bool, cut: int | None = None) -> Utterance | None:
+        cut = len(self._speech) if cut is None else cut
+        carry, carry_levels = self._speech[cut:], self._levels[cut:]
+        carry_speech = sum(prob >= self._low() for prob, _ in carry_levels)
+        samples = np.concatenate(self._speech[:cut])
         start_s = self._speech_start_s
-        speech_ms = self._speech_windows * self._window_s() * 1000
+        speech_ms = (self._speech_windows - carry_speech) * self._window_s() * 1000
         self._in_speech = False
-        self._speech, self._history = [], []
+        self._speech, self._history, self._levels, self._history_levels = [], [], [], []
         self._silence_run = self._speech_windows = 0
         if forced:
-            # Speech goes on: the next utterance starts right here.
+            # Speech goes on: the next utterance starts at the cut, with the windows after it.
             self._in_speech = True
+            self._speech, self._levels = carry, carry_levels
             self._speech_start_s = start_s + len(samples) / 16000
-            self._speech_windows = 1
+            self._speech_windows = max(1, carry_speech)
+            # A pause that had begun before the cut goes on counting toward the end of speech.
+            while self._silence_run < len(carry_levels) and carry_levels[-1 - self._silence_run][0] < self._low():
+                self._silence_run += 1
         if speech_ms < self.options.min_speech_ms:
             return None
         end_s = start_s + len(samples) / 16000

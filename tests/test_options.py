@@ -33,6 +33,7 @@ BAD: dict[str, dict[str, list[Any]]] = {
         "min_speech_ms": [-1, INF],
         "speech_pad_ms": [-0.1, NAN],
         "max_utterance_s": [0, -3, INF],
+        "split_search_s": [-1, INF],
     },
     "pipeline": {
         "stream_id": ["a/b", "+", "#", "", "x" * 65, "cam 0", 7],

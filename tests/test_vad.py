@@ -68,10 +68,21 @@ def test_long_speech_is_split_at_the_maximum_length() -> None:
     words = "we keep on talking and talking and never stop for a pause " * 3
     audio, spans = speech_spans([0.5, speak(words, words_per_min=200), 1.0])
     assert spans[0][1] - spans[0][0] > 6.0
-    utterances = segment(audio, 100.0, SegmenterOptions(max_utterance_s=5.0))
-    assert len(utterances) >= 2
-    assert utterances[0].forced_split and utterances[0].end_s - utterances[0].start_s == pytest.approx(5.0, abs=0.04)
-    assert utterances[1].start_s == pytest.approx(utterances[0].end_s, abs=1e-6)  # nothing lost between
+    exact = segment(audio, 100.0, SegmenterOptions(max_utterance_s=5.0, split_search_s=0.0))
+    assert len(exact) >= 2
+    assert exact[0].forced_split and exact[0].end_s - exact[0].start_s == pytest.approx(5.0, abs=0.04)
+    assert exact[1].start_s == pytest.approx(exact[0].end_s, abs=1e-6)  # nothing lost between
+    quiet = segment(audio, 100.0, SegmenterOptions(max_utterance_s=5.0, split_search_s=2.0))
+    first = quiet[0]
+    assert first.forced_split and 3.0 - 0.04 <= first.end_s - first.start_s <= 5.0 + 0.04
+    assert quiet[1].start_s == pytest.approx(first.end_s, abs=1e-6)
+    joined = np.concatenate([u.samples for u in quiet[:2]])
+    start = round(first.start_s * RATE)
+    assert np.array_equal(joined, audio[start : start + len(joined)])  # the cut moves, no sample is lost
+    # The cut is the quietest 32 ms window of the search span.
+    cut = round(first.end_s * RATE)
+    rms = [float(np.sqrt(np.mean(np.square(audio[i - 512 : i])))) for i in range(cut - 32 * 512, cut + 1, 512)]
+    assert rms[-1] <= np.percentile(rms, 10)
 
 
 def test_a_click_is_not_an_utterance() -> None:
