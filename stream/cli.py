@@ -571,7 +571,6 @@ def _cmd_classify(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from model.errors import ConfigError
     from model.train import calibrate, format_calibration, format_semantic
 
     if str(args.ckpt) == "default":
@@ -685,29 +684,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from model.errors import ConfigError
     from model.intents import load_intent_set
     from stream.options import load_live_options
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     live = load_live_options(args.config)
-    asr = _overridden(
-        live.asr,
-        model=args.asr_model,
-        device=args.asr_device,
-        compute_type=args.asr_compute_type,
-        cpu_threads=args.asr_threads,
-        encoder_min_window_s=args.asr_min_window_s,
-    )
-    broker = _overridden(
-        live.broker,
-        url=args.broker,
-        username=args.username,
-        password=args.password,
-        ca_file=args.ca_file,
-        cert_file=args.cert_file,
-        key_file=args.key_file,
-    )
+    asr = _asr_options(live, args)
+    broker = _broker_options(live, args)
     pipe = _overridden(
         live.pipeline,
         stream_id=args.stream_id,
@@ -779,7 +762,6 @@ def _summary(stats: Any) -> str:
 def _remove_homeassistant(broker: Any, stream_id: str, prefix: str) -> int:
     import asyncio
 
-    from model.errors import ConfigError
     from stream.homeassistant import remove_entities
     from stream.publisher import Publisher, parse_broker_url
 
@@ -795,13 +777,9 @@ def _remove_homeassistant(broker: Any, stream_id: str, prefix: str) -> int:
     return 0
 
 
-def _scaleout_options(args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    """(live options, broker options, scale-out options) of `dfmq capture` and `dfmq worker`."""
-    from stream.distributed import external_broker
-    from stream.options import load_live_options
-
-    live = load_live_options(args.config)
-    broker = _overridden(
+def _broker_options(live: Any, args: argparse.Namespace) -> Any:
+    """The broker section of the config with the command line's flags in place."""
+    return _overridden(
         live.broker,
         url=args.broker,
         username=args.username,
@@ -810,6 +788,27 @@ def _scaleout_options(args: argparse.Namespace) -> tuple[Any, Any, Any]:
         cert_file=args.cert_file,
         key_file=args.key_file,
     )
+
+
+def _asr_options(live: Any, args: argparse.Namespace) -> Any:
+    """The asr section with the flags in place (`dfmq worker` has no --asr-min-window-s)."""
+    return _overridden(
+        live.asr,
+        model=args.asr_model,
+        device=args.asr_device,
+        compute_type=args.asr_compute_type,
+        cpu_threads=args.asr_threads,
+        encoder_min_window_s=getattr(args, "asr_min_window_s", None),
+    )
+
+
+def _scaleout_options(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    """(live options, broker options, scale-out options) of `dfmq capture` and `dfmq worker`."""
+    from stream.distributed import external_broker
+    from stream.options import load_live_options
+
+    live = load_live_options(args.config)
+    broker = _broker_options(live, args)
     external_broker(broker.url)
     scale = _overridden(
         live.scaleout,
@@ -857,13 +856,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     live, broker, scale = _scaleout_options(args)
-    asr = _overridden(
-        live.asr,
-        model=args.asr_model,
-        device=args.asr_device,
-        compute_type=args.asr_compute_type,
-        cpu_threads=args.asr_threads,
-    )
+    asr = _asr_options(live, args)
     from stream.distributed import default_worker_id, run_worker
     from stream.run import RunRequest
 

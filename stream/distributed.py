@@ -43,7 +43,7 @@ from model.config import DFMQConfig
 from model.errors import ConfigError
 from model.features import ClipFeatures, FaceTracker
 from stream.asr import NOTHING
-from stream.messages import IntentEvent, ScoredWindow, Transcript, Utterance, VideoFrame
+from stream.messages import IntentEvent, ScoredWindow, Transcript, Utterance
 from stream.options import (
     AsrOptions,
     BrokerOptions,
@@ -52,7 +52,7 @@ from stream.options import (
     ScaleOutOptions,
     SegmenterOptions,
 )
-from stream.pipeline import END, CaptureInbox, PipelineStats, first_error
+from stream.pipeline import END, CaptureFront, PipelineStats, first_error
 from stream.publisher import BrokerConnectError, Failure, describe_failure, parse_broker_url
 from stream.sinks import Sink
 from stream.sources import Source
@@ -274,9 +274,12 @@ class _Pending:
     event: IntentEvent | None = None
 
 
-class CaptureNode:
+class CaptureNode(CaptureFront):
     """One stream's capture half: segments and scores locally, has workers decide, publishes the
     results through its sinks in utterance order, each once."""
+
+    behind = "workers"
+    stats: CaptureStats
 
     def __init__(
         self,
@@ -290,85 +293,34 @@ class CaptureNode:
         scale: ScaleOutOptions,
         features_id: str,
     ) -> None:
-        self.sources = list(sources)
-        self.live = live
-        self.segmenting = segmenting
+        super().__init__(sources, live, segmenting, ticker, sinks, options, CaptureStats())
         self.scoring = scoring
-        self.ticker = ticker
-        self.sinks = list(sinks)
-        self.options = options
         self.scale = scale
         self.features_id = features_id
         self.run_id = secrets.token_hex(6)
         self.link: MqttLink | None = None
-        self.stats = CaptureStats()
-        self.inbox: CaptureInbox | None = None
         self.pending: dict[int, _Pending] = {}  # sent and not yet published, in utterance order
-        self.finished = asyncio.Event()
         self._changed = asyncio.Event()  # a result came in, or an utterance was sent
         self._slots = asyncio.Semaphore(scale.max_in_flight)
         self._input_done = False
-        self._sources_stopped = False
-
-    def emit(self, message: Any) -> None:
-        for sink in self.sinks:
-            sink.handle(message)
-
-    def stop(self) -> None:
-        """Ctrl-C: stop capturing; what is in flight is still decided and published."""
-        log.info("stopping: waiting for the results of what is in flight")
-        self._stop_sources()
-        if self.live and self.inbox is not None:
-            self.inbox.finish()
 
     async def run(self, link: MqttLink) -> CaptureStats:
         self.link = link
-        loop = asyncio.get_running_loop()
-        self.inbox = CaptureInbox(loop, self.options.max_pending_items, not self.live, len(self.sources), self.stats)
-        utterances: asyncio.Queue[Utterance | None] = asyncio.Queue(self.options.max_pending_utterances)
+        inbox, utterances = self._open_inbox()
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(self._segment(self.inbox, utterances))
+                group.create_task(self._segment(inbox, utterances))
                 group.create_task(self._dispatch(utterances))
                 group.create_task(self._watch_deadlines())
                 group.create_task(self._tick())
                 for source in self.sources:
-                    source.start(self.inbox.put)
+                    source.start(inbox.put)
         except BaseExceptionGroup as group:
             raise first_error(group) from None
         finally:
-            self.inbox.close()
+            inbox.close()
             self._stop_sources()
         return self.stats
-
-    def _stop_sources(self) -> None:
-        if self._sources_stopped:
-            return
-        self._sources_stopped = True
-        for source in self.sources:
-            source.stop()
-
-    async def _segment(self, inbox: CaptureInbox, utterances: asyncio.Queue[Utterance | None]) -> None:
-        while (item := await inbox.get()) is not END:
-            if isinstance(item, VideoFrame):
-                self.emit(item)
-            for utterance in self.segmenting.process(item):
-                await self._queue_utterance(utterances, utterance)
-        for utterance in self.segmenting.flush():
-            await self._queue_utterance(utterances, utterance)
-        await utterances.put(END)
-
-    async def _queue_utterance(self, utterances: asyncio.Queue[Utterance | None], utterance: Utterance) -> None:
-        self.stats.utterances += 1
-        if not self.live:
-            await utterances.put(utterance)
-            return
-        if utterances.full():
-            # The workers are behind real time: the oldest utterance not yet sent goes, and is counted.
-            utterances.get_nowait()
-            self.stats.dropped_utterances += 1
-            log.warning("workers behind real time: dropped an utterance (%d so far)", self.stats.dropped_utterances)
-        utterances.put_nowait(utterance)
 
     async def _dispatch(self, utterances: asyncio.Queue[Utterance | None]) -> None:
         while (utterance := await utterances.get()) is not END:
@@ -449,16 +401,6 @@ class CaptureNode:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), max(0.01, wait_s))
         self.finished.set()
-
-    async def _tick(self) -> None:
-        while not self.finished.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.finished.wait(), self.options.quality_interval_s)
-                return
-            report = await self.ticker.process()
-            if report is not None:
-                self.emit(report)
-                self.stats.quality_messages += 1
 
     # ---- results ---------------------------------------------------------------------------------
     def on_result(self, message: Any) -> None:

@@ -113,30 +113,30 @@ def first_error(group: BaseExceptionGroup) -> BaseException:
     return error
 
 
-class Pipeline:
+class CaptureFront:
+    """The front both the in-process pipeline and a capture node (stream/distributed.py) have:
+    sources into the inbox, segmentation into a bounded utterance queue, the running quality, the
+    sinks. What comes after the utterance queue is the subclass's."""
+
+    behind = "ASR"  # what is behind real time when a live source's utterances are dropped
+
     def __init__(
         self,
         sources: Sequence[Source],
         live: bool,
         segmenting: Segmenting,
-        transcribing: Transcribing,
-        scoring: Scoring,
-        deciding: Deciding,
         ticker: QualityTicker,
         sinks: Sequence[Sink],
         options: PipelineOptions,
-        stats: PipelineStats | None = None,  # given: counted where others (the metrics) read them too
+        stats: PipelineStats,
     ) -> None:
         self.sources = list(sources)
         self.live = live
         self.segmenting = segmenting
-        self.transcribing = transcribing
-        self.scoring = scoring
-        self.deciding = deciding
         self.ticker = ticker
         self.sinks = list(sinks)
         self.options = options
-        self.stats = stats if stats is not None else PipelineStats()
+        self.stats = stats
         self.inbox: CaptureInbox | None = None
         self.finished = asyncio.Event()
         self._sources_stopped = False
@@ -146,34 +146,16 @@ class Pipeline:
             sink.handle(message)
 
     def stop(self) -> None:
-        """Ctrl-C: stop capturing; what is in flight is still transcribed and published."""
+        """Ctrl-C: stop capturing; what is in flight is still decided and published."""
         log.info("stopping: flushing what is in flight")
         self._stop_sources()
         if self.live and self.inbox is not None:
             self.inbox.finish()
 
-    async def run(self) -> PipelineStats:
+    def _open_inbox(self) -> tuple[CaptureInbox, asyncio.Queue[Utterance | None]]:
         loop = asyncio.get_running_loop()
         self.inbox = CaptureInbox(loop, self.options.max_pending_items, not self.live, len(self.sources), self.stats)
-        utterances: asyncio.Queue[Utterance | None] = asyncio.Queue(self.options.max_pending_utterances)
-        # One window in hand per stage: the utterance queue in front is where waiting happens.
-        transcripts: asyncio.Queue[Any] = asyncio.Queue(1)
-        scored: asyncio.Queue[Any] = asyncio.Queue(1)
-        try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._segment(self.inbox, utterances))
-                group.create_task(self._relay(self.transcribing.process, utterances, transcripts))
-                group.create_task(self._relay(self.scoring.process, transcripts, scored))
-                group.create_task(self._decide(scored))
-                group.create_task(self._tick())
-                for source in self.sources:
-                    source.start(self.inbox.put)
-        except BaseExceptionGroup as group:
-            raise first_error(group) from None
-        finally:
-            self.inbox.close()
-            self._stop_sources()
-        return self.stats
+        return self.inbox, asyncio.Queue(self.options.max_pending_utterances)
 
     def _stop_sources(self) -> None:
         if self._sources_stopped:
@@ -198,11 +180,66 @@ class Pipeline:
             await utterances.put(utterance)
             return
         if utterances.full():
-            # ASR is behind real time: the oldest waiting utterance goes, and is counted.
+            # Behind real time: the oldest waiting utterance goes, and is counted.
             utterances.get_nowait()
             self.stats.dropped_utterances += 1
-            log.warning("ASR behind real time: dropped an utterance (%d so far)", self.stats.dropped_utterances)
+            log.warning(
+                "%s behind real time: dropped an utterance (%d so far)", self.behind, self.stats.dropped_utterances
+            )
         utterances.put_nowait(utterance)
+
+    async def _tick(self) -> None:
+        while not self.finished.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.finished.wait(), self.options.quality_interval_s)
+                return
+            report = await self.ticker.process()
+            if report is not None:
+                self.emit(report)
+                self.stats.quality_messages += 1
+
+
+class Pipeline(CaptureFront):
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        live: bool,
+        segmenting: Segmenting,
+        transcribing: Transcribing,
+        scoring: Scoring,
+        deciding: Deciding,
+        ticker: QualityTicker,
+        sinks: Sequence[Sink],
+        options: PipelineOptions,
+        stats: PipelineStats | None = None,  # given: counted where others (the metrics) read them too
+    ) -> None:
+        super().__init__(
+            sources, live, segmenting, ticker, sinks, options, stats if stats is not None else PipelineStats()
+        )
+        self.transcribing = transcribing
+        self.scoring = scoring
+        self.deciding = deciding
+
+    async def run(self) -> PipelineStats:
+        inbox, utterances = self._open_inbox()
+        # One window in hand per stage: the utterance queue in front is where waiting happens.
+        transcripts: asyncio.Queue[Any] = asyncio.Queue(1)
+        scored: asyncio.Queue[Any] = asyncio.Queue(1)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(self._segment(inbox, utterances))
+                group.create_task(self._relay(self.transcribing.process, utterances, transcripts))
+                group.create_task(self._relay(self.scoring.process, transcripts, scored))
+                group.create_task(self._decide(scored))
+                group.create_task(self._tick())
+                for source in self.sources:
+                    source.start(inbox.put)
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+        finally:
+            inbox.close()
+            self._stop_sources()
+        return self.stats
 
     @staticmethod
     async def _relay(
@@ -219,13 +256,3 @@ class Pipeline:
             self.stats.events += 1
             self.stats.latency_ms.append(event.latency_ms["total"])
         self.finished.set()
-
-    async def _tick(self) -> None:
-        while not self.finished.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.finished.wait(), self.options.quality_interval_s)
-                return
-            report = await self.ticker.process()
-            if report is not None:
-                self.emit(report)
-                self.stats.quality_messages += 1
