@@ -519,7 +519,9 @@ def test_non_speech_is_not_recognized_and_hermes_hears_intent_not_recognized(tmp
     assert first["recognized"] is True and first["intent"] == "Thank"
     for event in rest:
         assert event["recognized"] is False and event["intent"] is None, event
-        assert event["reason"] in ("no_speech", "unreliable_transcript", "low_confidence")
+        # Whisper's fallback samples on noise: now and then a fluent invention passes the
+        # recogniser's own checks and is then off-topic for the intent set: not recognized either.
+        assert event["reason"] in ("no_speech", "unreliable_transcript", "out_of_scope", "low_confidence")
         assert event["top_k"] and event["quality"] and event["weights"]  # kept in the event
     hermes = [(t, json.loads(p)) for t, p, _ in sub.messages if t.startswith(HERMES_NLU)]
     assert [t for t, _ in hermes] == ["hermes/intent/Thank"] + ["hermes/nlu/intentNotRecognized"] * len(rest)
