@@ -274,6 +274,48 @@ def _add_synth(sub: Any) -> None:
     p.add_argument("--degrade-share", type=float, default=0.5, help="share of clips with one degradation")
 
 
+def _add_source_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", help="one file or URL with both tracks")
+    p.add_argument("--audio", help="'default', a microphone name or index, a FILE or URL, or 'none'")
+    p.add_argument("--video", help="camera index (0), /dev/videoN, a FILE or URL, or 'none'")
+    p.add_argument("--pace", default="realtime", choices=["realtime", "fast"], help="file replay speed")
+
+
+def _add_login_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--username", help="MQTT user name")
+    p.add_argument("--password", help="MQTT password")
+    p.add_argument("--cert-file", help="client TLS certificate (mqtts://)")
+    p.add_argument("--key-file", help="its private key, when not inside --cert-file")
+    p.add_argument("--ca-file", help="CA certificate for mqtts://")
+
+
+def _add_capture_flags(p: argparse.ArgumentParser) -> None:
+    """What the capture side of a run decides: the stream id, transcripts, outputs, segmentation."""
+    p.add_argument("--stream-id", help="the <stream-id> in the topics (default cam0)")
+    p.add_argument("--no-transcripts", action="store_true", help="leave the transcript out of intent events")
+    p.add_argument(
+        "--hermes",
+        action="store_true",
+        help="also publish Rhasspy Hermes: hermes/asr/textCaptured, hermes/intent/<IntentName>, "
+        "hermes/nlu/intentNotRecognized",
+    )
+    p.add_argument("--show", action="store_true", help="open a window with the video, quality bars and last intent")
+    p.add_argument("--min-silence-ms", type=float, help="a pause this long ends an utterance (default 400)")
+    p.add_argument("--max-utterance-s", type=float, help="longer speech is split here (default 12)")
+
+
+def _add_decider_flags(p: argparse.ArgumentParser) -> None:
+    """What the deciding side of a run takes: the engine and Whisper."""
+    p.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help="backend")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="engine device (default: fastest available)")
+    p.add_argument(
+        "--asr-model", help="'tiny.en' (bundled, default), 'base' (asr-base extra) or a CTranslate2 Whisper folder"
+    )
+    p.add_argument("--asr-device", choices=["cpu", "cuda"], help="faster-whisper device (default cpu)")
+    p.add_argument("--asr-compute-type", help="faster-whisper compute type (int8, the default; float16, ...)")
+    p.add_argument("--asr-threads", type=int, help="CTranslate2 threads (default 1; 0: its own default)")
+
+
 def _add_run(sub: Any) -> None:
     p = sub.add_parser(
         "run",
@@ -288,16 +330,13 @@ def _add_run(sub: Any) -> None:
         help="intent set YAML to recognise (default: the checkpoint's own, configs/intents/mintrec.yaml for the "
         "starter); a new set needs no training, a restart picks up an edited file",
     )
-    p.add_argument("--input", help="one file or URL with both tracks")
-    p.add_argument("--audio", help="'default', a microphone name or index, a FILE or URL, or 'none'")
-    p.add_argument("--video", help="camera index (0), /dev/videoN, a FILE or URL, or 'none'")
+    _add_source_flags(p)
     p.add_argument(
         "--streams",
         type=Path,
         help="YAML list of streams (id, and input or audio/video) run in this one process, sharing Whisper and "
         "the model; instead of --input/--audio/--video/--stream-id",
     )
-    p.add_argument("--pace", default="realtime", choices=["realtime", "fast"], help="file replay speed")
     p.add_argument(
         "--config",
         type=Path,
@@ -306,19 +345,8 @@ def _add_run(sub: Any) -> None:
     )
     p.add_argument("--broker", help="'embedded' (default) or mqtt://HOST:PORT / mqtts://HOST:PORT")
     p.add_argument("--embedded-port", type=int, default=1883, help="port of the embedded broker (default 1883)")
-    p.add_argument("--username", help="MQTT user name")
-    p.add_argument("--password", help="MQTT password")
-    p.add_argument("--cert-file", help="client TLS certificate (mqtts://)")
-    p.add_argument("--key-file", help="its private key, when not inside --cert-file")
-    p.add_argument("--ca-file", help="CA certificate for mqtts://")
-    p.add_argument("--stream-id", help="the <stream-id> in the topics (default cam0)")
-    p.add_argument("--no-transcripts", action="store_true", help="leave the transcript out of intent events")
-    p.add_argument(
-        "--hermes",
-        action="store_true",
-        help="also publish Rhasspy Hermes: hermes/asr/textCaptured, hermes/intent/<IntentName>, "
-        "hermes/nlu/intentNotRecognized",
-    )
+    _add_login_flags(p)
+    _add_capture_flags(p)
     p.add_argument(
         "--record",
         metavar="FILE.jsonl",
@@ -342,22 +370,12 @@ def _add_run(sub: Any) -> None:
     )
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (default: off)")
     p.add_argument("--metrics-host", help="address the metrics endpoint binds (default 127.0.0.1)")
-    p.add_argument("--engine", default="auto", choices=ENGINE_CHOICES, help="backend")
-    p.add_argument("--device", choices=["cpu", "cuda"], help="engine device (default: fastest available)")
-    p.add_argument(
-        "--asr-model", help="'tiny.en' (bundled, default), 'base' (asr-base extra) or a CTranslate2 Whisper folder"
-    )
-    p.add_argument("--asr-device", choices=["cpu", "cuda"], help="faster-whisper device (default cpu)")
-    p.add_argument("--asr-compute-type", help="faster-whisper compute type (int8, the default; float16, ...)")
-    p.add_argument("--asr-threads", type=int, help="CTranslate2 threads (default 1; 0: its own default)")
+    _add_decider_flags(p)
     p.add_argument(
         "--asr-min-window-s",
         type=float,
         help="Whisper encoder window: the utterance plus 1 s, at least this (default 10; 30 = stock Whisper)",
     )
-    p.add_argument("--show", action="store_true", help="open a window with the video, quality bars and last intent")
-    p.add_argument("--min-silence-ms", type=float, help="a pause this long ends an utterance (default 400)")
-    p.add_argument("--max-utterance-s", type=float, help="longer speech is split here (default 12)")
 
 
 def _add_broker(sub: Any) -> None:
@@ -382,11 +400,7 @@ def _add_broker_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--broker", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT of an MQTT 5 broker (Mosquitto 2, EMQX)"
     )
-    p.add_argument("--username", help="MQTT user name")
-    p.add_argument("--password", help="MQTT password")
-    p.add_argument("--cert-file", help="client TLS certificate (mqtts://)")
-    p.add_argument("--key-file", help="its private key, when not inside --cert-file")
-    p.add_argument("--ca-file", help="CA certificate for mqtts://")
+    _add_login_flags(p)
     p.add_argument(
         "--config", type=Path, help="YAML with the sections of configs/live.yaml (scaleout among them); flags win"
     )
@@ -402,17 +416,9 @@ def _add_capture(sub: Any) -> None:
         "dfmq-internal/work/<stream-id> (QoS 1) for a worker; the results come back and are published here, "
         "once each and in order, on dfmq/<stream-id>/intent. Utterance audio travels only on dfmq-internal/.",
     )
-    p.add_argument("--input", help="one file or URL with both tracks")
-    p.add_argument("--audio", help="'default', a microphone name or index, a FILE or URL, or 'none'")
-    p.add_argument("--video", help="camera index (0), /dev/videoN, a FILE or URL, or 'none'")
-    p.add_argument("--pace", default="realtime", choices=["realtime", "fast"], help="file replay speed")
-    p.add_argument("--stream-id", help="the <stream-id> in the topics (default cam0)")
+    _add_source_flags(p)
     _add_broker_flags(p)
-    p.add_argument("--no-transcripts", action="store_true", help="leave the transcript out of events and results")
-    p.add_argument("--hermes", action="store_true", help="also publish hermes/intent/<intentName> (Rhasspy/Snips)")
-    p.add_argument("--show", action="store_true", help="open a window with the video, quality bars and last intent")
-    p.add_argument("--min-silence-ms", type=float, help="a pause this long ends an utterance (default 400)")
-    p.add_argument("--max-utterance-s", type=float, help="longer speech is split here (default 12)")
+    _add_capture_flags(p)
     p.add_argument("--work-timeout-s", type=float, help="send an unanswered utterance again after this (default 15)")
     p.add_argument("--max-attempts", type=int, help="sends before it is published as worker_timeout (default 3)")
     p.add_argument("--max-in-flight", type=int, help="utterances sent and not yet answered (default 8)")
@@ -429,12 +435,7 @@ def _add_worker(sub: Any) -> None:
     _add_broker_flags(p)
     p.add_argument("--worker-id", help="this worker's name in results and logs (default HOST-PID)")
     p.add_argument("--intents", type=Path, help="intent set YAML (default: the checkpoint's own)")
-    p.add_argument("--engine", default="auto", choices=["auto", "torch", "onnxruntime", "tensorrt"], help="backend")
-    p.add_argument("--device", choices=["cpu", "cuda"], help="engine device (default: fastest available)")
-    p.add_argument("--asr-model", help="'tiny.en' (bundled, default), 'base' (asr-base extra) or a CTranslate2 dir")
-    p.add_argument("--asr-device", choices=["cpu", "cuda"], help="faster-whisper device (default cpu)")
-    p.add_argument("--asr-compute-type", help="faster-whisper compute type (int8, the default; float16, ...)")
-    p.add_argument("--asr-threads", type=int, help="CTranslate2 threads (default 1; 0: its own default)")
+    _add_decider_flags(p)
 
 
 def build_parser() -> argparse.ArgumentParser:

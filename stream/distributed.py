@@ -52,7 +52,7 @@ from stream.options import (
     ScaleOutOptions,
     SegmenterOptions,
 )
-from stream.pipeline import END, CaptureFront, PipelineStats, first_error
+from stream.pipeline import END, CaptureFront, PipelineStats
 from stream.publisher import BrokerConnectError, Failure, describe_failure, parse_broker_url
 from stream.sinks import Sink
 from stream.sources import Source
@@ -307,19 +307,9 @@ class CaptureNode(CaptureFront):
     async def run(self, link: MqttLink) -> CaptureStats:
         self.link = link
         inbox, utterances = self._open_inbox()
-        try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._segment(inbox, utterances))
-                group.create_task(self._dispatch(utterances))
-                group.create_task(self._watch_deadlines())
-                group.create_task(self._tick())
-                for source in self.sources:
-                    source.start(inbox.put)
-        except BaseExceptionGroup as group:
-            raise first_error(group) from None
-        finally:
-            inbox.close()
-            self._stop_sources()
+        await self._run_stages(
+            inbox, self._segment(inbox, utterances), self._dispatch(utterances), self._watch_deadlines()
+        )
         return self.stats
 
     async def _dispatch(self, utterances: asyncio.Queue[Utterance | None]) -> None:

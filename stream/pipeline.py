@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -157,6 +157,22 @@ class CaptureFront:
         self.inbox = CaptureInbox(loop, self.options.max_pending_items, not self.live, len(self.sources), self.stats)
         return self.inbox, asyncio.Queue(self.options.max_pending_utterances)
 
+    async def _run_stages(self, inbox: CaptureInbox, *stages: Coroutine[Any, Any, None]) -> None:
+        """The stages and the running quality as tasks of one TaskGroup, then the sources: when one
+        stage raises, the others are cancelled and its error ends the run; sources stop in any case."""
+        try:
+            async with asyncio.TaskGroup() as group:
+                for stage in stages:
+                    group.create_task(stage)
+                group.create_task(self._tick())
+                for source in self.sources:
+                    source.start(inbox.put)
+        except BaseExceptionGroup as group:
+            raise first_error(group) from None
+        finally:
+            inbox.close()
+            self._stop_sources()
+
     def _stop_sources(self) -> None:
         if self._sources_stopped:
             return
@@ -225,20 +241,13 @@ class Pipeline(CaptureFront):
         # One window in hand per stage: the utterance queue in front is where waiting happens.
         transcripts: asyncio.Queue[Any] = asyncio.Queue(1)
         scored: asyncio.Queue[Any] = asyncio.Queue(1)
-        try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._segment(inbox, utterances))
-                group.create_task(self._relay(self.transcribing.process, utterances, transcripts))
-                group.create_task(self._relay(self.scoring.process, transcripts, scored))
-                group.create_task(self._decide(scored))
-                group.create_task(self._tick())
-                for source in self.sources:
-                    source.start(inbox.put)
-        except BaseExceptionGroup as group:
-            raise first_error(group) from None
-        finally:
-            inbox.close()
-            self._stop_sources()
+        await self._run_stages(
+            inbox,
+            self._segment(inbox, utterances),
+            self._relay(self.transcribing.process, utterances, transcripts),
+            self._relay(self.scoring.process, transcripts, scored),
+            self._decide(scored),
+        )
         return self.stats
 
     @staticmethod

@@ -22,6 +22,7 @@ from stream.options import BrokerOptions, HomeAssistantOptions, PipelineOptions
 from stream.publisher import Publisher
 from stream.sinks import MqttSink
 from tests.conftest import Mosquitto, require_binary, until, wait_until
+from tests.test_pipeline import HOME_INTENTS
 
 # The keys checked against Home Assistant's documentation (integrations/mqtt discovery,
 # integrations/event.mqtt and integrations/sensor.mqtt, "Configuration Variables"): every key sent
@@ -229,13 +230,7 @@ def test_dfmq_run_announces_the_stream_sends_intent_events_and_remove_deletes_th
     from stream.render import speak, write_clip
 
     intents = tmp_path / "home.yaml"
-    intents.write_text(
-        "intents:\n"
-        "  - name: Lights\n"
-        "    description: The person wants the lights or a lamp in a room switched on, off or dimmed.\n"
-        "  - name: Music\n"
-        "    description: The person wants music played, stopped, skipped or made louder or quieter.\n"
-    )
+    intents.write_text(HOME_INTENTS)
     sentences = ["please turn off the kitchen lights", "my grandmother was born in spring"]
     pause = np.zeros(16000, np.float32)
     clip = tmp_path / "home.mp4"

@@ -221,6 +221,28 @@ def test_one_event_per_utterance_with_quality_following_the_channels(
             assert json.loads(message["customData"])["reason"] == event["reason"]
 
 
+def serve_folder(folder: Path) -> tuple[str, Any]:
+    """A local HTTP server of `folder` on a thread: (base URL, server to shut down). Python's server
+    cannot seek (no Range requests): a file whose index sits at its end breaks off mid-stream
+    there, as a dropped network camera does."""
+    import functools
+    import http.server
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}", server
+
+
+HOME_INTENTS = (
+    "intents:\n"
+    "  - name: Lights\n"
+    "    description: The person wants the lights or a lamp in a room switched on, off or dimmed.\n"
+    "  - name: Music\n"
+    "    description: The person wants music played, stopped, skipped or made louder or quieter.\n"
+)
+
+
 def _faststart_copy(clip: Path, out: Path) -> Path:
     """The clip remuxed with its index first, as files meant for streaming are."""
     import av
@@ -238,18 +260,10 @@ def test_a_clip_over_http_gives_the_same_events_and_a_broken_stream_fails_the_ru
     live_ckpt: Path, degraded_clip: tuple[Path, float], tmp_path: Path
 ) -> None:
     """`--input http://...`: PyAV reads the network stream; a local HTTP server stands in for a camera's."""
-    import functools
-    import http.server
-
     clip, _ = degraded_clip
     streamable = _faststart_copy(clip, tmp_path / "streamable.mp4")
-    (tmp_path / "index_at_end.mp4").write_bytes(clip.read_bytes())
-    # Python's server cannot seek (no Range requests): a file whose index sits at its end breaks
-    # off mid-stream there, as a dropped network stream does.
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
+    (tmp_path / "index_at_end.mp4").write_bytes(clip.read_bytes())  # breaks off mid-stream (serve_folder)
+    base, server = serve_folder(tmp_path)
     broker = Mosquitto(tmp_path, persistent=True)
     broker.start()
     sub = Subscriber(broker.port)
@@ -538,13 +552,7 @@ def test_run_with_a_new_intent_set_publishes_its_names_and_rejects_off_topic(tmp
     from stream.cli import main
 
     intents = tmp_path / "home.yaml"
-    intents.write_text(
-        "intents:\n"
-        "  - name: Lights\n"
-        "    description: The person wants the lights or a lamp in a room switched on, off or dimmed.\n"
-        "  - name: Music\n"
-        "    description: The person wants music played, stopped, skipped or made louder or quieter.\n"
-    )
+    intents.write_text(HOME_INTENTS)
     # Sentences espeak-ng says and tiny.en reads back word for word (recogniser confidence 0.89-0.96):
     # the test is about the intent set, not about transcription.
     sentences = ["please turn off the kitchen lights", "my grandmother was born in spring", "play some music please"]

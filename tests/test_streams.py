@@ -3,10 +3,7 @@ three streams into a real Mosquitto, one of them a network stream that breaks of
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
-import threading
 import time
 from pathlib import Path
 
@@ -16,7 +13,7 @@ from model.errors import DataError
 from stream.cli import main
 from stream.streams import StreamSpec, load_streams
 from tests.conftest import Mosquitto, wait_until
-from tests.test_pipeline import SENTENCES, Subscriber, _faststart_copy, degraded_clip, live_ckpt
+from tests.test_pipeline import SENTENCES, Subscriber, _faststart_copy, degraded_clip, live_ckpt, serve_folder
 
 __all__ = ["degraded_clip", "live_ckpt"]  # module fixtures shared with test_pipeline
 
@@ -82,13 +79,8 @@ def test_three_streams_in_one_process_each_its_own_events_and_a_broken_one_leave
 ) -> None:
     clip, _ = degraded_clip
     streamable = _faststart_copy(clip, tmp_path / "streamable.mp4")
-    (tmp_path / "index_at_end.mp4").write_bytes(clip.read_bytes())
-    # Python's server cannot seek: a file whose index sits at its end breaks off mid-stream, as a
-    # dropped network camera does (tests/test_pipeline.py).
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
+    (tmp_path / "index_at_end.mp4").write_bytes(clip.read_bytes())  # breaks off mid-stream (serve_folder)
+    base, server = serve_folder(tmp_path)
     streams = _write(
         tmp_path,
         f"streams:\n  - id: lobby\n    input: {clip}\n  - id: desk\n    input: {base}/{streamable.name}\n"
