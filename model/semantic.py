@@ -34,7 +34,7 @@ Semantic Synchronization for Multimodal Intent Recognition"), so this is our rea
   as well, but its leave-one-out threshold saturated at scope 1.0 on one set and rejected 18 % of
   its in-scope sentences). For the trained labels the fit is the best prototype cosine.
   `scope` is the fraction of off-topic background sentences (model/offtopic.txt, first half) whose
-  fit to the set is below the utterance's: a number in [0, 1] that
+  fit to the set is below the utterance's, made continuous (`scope_of`): a number in [0, 1] that
   means the same for any set, whatever its size and wording. An utterance with scope below
   `reject_below` is out of scope. Where it comes from, first found: the caller (`--reject-below`),
   the set file; for a set the model was not trained on with at least `MIN_EXAMPLES` examples, the
@@ -198,8 +198,8 @@ class IntentAnchors:
         return set_fit(np.atleast_2d(embeddings), self.prototypes, self.owner, self.is_description, self.trained)
 
     def scope(self, fit: np.ndarray) -> np.ndarray:
-        """Fraction of background sentences that fit the set worse than each utterance does."""
-        return np.searchsorted(self.background, fit, side="left") / len(self.background)
+        """Fraction of background sentences that fit the set worse than each utterance does (`scope_of`)."""
+        return scope_of(self.background, fit)
 
     def score(
         self, embeddings: np.ndarray, sentences: np.ndarray, head_probs: np.ndarray | None = None
@@ -310,8 +310,19 @@ def example_threshold(prototypes: np.ndarray, owner: np.ndarray, examples: np.nd
     cos = prototypes[examples] @ prototypes.T  # (E, P)
     cos[np.arange(len(cos)), np.flatnonzero(examples)] = -np.inf  # not against itself
     fits = description_and_example(cos, owner, ~examples).max(axis=1)
-    scopes = np.searchsorted(background, fits, side="left") / len(background)
-    return float(np.quantile(scopes, EXAMPLE_REJECT_SHARE, method="lower"))
+    return float(np.quantile(scope_of(background, fits), EXAMPLE_REJECT_SHARE, method="lower"))
+
+
+def scope_of(background: np.ndarray, fit: np.ndarray) -> np.ndarray:
+    """The share of the sorted background fits below each fit, made continuous: linear between
+    neighbouring background fits (the i-th of n at (i + 0.5) / n) and on to 0 at cosine -1 and 1 at
+    cosine 1. A step count saturated: every utterance fitting better than the best background
+    sentence had scope 1.0, in scope or not, so their order was lost (AUROC and the examples'
+    threshold both suffered; docs/results/zero_shot.md)."""
+    n = len(background)
+    fits = np.concatenate([[-1.0], background, [1.0]])
+    shares = np.concatenate([[0.0], (np.arange(n) + 0.5) / n, [1.0]])
+    return np.interp(fit, fits, shares)
 
 
 def coverage_threshold(scopes: np.ndarray, coverage: float = TRAINED_COVERAGE) -> float:

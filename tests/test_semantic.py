@@ -96,7 +96,7 @@ def test_the_threshold_rule_maximises_the_mean_of_both_f1() -> None:
     assert (rule["coverage"], rule["oos_recall"]) == (0.8, 1.0)
 
 
-def test_scope_is_the_share_of_background_sentences_fitting_worse() -> None:
+def test_scope_is_the_continuous_share_of_background_sentences_fitting_worse() -> None:
     anchors = IntentAnchors(
         names=("a", "b"),
         prototypes=np.eye(2, dtype=np.float32),
@@ -109,11 +109,14 @@ def test_scope_is_the_share_of_background_sentences_fitting_worse() -> None:
         similarity_temperature=0.05,
         head_mix=0.3,
     )
-    utterances = np.array([[0.25, 0.0], [0.0, 0.9], [0.05, 0.05]], dtype=np.float32)
+    utterances = np.array([[0.25, 0.0], [0.0, 0.9], [0.05, 0.05], [0.0, 0.8]], dtype=np.float32)
     scores = anchors.score(utterances, utterances)
-    assert scores.scope.tolist() == [0.5, 1.0, 0.0]
-    assert scores.in_scope.tolist() == [False, True, False]
-    assert scores.probs.argmax(axis=1).tolist() == [0, 1, 0]
+    # Background fits sit at shares 1/8, 3/8, 5/8, 7/8; linear between them, to 0 at -1 and 1 at 1.
+    assert scores.scope == pytest.approx([0.5, 0.875 + 0.125 * 0.5 / 0.6, 0.125 * 1.05 / 1.1, 0.875 + 0.125 * 0.4 / 0.6])
+    # Both fit better than every background sentence and keep their order (a step count gave both 1.0).
+    assert scores.scope[1] > scores.scope[3] > 0.875
+    assert scores.in_scope.tolist() == [False, True, False, True]
+    assert scores.probs.argmax(axis=1).tolist() == [0, 1, 0, 1]
     assert np.allclose(scores.probs.sum(axis=1), 1.0)
 
 
@@ -259,8 +262,10 @@ def test_a_set_with_examples_sets_its_threshold_from_them_leaving_each_out() -> 
     threshold = example_threshold(prototypes, owner, examples, background)
     # Fits (mean of own description and best remaining example): 10 deg: (cos 10 + cos 10) / 2 = 0.98,
     # 20 deg: (cos 20 + cos 10) / 2 = 0.96, 100 deg: (cos 10 + cos 50) / 2 = 0.81, 150 deg:
-    # (cos 60 + cos 50) / 2 = 0.57 -> scopes 1.0, 1.0, 0.9, 0.6; the 10 % quantile (lower) is 0.6.
-    assert threshold == pytest.approx(0.6)
+    # (cos 60 + cos 50) / 2 = 0.571. Background fit 0.5 sits at share 0.55, 0.6 at 0.65, so the lowest
+    # fit's scope is 0.55 + 0.1 * (0.571 - 0.5) / 0.1, and the 10 % quantile (lower) of four is the lowest.
+    lowest_fit = (np.cos(np.radians(60)) + np.cos(np.radians(50))) / 2
+    assert threshold == pytest.approx(0.55 + (lowest_fit - 0.5), abs=1e-6)
 
 
 def _plane_anchors(trained: bool) -> IntentAnchors:

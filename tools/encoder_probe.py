@@ -1,0 +1,121 @@
+"""Zero-shot scoring of the never-seen intent sets with another sentence encoder in place of the
+shipped all-MiniLM-L6-v2: the question is whether a bigger encoder is worth shipping.
+
+    .venv/bin/python tools/encoder_probe.py --encoder FOLDER [--encoder FOLDER ...] [--json OUT]
+
+FOLDER: a sentence-transformers model folder (config.json, tokenizer, weights), mean pooled as
+all-MiniLM and all-mpnet are; `minilm` is the shipped one. Each set is scored exactly as
+`dfmq eval --intents` scores a set the model was not trained on (`model/semantic.py`: centroid
+classification, description-and-best-example fit, continuous scope, the examples' threshold), only
+the embeddings differ. Not part of the product: the encoders it compares are not dependencies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from model.checkpoint import default_text_encoder_folder  # noqa: E402
+from model.intents import load_intent_set  # noqa: E402
+from model.openset import TextDecision, open_set_metrics, read_labelled_tsv  # noqa: E402
+from model.semantic import IntentAnchors, example_threshold, offtopic_sentences, set_fit  # noqa: E402
+from tools.zero_shot_bench import SETS  # noqa: E402
+
+KEYS = ("closed_acc", "in_scope_acc", "coverage", "oos_recall", "auroc", "oos_recall_at_90_coverage")
+
+
+def mean_pooled_encoder(folder: str) -> Callable[[Sequence[str]], np.ndarray]:
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder).eval()
+
+    @torch.no_grad()
+    def embed(texts: Sequence[str]) -> np.ndarray:
+        out = []
+        for start in range(0, len(texts), 64):
+            tokens = tokenizer(
+                list(texts[start : start + 64]), padding=True, truncation=True, max_length=128, return_tensors="pt"
+            )
+            hidden = model(**tokens).last_hidden_state
+            mask = tokens["attention_mask"][..., None].float()
+            out.append(F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy())
+        return np.concatenate(out)
+
+    return embed
+
+
+def score(embed: Callable[[Sequence[str]], np.ndarray], yaml: Path, tsv: Path) -> dict[str, float]:
+    intent_set = load_intent_set(yaml)
+    texts, owner, is_example = [], [], []
+    for k, intent in enumerate(intent_set.intents):
+        for i, text in enumerate((intent.description, *intent.examples)):
+            texts.append(text)
+            owner.append(k)
+            is_example.append(i > 0)
+    prototypes, owners, examples = embed(texts), np.array(owner), np.array(is_example)
+    background = np.sort(set_fit(embed(offtopic_sentences()[0]), prototypes, owners, ~examples, False))
+    anchors = IntentAnchors(
+        names=intent_set.names,
+        prototypes=prototypes,
+        owner=owners,
+        is_description=~examples,
+        background=background,
+        trained=False,
+        reject_below=example_threshold(prototypes, owners, examples, background),
+        reject_below_source="the set's examples",
+        similarity_temperature=0.05,  # the argmax and the rejection do not depend on it
+        head_mix=0.0,
+    )
+    labels, sentences = read_labelled_tsv(tsv, intent_set)
+    started = time.perf_counter()
+    embeddings = embed(sentences)
+    ms_per_sentence = 1000 * (time.perf_counter() - started) / len(sentences)
+    scores = anchors.score(embeddings, embeddings)
+    decisions = [
+        TextDecision(
+            text=text,
+            intent=intent_set.names[int(best)] if accepted else None,
+            best=intent_set.names[int(best)],
+            probability=float(probs.max()),
+            scope=float(scope),
+            probs={},
+        )
+        for text, best, accepted, probs, scope in zip(
+            sentences, scores.probs.argmax(axis=1), scores.in_scope, scores.probs, scores.scope, strict=True
+        )
+    ]
+    metrics = open_set_metrics(labels, decisions, intent_set.names)
+    return {**{key: metrics[key] for key in KEYS}, "threshold": anchors.reject_below, "ms_per_sentence": ms_per_sentence}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="encoder_probe.py", description=__doc__)
+    parser.add_argument("--encoder", action="append", required=True, help="model folder, or 'minilm'")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for folder in args.encoder:
+        embed = mean_pooled_encoder(str(default_text_encoder_folder()) if folder == "minilm" else folder)
+        name = "minilm" if folder == "minilm" else Path(folder).name
+        results[name] = {set_name: score(embed, yaml, tsv) for set_name, (yaml, tsv) in SETS.items()}
+        for set_name, row in results[name].items():
+            print(name, set_name, " ".join(f"{key} {value:.2f}" for key, value in row.items()), flush=True)
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
