@@ -116,6 +116,26 @@ class IntentEvent:
 
 
 @dataclass
+class PartialIntent:
+    """What subscribers of dfmq/<stream_id>/partial receive (QoS 0, not retained): the intent of an
+    utterance still being spoken, as heard so far. The final IntentEvent with the same
+    `utterance_id` supersedes every partial of it; `seq` counts the partials of one stream."""
+
+    stream_id: str
+    utterance_id: int  # the id its final intent event will carry
+    seq: int
+    start: float  # stream seconds at which the utterance began
+    heard_until: float  # stream seconds: the end of the audio this partial heard
+    published_wall: float
+    text: str | None  # None (and no key in the JSON) when transcripts are switched off
+    recognized: bool
+    intent: str | None
+    confidence: float
+    partial: bool = True
+    schema: str = "dfmq.partial/1"
+
+
+@dataclass
 class QualityReport:
     """Running quality of the last seconds, between and during utterances (dfmq/<id>/quality)."""
 
@@ -159,4 +179,4 @@ class RunStarted:
 
 
 # What every sink receives; each takes the kinds it shows and ignores the rest.
-SinkMessage = IntentEvent | QualityReport | VideoFrame | RunStarted
+SinkMessage = IntentEvent | PartialIntent | QualityReport | VideoFrame | RunStarted
