@@ -17,28 +17,35 @@ and only the newest snapshot of each kind waits its turn.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
-from stream.messages import PartialIntent, SinkMessage, Transcript
+from stream.messages import PartialIntent, SinkMessage, Transcript, Utterance
 from stream.pipeline import PipelineStats
 from stream.stages import Deciding, Scoring, Transcribing
 from stream.vad import Segmenter, Snapshot
 
-# Words a finished English sentence does not end on: conjunctions, articles, prepositions,
-# fillers and auxiliaries that want a continuation. Whisper ends most transcripts with a full stop,
+log = logging.getLogger("dfmq.endpointing")
+
+# Words a finished English sentence seldom ends on: conjunctions, articles, most prepositions,
+# possessives, subject pronouns and fillers. Auxiliaries and particles that often end one ("where
+# the station is?", "yes, I can.", "come in.") are not in it. Whisper ends most transcripts with a full stop,
 # also those cut mid-sentence at a breath ("ask not what your country can do for."): the last
 # word is what tells them apart.
 UNFINISHED_ENDINGS = frozenset(
     """
-    a an the and or but nor because since although though while whereas if unless until than which who whom
-    whose where whether to of at by for with from into onto about as like through over under after before
-    between without within against during toward towards upon via my your his her its our their some any
-    every each no very is are was were be been being am do does did have has had can could will would shall
-    should may might must uh um er erm ah i we he she they i'm we're you're let's
+    a an the and or but nor because since although though while whereas if unless until than which whose
+    whether to of at by for with from into onto as through under between without within against during
+    toward towards upon via my your his her its our their every each very uh um er erm ah i we he she
+    they i'm we're you're let's
     """.split()  # noqa: SIM905 (a word list reads better as words)
 )
 TERMINAL = (".", "?", "!")
+# Audio blocks of a run with speculative endpointing, in place of 100 ms (stream/sources.py): the
+# pause it decides at is 160 ms, and a block's length is added to it before the segmenter sees
+# the pause. One VAD window per block costs more wake-ups (docs/results/endpointing_cpu_2core.md).
+SPECULATIVE_BLOCK_MS = 32.0
 
 
 def turn_complete(text: str) -> bool:
@@ -77,6 +84,7 @@ class Provisional:
         self.loop = asyncio.get_running_loop()
         self._pending: dict[str, Snapshot] = {}
         self._wake = asyncio.Event()
+        self._heard: tuple[int, int, Transcript] | None = None  # (utterance id, windows, transcript)
         self.partials_sent = 0
         self.endpoints_tried = 0
         self.endpoints_closed = 0
@@ -109,6 +117,13 @@ class Provisional:
                         await (self._endpoint(snapshot) if kind == "endpoint" else self._partial(snapshot))
         finally:
             finished.cancel()
+            log.info(
+                "stream %s: %d partial intents; speculative endpoints: %d heard, %d ended the utterance",
+                self.deciding.options.stream_id,
+                self.partials_sent,
+                self.endpoints_tried,
+                self.endpoints_closed,
+            )
 
     async def _transcript(self, snapshot: Snapshot) -> Transcript | None:
         dequeued = time.time()
@@ -117,6 +132,19 @@ class Provisional:
             return None
         recognised, asr_ms = heard
         return Transcript(snapshot.utterance, recognised.text, recognised.scores, dequeued, asr_ms, 0.0)
+
+    def heard_before(self, utterance: Utterance) -> Transcript | None:
+        """The transcript of an endpoint snapshot, for the utterance that ended in its pause
+        (`Transcribing.heard_before`): the same samples, so Whisper need not hear them again. Its
+        Whisper time was spent in the pause, off the utterance's path: asr 0 ms."""
+        if self._heard is None:
+            return None
+        utterance_id, windows, transcript = self._heard
+        same_samples = len(transcript.utterance.samples) == len(utterance.samples)  # a flush keeps more silence
+        if (utterance_id, windows) != (utterance.utterance_id, utterance.endpoint_windows) or not same_samples:
+            return None
+        self._heard = None
+        return Transcript(utterance, transcript.text, transcript.scores, time.time(), 0.0, 0.0)
 
     async def _partial(self, snapshot: Snapshot) -> None:
         transcript = await self._transcript(snapshot)
@@ -146,7 +174,17 @@ class Provisional:
         if transcript is None:
             return
         self.endpoints_tried += 1
-        if not turn_complete(transcript.text) or not self.segmenter.close(snapshot):
+        self._heard = (snapshot.utterance.utterance_id, snapshot.windows, transcript)
+        complete = turn_complete(transcript.text)
+        closed = complete and self.segmenter.close(snapshot)
+        log.debug(
+            "endpoint of utterance %d: %r, complete %s, closed %s",
+            snapshot.utterance.utterance_id,
+            transcript.text,
+            complete,
+            closed,
+        )
+        if not closed:
             return  # unfinished, or speech resumed while Whisper listened: the hang-over decides
         self.endpoints_closed += 1
         self.stats.utterances += 1

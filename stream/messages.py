@@ -60,6 +60,9 @@ class Utterance:
     # The frames of [start_s, end_s], taken when the utterance is cut: the frame buffer only keeps
     # the last seconds, and a file replayed fast can cut utterances well ahead of their scoring.
     frames: list[VideoFrame] = field(default_factory=list)
+    # Set when it ended in the pause of an endpoint snapshot with no speech since (stream/vad.py):
+    # the snapshot's windows. Its samples are then the snapshot's, and so is the transcript.
+    endpoint_windows: int | None = None
 
 
 @dataclass

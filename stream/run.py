@@ -29,7 +29,7 @@ from model.intents import IntentSet
 from model.semantic import IntentAnchors, build_anchors, require_semantic_space
 from stream.asr import load_whisper
 from stream.broker import EmbeddedBroker
-from stream.endpointing import Provisional
+from stream.endpointing import SPECULATIVE_BLOCK_MS, Provisional
 from stream.messages import RunStarted
 from stream.options import (
     AsrOptions,
@@ -228,8 +228,9 @@ async def _run_streams(
     # the broker answers and accepts each stream, then the model and Whisper load.
     streams: list[_Stream] = []
     for spec in specs:
+        blocks = {"chunk_ms": SPECULATIVE_BLOCK_MS} if seg_opts.endpointing == "speculative" else {}
         sources, files = _sources(
-            replace(req, input=spec.input, audio=spec.audio, video=spec.video), SourceOptions(pace=req.pace)
+            replace(req, input=spec.input, audio=spec.audio, video=spec.video), SourceOptions(pace=req.pace, **blocks)
         )
         streams.append(_Stream(spec, sources, not files, [], _stream_options(pipe_opts, spec.id, len(specs))))
     embedded = None
@@ -376,6 +377,7 @@ def _build_pipeline(req: RunRequest, stream: _Stream, seg_opts: SegmenterOptions
             pipeline.finished,
         )
         pipeline.segmenting.on_snapshot = provisional.offer
+        pipeline.transcribing.heard_before = provisional.heard_before
         pipeline.side_stages.append(provisional.run)
     return pipeline
 

@@ -227,8 +227,13 @@ class AsrBatcher:
 class Transcribing:
     def __init__(self, whisper: AsrBatcher) -> None:
         self.whisper = whisper
+        # What was heard already of an utterance that ended where a speculative endpoint had
+        # listened (stream/endpointing.py): the same samples need no second Whisper call.
+        self.heard_before: Callable[[Utterance], Transcript | None] | None = None
 
     async def process(self, utterance: Utterance) -> Transcript:
+        if self.heard_before is not None and (earlier := self.heard_before(utterance)) is not None:
+            return earlier
         dequeued = time.time()
         started = time.perf_counter()
         heard, asr_ms = await self.whisper.transcribe(utterance.samples)

@@ -226,6 +226,7 @@ class Segmenter:
 
     def _emit(self, forced: bool, cut: int | None = None) -> Utterance | None:
         cut = len(self._speech) if cut is None else cut
+        endpoint_windows = None if forced else self._candidate_windows
         carry, carry_levels = self._speech[cut:], self._levels[cut:]
         carry_speech = sum(prob >= self._low() for prob, _ in carry_levels)
         samples = np.concatenate(self._speech[:cut])
@@ -253,6 +254,7 @@ class Segmenter:
         speech_end_s = end_s if forced else end_s - min(self.options.speech_pad_ms / 1000, end_s - start_s)
         speech_end_wall = self._last_wall - max(0.0, self._last_chunk_end_s - speech_end_s)
         utterance = Utterance(self._next_id, start_s, end_s, samples, speech_end_wall, forced)
+        utterance.endpoint_windows = endpoint_windows
         self._next_id += 1
         return utterance
 

@@ -166,3 +166,29 @@ def test_partial_snapshots_are_of_real_speech() -> None:
     audio = decode_clip(DATA / "jfk.mp3").audio
     _, snapshots = _feed(Segmenter(SegmenterOptions(), partial_interval_s=1.0), audio)
     assert len(snapshots) >= 5 and all(s.kind == "partial" for s in snapshots)
+
+
+@pytest.fixture(scope="module")
+def two_sentences_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    require_binary("espeak-ng", "espeak-ng")
+    from stream.render import write_clip
+
+    gap = np.zeros(RATE, np.float32)
+    first, second = speak("thank you so much for the help"), speak("see you tomorrow at the office")
+    path = tmp_path_factory.mktemp("media") / "two.mp4"
+    write_clip(path, np.concatenate([gap, _trimmed(first), gap, _trimmed(second), gap]), [], 15)
+    return path
+
+
+@pytest.mark.broker
+def test_speculative_endpointing_publishes_finished_sentences_at_the_short_pause(
+    tmp_path: Path, two_sentences_clip: Path
+) -> None:
+    messages = _dfmq_run(tmp_path, two_sentences_clip, "--endpointing", "speculative")
+    events = [m for t, m, _, _ in messages if t == "dfmq/test/intent"]
+    assert [e["utterance_id"] for e in events] == [0, 1]
+    assert "thank" in str(events[0]["text"]).lower() and "tomorrow" in str(events[1]["text"]).lower()
+    # Ended at the 160 ms pause, not after the 400 ms hang-over: the VAD's share of the latency
+    # is the pause (and the chunk it ends in), not the hang-over.
+    waits = [e["latency_ms"]["vad"] for e in events]  # type: ignore[index]
+    assert min(waits) < 300, waits
