@@ -29,16 +29,16 @@ from stream.vad import Segmenter, Snapshot
 log = logging.getLogger("dfmq.endpointing")
 
 # Words a finished English sentence seldom ends on: conjunctions, articles, most prepositions,
-# possessives, subject pronouns and fillers. Auxiliaries and particles that often end one ("where
-# the station is?", "yes, I can.", "come in.") are not in it. Whisper ends most transcripts with a full stop,
-# also those cut mid-sentence at a breath ("ask not what your country can do for."): the last
-# word is what tells them apart.
+# possessives, subject pronouns, fillers and most modals ("i think we should | wait until the rain
+# stops" was cut there). Words that often end one ("where the station is?", "yes, I can.", "come
+# in.") are not in it. Whisper ends most transcripts with a full stop, also those cut mid-sentence
+# at a breath ("ask not what your country can do for."): the last word is what tells them apart.
 UNFINISHED_ENDINGS = frozenset(
     """
     a an the and or but nor because since although though while whereas if unless until than which whose
     whether to of at by for with from into onto as through under between without within against during
     toward towards upon via my your his her its our their every each very uh um er erm ah i we he she
-    they i'm we're you're let's
+    they i'm we're you're let's should would could must might shall
     """.split()  # noqa: SIM905 (a word list reads better as words)
 )
 TERMINAL = (".", "?", "!")

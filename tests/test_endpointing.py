@@ -29,9 +29,9 @@ def test_turn_completion_reads_the_end_of_the_transcript() -> None:
     from stream.endpointing import turn_complete
 
     finished = ["Thank you so much for covering my shift.", "Could you help me?", "Hi everyone, good morning!"]
-    finished += ['He said "stop."', "Thanks, really."]
+    finished += ['He said "stop."', "Thanks, really.", "Where the station is?", "Yes, I can."]
     unfinished = ["ask not what your country can do for.", "I was going to the.", "and because.", "I think that..."]
-    unfinished += ["Thank you so much for covering my shift", "", "Well, um."]
+    unfinished += ["Thank you so much for covering my shift", "", "Well, um.", "I think we should."]
     assert all(turn_complete(text) for text in finished)
     assert not any(turn_complete(text) for text in unfinished)
 
