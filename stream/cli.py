@@ -348,6 +348,17 @@ def _add_run(sub: Any) -> None:
     _add_login_flags(p)
     _add_capture_flags(p)
     p.add_argument(
+        "--partials",
+        action="store_true",
+        help="also publish provisional intents while a person speaks, on dfmq/<stream-id>/partial (QoS 0)",
+    )
+    p.add_argument(
+        "--endpointing",
+        choices=["speculative", "silence"],
+        help="speculative: publish at a short pause when the transcript reads as a finished sentence; silence: "
+        "wait for --min-silence-ms of silence (default from the config: silence)",
+    )
+    p.add_argument(
         "--record",
         metavar="FILE.jsonl",
         help="keep the session (intent events, quality, status; never media) in this JSON Lines file, "
@@ -701,8 +712,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
         record=args.record,
         record_max_mb=args.record_max_mb,
         record_keep_files=args.record_keep_files,
+        partials=args.partials or None,
     )
-    seg = _overridden(live.segmenter, min_silence_ms=args.min_silence_ms, max_utterance_s=args.max_utterance_s)
+    seg = _overridden(
+        live.segmenter,
+        min_silence_ms=args.min_silence_ms,
+        max_utterance_s=args.max_utterance_s,
+        endpointing=args.endpointing,
+    )
     streams = None
     if args.streams is not None:
         from stream.streams import load_streams

@@ -60,6 +60,9 @@ class Utterance:
     # The frames of [start_s, end_s], taken when the utterance is cut: the frame buffer only keeps
     # the last seconds, and a file replayed fast can cut utterances well ahead of their scoring.
     frames: list[VideoFrame] = field(default_factory=list)
+    # Set when it ended in the pause of an endpoint snapshot with no speech since (stream/vad.py):
+    # the snapshot's windows. Its samples are then the snapshot's, and so is the transcript.
+    endpoint_windows: int | None = None
 
 
 @dataclass
@@ -116,6 +119,26 @@ class IntentEvent:
 
 
 @dataclass
+class PartialIntent:
+    """What subscribers of dfmq/<stream_id>/partial receive (QoS 0, not retained): the intent of an
+    utterance still being spoken, as heard so far. The final IntentEvent with the same
+    `utterance_id` supersedes every partial of it; `seq` counts the partials of one stream."""
+
+    stream_id: str
+    utterance_id: int  # the id its final intent event will carry
+    seq: int
+    start: float  # stream seconds at which the utterance began
+    heard_until: float  # stream seconds: the end of the audio this partial heard
+    published_wall: float
+    text: str | None  # None (and no key in the JSON) when transcripts are switched off
+    recognized: bool
+    intent: str | None
+    confidence: float
+    partial: bool = True
+    schema: str = "dfmq.partial/1"
+
+
+@dataclass
 class QualityReport:
     """Running quality of the last seconds, between and during utterances (dfmq/<id>/quality)."""
 
@@ -159,4 +182,4 @@ class RunStarted:
 
 
 # What every sink receives; each takes the kinds it shows and ignores the rest.
-SinkMessage = IntentEvent | QualityReport | VideoFrame | RunStarted
+SinkMessage = IntentEvent | PartialIntent | QualityReport | VideoFrame | RunStarted

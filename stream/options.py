@@ -233,9 +233,20 @@ class SegmenterOptions:
     # A forced split cuts at the quietest 32 ms window this far before max_utterance_s (0: at it; at
     # most half of max_utterance_s, so that lowering that alone never makes pieces tiny).
     split_search_s: float = _option(2.5, _number("seconds", 0))
+    # speculative: at a pause of speculative_pause_ms the utterance so far is transcribed and decided,
+    # and published at once when its transcript reads as a finished sentence (stream/endpointing.py);
+    # otherwise, and with silence, an utterance ends after min_silence_ms of silence.
+    endpointing: str = _option("silence", _one_of(("speculative", "silence")))
+    speculative_pause_ms: float = _option(160.0, _number("milliseconds", 32))
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.endpointing == "speculative" and self.speculative_pause_ms > self.min_silence_ms:
+            raise ConfigError(
+                "speculative_pause_ms",
+                f"milliseconds, at most min_silence_ms ({self.min_silence_ms:g})",
+                self.speculative_pause_ms,
+            )
         if self.max_utterance_s <= self.min_speech_ms / 1000:
             raise ConfigError(
                 "max_utterance_s",
@@ -277,6 +288,10 @@ class PipelineOptions:
     # One file's size; then it rotates, and at most record_keep_files older parts are kept beside it.
     record_max_mb: float = _option(50.0, _number("megabytes", 0, low_open=True))
     record_keep_files: int = _option(4, _count(0))
+    # Provisional intents on dfmq/<stream_id>/partial while a person is still speaking, one per
+    # partial_interval_s of speech; skipped while Whisper is busy (stream/endpointing.py).
+    partials: bool = _option(False, _flag())
+    partial_interval_s: float = _option(1.0, _number("seconds", 0.25))
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -235,6 +235,8 @@ class Pipeline(CaptureFront):
         self.transcribing = transcribing
         self.scoring = scoring
         self.deciding = deciding
+        # More stages run beside the main line, each to the end of the run (stream/endpointing.py).
+        self.side_stages: list[Callable[[], Coroutine[Any, Any, None]]] = []
 
     async def run(self) -> PipelineStats:
         inbox, utterances = self._open_inbox()
@@ -247,6 +249,7 @@ class Pipeline(CaptureFront):
             self._relay(self.transcribing.process, utterances, transcripts),
             self._relay(self.scoring.process, transcripts, scored),
             self._decide(scored),
+            *(stage() for stage in self.side_stages),
         )
         return self.stats
 

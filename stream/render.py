@@ -24,15 +24,17 @@ class RenderError(DfmqError):
     """A helper program needed to render media is missing or failed."""
 
 
-def speak(text: str, voice: str = "en-us", words_per_min: int = 160, pitch: int = 50) -> np.ndarray:
-    """espeak-ng speech as 16 kHz mono float32."""
+def speak(text: str, voice: str = "en-us", words_per_min: int = 160, pitch: int = 50, ssml: bool = False) -> np.ndarray:
+    """espeak-ng speech as 16 kHz mono float32; `ssml`: `text` is SSML (`<break time="300ms"/>`:
+    a pause inside one sentence, its intonation kept)."""
     exe = shutil.which("espeak-ng")
     if exe is None:
         raise RenderError("espeak-ng is not installed: apt-get install espeak-ng")
     with tempfile.TemporaryDirectory() as tmp:
         wav_path = Path(tmp) / "speech.wav"
+        markup = ["-m"] if ssml else []
         result = subprocess.run(
-            [exe, "-v", voice, "-s", str(words_per_min), "-p", str(pitch), "-w", str(wav_path), text],
+            [exe, "-v", voice, "-s", str(words_per_min), "-p", str(pitch), *markup, "-w", str(wav_path), text],
             capture_output=True,
             text=True,
             check=False,

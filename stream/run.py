@@ -29,6 +29,7 @@ from model.intents import IntentSet
 from model.semantic import IntentAnchors, build_anchors, require_semantic_space
 from stream.asr import load_whisper
 from stream.broker import EmbeddedBroker
+from stream.endpointing import SPECULATIVE_BLOCK_MS, Provisional
 from stream.messages import RunStarted
 from stream.options import (
     AsrOptions,
@@ -227,8 +228,9 @@ async def _run_streams(
     # the broker answers and accepts each stream, then the model and Whisper load.
     streams: list[_Stream] = []
     for spec in specs:
+        blocks = {"chunk_ms": SPECULATIVE_BLOCK_MS} if seg_opts.endpointing == "speculative" else {}
         sources, files = _sources(
-            replace(req, input=spec.input, audio=spec.audio, video=spec.video), SourceOptions(pace=req.pace)
+            replace(req, input=spec.input, audio=spec.audio, video=spec.video), SourceOptions(pace=req.pace, **blocks)
         )
         streams.append(_Stream(spec, sources, not files, [], _stream_options(pipe_opts, spec.id, len(specs))))
     embedded = None
@@ -339,10 +341,15 @@ def _build_pipeline(req: RunRequest, stream: _Stream, seg_opts: SegmenterOptions
     buffer = MediaBuffer(options)
     quality = LiveQuality(shared.model.config, shared.features, options.reference_momentum)
     tracker = FaceTracker(shared.features)
-    return Pipeline(
+    segmenter = Segmenter(
+        seg_opts,
+        partial_interval_s=options.partial_interval_s if options.partials else None,
+        speculate=seg_opts.endpointing == "speculative",
+    )
+    pipeline = Pipeline(
         sources=stream.sources,
         live=stream.live,
-        segmenting=Segmenting(Segmenter(seg_opts), buffer),
+        segmenting=Segmenting(segmenter, buffer),
         transcribing=Transcribing(shared.whisper),
         scoring=Scoring(quality, tracker, shared.executor),
         deciding=Deciding(
@@ -359,6 +366,20 @@ def _build_pipeline(req: RunRequest, stream: _Stream, seg_opts: SegmenterOptions
         options=options,
         stats=stream.stats,
     )
+    if segmenter.speculate or segmenter.partial_interval_s is not None:
+        provisional = Provisional(
+            segmenter,
+            pipeline.transcribing,
+            pipeline.scoring,
+            pipeline.deciding,
+            pipeline.emit,
+            pipeline.stats,
+            pipeline.finished,
+        )
+        pipeline.segmenting.on_snapshot = provisional.offer
+        pipeline.transcribing.heard_before = provisional.heard_before
+        pipeline.side_stages.append(provisional.run)
+    return pipeline
 
 
 def _intent_names(req: RunRequest) -> tuple[str, ...]:

@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict
 from typing import Any, Protocol
 
-from stream.messages import IntentEvent, QualityReport, SinkMessage
+from stream.messages import IntentEvent, PartialIntent, QualityReport, SinkMessage
 from stream.publisher import Publisher
 
 
@@ -31,7 +31,7 @@ class Sink(Protocol):
 
 
 class MqttSink:
-    """dfmq/<stream_id>/intent (QoS 1), /quality (QoS 0) and the retained /status, through one
+    """dfmq/<stream_id>/intent (QoS 1), /partial and /quality (QoS 0) and the retained /status, through one
     Publisher, whose outbox keeps intents while the broker is away."""
 
     name = "mqtt"
@@ -48,6 +48,11 @@ class MqttSink:
             if message.text is None:  # transcripts switched off: no key at all, not null
                 del payload["text"]
             self.publisher.send(self.publisher.topic("intent"), payload, qos=1, handover_stamp=True)
+        elif isinstance(message, PartialIntent):
+            payload = asdict(message)
+            if message.text is None:
+                del payload["text"]
+            self.publisher.send(self.publisher.topic("partial"), payload, qos=0)
         elif isinstance(message, QualityReport):
             self.publisher.send(self.publisher.topic("quality"), message.payload(), qos=0)
 

@@ -37,7 +37,7 @@ from model.semantic import OUT_OF_SCOPE, IntentAnchors
 from stream.asr import Recognised, transcribe_batch
 from stream.messages import AudioChunk, IntentEvent, QualityReport, ScoredWindow, Transcript, Utterance, VideoFrame
 from stream.options import AsrOptions, DecisionOptions, PipelineOptions
-from stream.vad import Segmenter
+from stream.vad import Segmenter, Snapshot
 
 T = TypeVar("T")
 
@@ -126,18 +126,29 @@ class LiveQuality:
 
 
 class Segmenting:
-    """Capture items in, finished utterances out; frames and audio also go to the media buffer."""
+    """Capture items in, finished utterances out; frames and audio also go to the media buffer.
 
-    def __init__(self, segmenter: Segmenter, buffer: MediaBuffer) -> None:
+    Snapshots of the utterance in progress (stream/vad.py), when the segmenter takes any, go with
+    their frames to `on_snapshot` (stream/endpointing.py `Provisional.offer`, safe from any thread)."""
+
+    def __init__(
+        self, segmenter: Segmenter, buffer: MediaBuffer, on_snapshot: Callable[[Snapshot], None] | None = None
+    ) -> None:
         self.segmenter = segmenter
         self.buffer = buffer
+        self.on_snapshot = on_snapshot
 
     def process(self, item: AudioChunk | VideoFrame) -> list[Utterance]:
         if isinstance(item, VideoFrame):
             self.buffer.add_frame(item)
             return []
         self.buffer.add_audio(item)
-        return self._with_frames(self.segmenter.process(item))
+        utterances = self._with_frames(self.segmenter.process(item))
+        if self.on_snapshot is not None:
+            for snapshot in self.segmenter.take_snapshots():
+                self._with_frames([snapshot.utterance])
+                self.on_snapshot(snapshot)
+        return utterances
 
     def flush(self) -> list[Utterance]:
         """The utterance being spoken when the input ended, cut where it is."""
@@ -167,6 +178,13 @@ class AsrBatcher:
         self.executor = executor
         self._waiting: list[tuple[np.ndarray, asyncio.Future[tuple[Recognised, float]]]] = []
         self._busy = False
+
+    async def transcribe_if_idle(self, samples: np.ndarray) -> tuple[Recognised, float] | None:
+        """As `transcribe`, or None at once when Whisper is busy or has work waiting: provisional
+        work never makes a finished utterance wait for a whole call."""
+        if self._busy or self._waiting:
+            return None
+        return await self.transcribe(samples)
 
     async def transcribe(self, samples: np.ndarray) -> tuple[Recognised, float]:
         """The transcript, and this utterance's share of its call's milliseconds."""
@@ -209,8 +227,13 @@ class AsrBatcher:
 class Transcribing:
     def __init__(self, whisper: AsrBatcher) -> None:
         self.whisper = whisper
+        # What was heard already of an utterance that ended where a speculative endpoint had
+        # listened (stream/endpointing.py): the same samples need no second Whisper call.
+        self.heard_before: Callable[[Utterance], Transcript | None] | None = None
 
     async def process(self, utterance: Utterance) -> Transcript:
+        if self.heard_before is not None and (earlier := self.heard_before(utterance)) is not None:
+            return earlier
         dequeued = time.time()
         started = time.perf_counter()
         heard, asr_ms = await self.whisper.transcribe(utterance.samples)
@@ -226,7 +249,9 @@ class Scoring:
         self.tracker = tracker
         self.executor = executor
 
-    async def process(self, transcript: Transcript) -> ScoredWindow:
+    async def process(self, transcript: Transcript, update_reference: bool = True) -> ScoredWindow:
+        """`update_reference=False`: a provisional window, which must not count twice in the running
+        references (its utterance is scored again when it ends)."""
         utterance = transcript.utterance
         started = time.perf_counter()
         feats, features_ms = await asyncio.get_running_loop().run_in_executor(
@@ -240,7 +265,8 @@ class Scoring:
         )
         waited_ms = max(0.0, (time.perf_counter() - started) * 1000 - features_ms)
         q_audio, q_video = self.quality.score(feats)
-        self.quality.update(feats)
+        if update_reference:
+            self.quality.update(feats)
         return ScoredWindow(transcript, feats, q_audio, q_video, features_ms, waited_ms)
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -41,12 +43,42 @@ class SileroVad:
         return float(np.asarray(out).reshape(-1)[0])
 
 
-class Segmenter:
-    """AudioChunks in, Utterances out: speech start/end with padding, minimum silence, forced splits."""
+@dataclass
+class Snapshot:
+    """The utterance being spoken, as heard so far (not cut: the segmenter goes on with it).
 
-    def __init__(self, options: SegmenterOptions, vad: SileroVad | None = None) -> None:
+    `partial`: taken every `partial_interval_s` of speech, for a provisional intent. `endpoint`:
+    taken at a pause of `speculative_pause_ms`, a candidate end of the utterance that `close` may
+    confirm while the pause lasts."""
+
+    kind: str  # partial | endpoint
+    utterance: Utterance  # carries the id the finished utterance will have
+    windows: int  # windows of the utterance when it was taken: which pause an endpoint is
+
+
+class Segmenter:
+    """AudioChunks in, Utterances out: speech start/end with padding, minimum silence, forced splits.
+
+    With `partial_interval_s` and `speculate`, it also takes snapshots of the utterance in progress
+    (`take_snapshots`). The segmenter may run on another thread than the one that decides on its
+    snapshots: a lock keeps `close` and the processing of a window apart."""
+
+    def __init__(
+        self,
+        options: SegmenterOptions,
+        vad: SileroVad | None = None,
+        partial_interval_s: float | None = None,
+        speculate: bool = False,
+    ) -> None:
         self.options = options
         self.vad = vad or SileroVad()
+        self.partial_interval_s = partial_interval_s
+        self.speculate = speculate
+        self._snapshots: list[Snapshot] = []
+        self._next_partial_s = 0.0
+        # Windows of the utterance at its candidate end; None once speech resumed after it.
+        self._candidate_windows: int | None = None
+        self._lock = threading.Lock()
         self._pending = np.zeros(0, dtype=np.float32)
         self._pending_start_s = 0.0
         self._history: list[np.ndarray] = []  # recent windows, for the leading pad
@@ -66,6 +98,10 @@ class Segmenter:
         return WINDOW / 16000
 
     def process(self, chunk: AudioChunk) -> list[Utterance]:
+        with self._lock:
+            return self._process(chunk)
+
+    def _process(self, chunk: AudioChunk) -> list[Utterance]:
         if not self._pending.size:
             self._pending_start_s = chunk.start_s
         self._pending = np.concatenate([self._pending, chunk.samples])
@@ -97,15 +133,19 @@ class Segmenter:
                 self._levels = list(self._history_levels)
                 self._speech_start_s = start_s - (len(self._history) - 1) * self._window_s()
                 self._speech_windows, self._silence_run = 1, 0
+                self._next_partial_s = self.partial_interval_s or 0.0
+                self._candidate_windows = None
             return None
         self._speech.append(window)
         self._levels.append(level)
         if prob >= self._low():
             self._speech_windows += 1
             self._silence_run = 0
+            self._candidate_windows = None
         else:
             self._silence_run += 1
         duration_s = len(self._speech) * self._window_s()
+        self._take_snapshot(duration_s, pad_windows)
         if duration_s >= opts.max_utterance_s:
             return self._emit(forced=True, cut=self._quietest())
         if self._silence_run >= silence_windows:
@@ -115,6 +155,56 @@ class Segmenter:
                 self._speech, self._levels = self._speech[:-drop], self._levels[:-drop]
             return self._emit(forced=False)
         return None
+
+    def _take_snapshot(self, duration_s: float, pad_windows: int) -> None:
+        speech_s = self._speech_windows * self._window_s()
+        if speech_s * 1000 < self.options.min_speech_ms:
+            return
+        if self.partial_interval_s is not None and self._silence_run == 0 and duration_s >= self._next_partial_s:
+            # While speaking only: a partial taken in a pause would hold Whisper when the end comes.
+            self._next_partial_s = duration_s + self.partial_interval_s
+            self._snapshots.append(Snapshot("partial", self._so_far(0), len(self._speech)))
+        pause_windows = max(1, round(self.options.speculative_pause_ms / 1000 / self._window_s()))
+        if self.speculate and self._silence_run == pause_windows:
+            self._candidate_windows = len(self._speech)
+            drop = max(0, self._silence_run - pad_windows)
+            self._snapshots.append(Snapshot("endpoint", self._so_far(drop), len(self._speech)))
+
+    def _so_far(self, drop: int) -> Utterance:
+        """The utterance so far without its last `drop` windows (silence beyond the pad)."""
+        kept = self._speech[: len(self._speech) - drop]
+        samples = np.concatenate(kept)
+        end_s = self._speech_start_s + len(samples) / 16000
+        trailing = min(self._silence_run - drop, len(kept)) if self._silence_run else 0
+        speech_end_s = end_s - trailing * self._window_s()
+        speech_end_wall = self._last_wall - max(0.0, self._last_chunk_end_s - speech_end_s)
+        return Utterance(self._next_id, self._speech_start_s, end_s, samples, speech_end_wall)
+
+    def take_snapshots(self) -> list[Snapshot]:
+        """The snapshots taken since the last call (none unless asked for at construction)."""
+        with self._lock:
+            snapshots, self._snapshots = self._snapshots, []
+        return snapshots
+
+    def close(self, snapshot: Snapshot) -> bool:
+        """End the utterance at an endpoint snapshot, if the pause it was taken in still lasts.
+
+        True: the utterance is over (its id is used up and it will not come out of `process`);
+        False: speech resumed since, or the utterance already ended, and nothing changed."""
+        with self._lock:
+            if not (
+                self._in_speech
+                and snapshot.kind == "endpoint"
+                and snapshot.utterance.utterance_id == self._next_id
+                and self._candidate_windows == snapshot.windows
+            ):
+                return False
+            pad_windows = max(1, round(self.options.speech_pad_ms / 1000 / self._window_s()))
+            drop = max(0, self._silence_run - pad_windows)
+            if drop:
+                self._speech, self._levels = self._speech[:-drop], self._levels[:-drop]
+            self._emit(forced=False)
+            return True
 
     def _low(self) -> float:
         """VAD probability under which a window inside speech counts as a pause."""
@@ -136,6 +226,7 @@ class Segmenter:
 
     def _emit(self, forced: bool, cut: int | None = None) -> Utterance | None:
         cut = len(self._speech) if cut is None else cut
+        endpoint_windows = None if forced else self._candidate_windows
         carry, carry_levels = self._speech[cut:], self._levels[cut:]
         carry_speech = sum(prob >= self._low() for prob, _ in carry_levels)
         samples = np.concatenate(self._speech[:cut])
@@ -144,12 +235,14 @@ class Segmenter:
         self._in_speech = False
         self._speech, self._history, self._levels, self._history_levels = [], [], [], []
         self._silence_run = self._speech_windows = 0
+        self._candidate_windows = None
         if forced:
             # Speech goes on: the next utterance starts at the cut, with the windows after it.
             self._in_speech = True
             self._speech, self._levels = carry, carry_levels
             self._speech_start_s = start_s + len(samples) / 16000
             self._speech_windows = max(1, carry_speech)
+            self._next_partial_s = len(carry) * self._window_s() + (self.partial_interval_s or 0.0)
             # A pause that had begun before the cut goes on counting toward the end of speech.
             while self._silence_run < len(carry_levels) and carry_levels[-1 - self._silence_run][0] < self._low():
                 self._silence_run += 1
@@ -161,12 +254,14 @@ class Segmenter:
         speech_end_s = end_s if forced else end_s - min(self.options.speech_pad_ms / 1000, end_s - start_s)
         speech_end_wall = self._last_wall - max(0.0, self._last_chunk_end_s - speech_end_s)
         utterance = Utterance(self._next_id, start_s, end_s, samples, speech_end_wall, forced)
+        utterance.endpoint_windows = endpoint_windows
         self._next_id += 1
         return utterance
 
     def flush(self) -> list[Utterance]:
         """End of input: whatever speech is open becomes the last utterance."""
-        if not self._in_speech or not self._speech:
-            return []
-        utterance = self._emit(forced=False)
+        with self._lock:
+            if not self._in_speech or not self._speech:
+                return []
+            utterance = self._emit(forced=False)
         return [utterance] if utterance is not None else []

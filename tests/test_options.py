@@ -34,6 +34,8 @@ BAD: dict[str, dict[str, list[Any]]] = {
         "speech_pad_ms": [-0.1, NAN],
         "max_utterance_s": [0, -3, INF],
         "split_search_s": [-1, INF],
+        "endpointing": ["vad", "", 1],
+        "speculative_pause_ms": [0, 31, NAN],
     },
     "pipeline": {
         "stream_id": ["a/b", "+", "#", "", "x" * 65, "cam 0", 7],
@@ -51,6 +53,8 @@ BAD: dict[str, dict[str, list[Any]]] = {
         "record": ["no/such/folder/session.jsonl", "", 5, "."],
         "record_max_mb": [0, -1, NAN, True],
         "record_keep_files": [-1, 1.5, False],
+        "partials": ["yes", 1],
+        "partial_interval_s": [0, 0.1, INF],
     },
     "broker": {
         "url": ["http://host:1883", "mqtt://", "mqtt://host:99999", "localhost"],
@@ -174,6 +178,10 @@ def test_every_option_rejects_a_bad_value_by_name_value_and_range(
         (
             "segmenter:\n  max_utterance_s: 0.2\n",
             "[segmenter]: option 'max_utterance_s' expected seconds, longer than min_speech_ms (250 ms), got 0.2",
+        ),
+        (
+            "segmenter:\n  endpointing: speculative\n  min_silence_ms: 150\n",
+            "[segmenter]: option 'speculative_pause_ms' expected milliseconds, at most min_silence_ms (150), got 160.0",
         ),
         (
             "pipeline:\n  video_buffer_s: 1\n",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -42,9 +43,15 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=2, help="times the 9 scene sentences are said")
     parser.add_argument("--asr-threads", type=int, default=1, help="CTranslate2 threads of the pipeline's ASR")
     parser.add_argument("--asr-min-window-s", type=float, default=10.0, help="the pipeline's Whisper encoder window")
+    parser.add_argument(
+        "--endpointing", default=SegmenterOptions().endpointing, choices=["silence", "speculative"], help="segmenter"
+    )
+    parser.add_argument("--speculative-pause-ms", type=float, default=SegmenterOptions().speculative_pause_ms)
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
     import paho.mqtt.client as mqtt
+
+    load_at_start = os.getloadavg()[0]
 
     with tempfile.TemporaryDirectory() as tmp, mosquitto() as port:
         audio, frames, _, _ = render_scene(SCENE_SENTENCES * args.repeat, snr_db=60.0, dark_gain=1.0, fps=15, seed=0)
@@ -60,6 +67,7 @@ def main() -> int:
             asr = AsrOptions(cpu_threads=args.asr_threads, encoder_min_window_s=args.asr_min_window_s)
             req = RunRequest(ckpt=args.ckpt, input=str(clip), pace="realtime", engine=args.engine, asr=asr)
             marks: dict[str, float] = {}
+            seg_opts = SegmenterOptions(endpointing=args.endpointing, speculative_pause_ms=args.speculative_pause_ms)
 
             async def on_ready(host: str, p: int) -> None:
                 marks["cpu"], marks["wall"] = cpu_seconds(), time.time()
@@ -70,7 +78,7 @@ def main() -> int:
                     req,
                     BrokerOptions(url=f"mqtt://127.0.0.1:{port}"),
                     PipelineOptions(stream_id="bench"),
-                    SegmenterOptions(),
+                    seg_opts,
                     on_ready=on_ready,
                 )
             )
@@ -136,6 +144,8 @@ def main() -> int:
             stage: round(float(np.median([e["latency_ms"][stage] for _, e in received])), 1)  # type: ignore[index]
             for stage in ("vad", "asr", "features", "engine")
         },
+        "segmenter": {"endpointing": args.endpointing, "speculative_pause_ms": args.speculative_pause_ms},
+        "load_average_1min_at_start": round(load_at_start, 2),
         "pipeline_asr": {"cpu_threads": args.asr_threads, "encoder_min_window_s": args.asr_min_window_s},
         "pipeline_cpu_s": round(pipeline_cpu, 2),
         "pipeline_wall_s": round(pipeline_wall, 2),
