@@ -61,6 +61,7 @@ def load_whisper(options: AsrOptions) -> Any:
         "device": options.device,
         "compute_type": options.compute_type,
         "cpu_threads": options.cpu_threads,
+        "num_workers": options.parallel_calls,
         "min_window_s": options.encoder_min_window_s,
     }
     if options.model == "base":

@@ -37,7 +37,7 @@ MEDIA_SUFFIXES = (".mp4", ".mkv", ".webm", ".wav", ".flac", ".mp3", ".mov", ".av
 # and its scores are kept (cache files of format 1 lack them and are never read again).
 CACHE_FORMAT = 2
 # Recogniser options that do not change what it outputs, left out of the cache key.
-ASR_OPTIONS_NOT_IN_KEY = ("cpu_threads",)
+ASR_OPTIONS_NOT_IN_KEY = ("cpu_threads", "parallel_calls")
 SPLIT_SHARES = (("train", 0.8), ("dev", 0.1), ("test", 0.1))
 
 

@@ -218,6 +218,10 @@ class AsrOptions:
     # this many (1: one call each). 0.67x the CPU at 4 (tools/asr_batch_bench.py); one stream's
     # utterances go one at a time whatever this is.
     batch_max: int = _option(4, _count(1))
+    # Whisper calls that may run at once (CTranslate2 workers, each on its own thread): with one, ASR
+    # used at most one core however many streams waited (tools/scale_bench.py --asr-parallel 1,2).
+    # One stream's utterances still go one at a time.
+    parallel_calls: int = _option(2, _count(1))
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -277,9 +281,8 @@ class PipelineOptions:
     # asyncio.Queue(0) would be unbounded, and 0 capture slots would block the file sources for good.
     max_pending_utterances: int = _option(8, _count(1))
     max_pending_items: int = _option(2000, _count(1))
-    # Threads for ASR and features, shared by the streams of a run (read from the run's options):
-    # with two, a stream's features and the running quality do not wait behind another's Whisper
-    # call (tools/scale_bench.py --worker-threads 1,2).
+    # Threads for features, shared by the streams of a run (read from the run's options); Whisper has
+    # its own (`asr.parallel_calls`). With two, one stream's features do not wait behind another's.
     worker_threads: int = _option(2, _count(1))
     reference_momentum: float = _option(0.2, _number("a fraction", 0, 1, low_open=True))  # model.quality
     show: bool = _option(False, _flag())

@@ -242,6 +242,7 @@ async def _run_streams(
         host, port, tls = parse_broker_url(broker.url)
     failing = False
     executor = ThreadPoolExecutor(max_workers=pipe_opts.worker_threads, thread_name_prefix="dfmq-work")
+    asr_executor = ThreadPoolExecutor(max_workers=req.asr.parallel_calls, thread_name_prefix="dfmq-asr")
     metrics = None
     try:
         if req.metrics.port is not None:
@@ -257,7 +258,7 @@ async def _run_streams(
             for sink in _sinks(publisher, stream.options, req, stream.stats, metrics):
                 await sink.start()
                 stream.sinks.append(sink)
-        shared = _load_shared(req, executor)
+        shared = _load_shared(req, executor, asr_executor)
         pipelines = [_build_pipeline(req, stream, seg_opts, shared) for stream in streams]
         for pipeline in pipelines:
             pipeline.emit(_run_started(req, pipeline, seg_opts))
@@ -280,6 +281,7 @@ async def _run_streams(
         raise
     finally:
         executor.shutdown(wait=False)
+        asr_executor.shutdown(wait=False)
         await _close_sinks([sink for s in streams if not s.closed for sink in s.sinks], raise_failure=not failing)
         if metrics is not None:
             metrics.stop()
@@ -323,7 +325,7 @@ async def _run_stream(stream: _Stream, pipeline: Pipeline) -> StreamOutcome:
     return StreamOutcome(stream.spec.id, pipeline.stats, error)
 
 
-def _load_shared(req: RunRequest, executor: ThreadPoolExecutor) -> _Shared:
+def _load_shared(req: RunRequest, executor: ThreadPoolExecutor, asr_executor: ThreadPoolExecutor) -> _Shared:
     ckpt_dir = resolve_ckpt(req.ckpt)
     model, tokenizer = load_checkpoint(ckpt_dir)
     features = check_live_compatible(model.config)
@@ -333,7 +335,8 @@ def _load_shared(req: RunRequest, executor: ThreadPoolExecutor) -> _Shared:
     log.info("engine %s (%s)", engine.name, choice.reason)
     load_whisper(req.asr)  # load before the clock starts, not on the first utterance
     batcher = MicroBatcher(engine, BatcherOptions(max_batch=8, max_delay_ms=2.0))
-    return _Shared(model, tokenizer, features, anchors, engine.name, batcher, executor, AsrBatcher(req.asr, executor))
+    whisper = AsrBatcher(req.asr, asr_executor)
+    return _Shared(model, tokenizer, features, anchors, engine.name, batcher, executor, whisper)
 
 
 def _build_pipeline(req: RunRequest, stream: _Stream, seg_opts: SegmenterOptions, shared: _Shared) -> Pipeline:

@@ -11,6 +11,7 @@ Blocking work (ASR, features) runs in an executor handed in by the wiring.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -170,19 +171,19 @@ def _timed(work: Callable[..., T], *args: Any) -> tuple[T, float]:
 class AsrBatcher:
     """Whisper, shared by the streams of a run: utterances that wait together (they come from
     different streams: each stream hands over one at a time) go in one batched call of at most
-    `asr.batch_max` (stream/asr.py `transcribe_batch`); one call runs at a time, on the worker
-    thread."""
+    `asr.batch_max` (stream/asr.py `transcribe_batch`); up to `asr.parallel_calls` calls run at
+    once, on the executor's threads."""
 
     def __init__(self, asr: AsrOptions, executor: Executor) -> None:
         self.asr = asr
         self.executor = executor
         self._waiting: list[tuple[np.ndarray, asyncio.Future[tuple[Recognised, float]]]] = []
-        self._busy = False
+        self._calls = 0  # running now
 
     async def transcribe_if_idle(self, samples: np.ndarray) -> tuple[Recognised, float] | None:
         """As `transcribe`, or None at once when Whisper is busy or has work waiting: provisional
         work never makes a finished utterance wait for a whole call."""
-        if self._busy or self._waiting:
+        if self._calls or self._waiting:
             return None
         return await self.transcribe(samples)
 
@@ -194,21 +195,20 @@ class AsrBatcher:
         return await future
 
     def _start_next(self) -> None:
-        if self._busy or not self._waiting:
-            return
-        batch, self._waiting = self._waiting[: self.asr.batch_max], self._waiting[self.asr.batch_max :]
-        self._busy = True
-        call = asyncio.get_running_loop().run_in_executor(
-            self.executor, _timed, transcribe_batch, [samples for samples, _ in batch], self.asr
-        )
-        call.add_done_callback(lambda done: self._finish(done, batch))
+        while self._waiting and self._calls < self.asr.parallel_calls:
+            batch, self._waiting = self._waiting[: self.asr.batch_max], self._waiting[self.asr.batch_max :]
+            self._calls += 1
+            call = asyncio.get_running_loop().run_in_executor(
+                self.executor, _timed, transcribe_batch, [samples for samples, _ in batch], self.asr
+            )
+            call.add_done_callback(functools.partial(self._finish, batch=batch))
 
     def _finish(
         self,
         done: asyncio.Future[tuple[list[Recognised], float]],
         batch: list[tuple[np.ndarray, asyncio.Future[tuple[Recognised, float]]]],
     ) -> None:
-        self._busy = False
+        self._calls -= 1
         waiting = [future for _, future in batch if not future.done()]
         if done.cancelled():
             for future in waiting:

@@ -6,7 +6,8 @@ shipped all-MiniLM-L6-v2: the question is whether a bigger encoder is worth ship
 FOLDER: a sentence-transformers model folder (config.json, tokenizer, weights), mean pooled as
 all-MiniLM and all-mpnet are; `minilm` is the shipped one. Each set is scored exactly as
 `dfmq eval --intents` scores a set the model was not trained on (`model/semantic.py`: centroid
-classification, description-and-best-example fit, continuous scope, the examples' threshold), only
+classification, description-and-best-example fit less the pull of other domains' requests,
+continuous scope, the weakest example's threshold; every set here has 24 examples), only
 the embeddings differ. Not part of the product: the encoders it compares are not dependencies.
 """
 
@@ -24,11 +25,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from zero_shot_bench import SETS  # noqa: E402
+
 from model.checkpoint import default_text_encoder_folder  # noqa: E402
 from model.intents import load_intent_set  # noqa: E402
 from model.openset import TextDecision, open_set_metrics, read_labelled_tsv  # noqa: E402
-from model.semantic import IntentAnchors, example_threshold, offtopic_sentences, set_fit  # noqa: E402
-from tools.zero_shot_bench import SETS  # noqa: E402
+from model.semantic import (  # noqa: E402
+    IntentAnchors,
+    command_negatives,
+    command_sentences,
+    example_threshold,
+    offtopic_sentences,
+    set_fit,
+)
 
 KEYS = ("closed_acc", "in_scope_acc", "coverage", "oos_recall", "auroc", "oos_recall_at_90_coverage")
 
@@ -65,7 +74,8 @@ def score(embed: Callable[[Sequence[str]], np.ndarray], yaml: Path, tsv: Path) -
             owner.append(k)
             is_example.append(i > 0)
     prototypes, owners, examples = embed(texts), np.array(owner), np.array(is_example)
-    background = np.sort(set_fit(embed(offtopic_sentences()[0]), prototypes, owners, ~examples, False))
+    negatives = command_negatives(embed(command_sentences()), prototypes, owners, examples)
+    background = np.sort(set_fit(embed(offtopic_sentences()[0]), prototypes, owners, ~examples, False, negatives))
     anchors = IntentAnchors(
         names=intent_set.names,
         prototypes=prototypes,
@@ -73,10 +83,11 @@ def score(embed: Callable[[Sequence[str]], np.ndarray], yaml: Path, tsv: Path) -
         is_description=~examples,
         background=background,
         trained=False,
-        reject_below=example_threshold(prototypes, owners, examples, background),
+        reject_below=example_threshold(prototypes, owners, examples, background, negatives),
         reject_below_source="the set's examples",
         similarity_temperature=0.05,  # the argmax and the rejection do not depend on it
         head_mix=0.0,
+        negatives=negatives,
     )
     labels, sentences = read_labelled_tsv(tsv, intent_set)
     started = time.perf_counter()
@@ -97,7 +108,8 @@ def score(embed: Callable[[Sequence[str]], np.ndarray], yaml: Path, tsv: Path) -
         )
     ]
     metrics = open_set_metrics(labels, decisions, intent_set.names)
-    return {**{key: metrics[key] for key in KEYS}, "threshold": anchors.reject_below, "ms_per_sentence": ms_per_sentence}
+    figures = {key: metrics[key] for key in KEYS}
+    return {**figures, "threshold": anchors.reject_below, "ms_per_sentence": ms_per_sentence}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,7 +56,9 @@ def render_clips(folder: Path, count: int, repeat: int) -> tuple[list[Path], lis
     return clips, durations
 
 
-def run_count(clips: list[Path], port: int, args: argparse.Namespace, worker_threads: int) -> dict[str, Any]:
+def run_count(
+    clips: list[Path], port: int, args: argparse.Namespace, worker_threads: int, asr_parallel: int
+) -> dict[str, Any]:
     import paho.mqtt.client as mqtt
 
     received: list[tuple[float, dict[str, Any]]] = []
@@ -66,7 +68,8 @@ def run_count(clips: list[Path], port: int, args: argparse.Namespace, worker_thr
     sub.connect("127.0.0.1", port)
     sub.loop_start()
     specs = [StreamSpec(f"s{i}", input=str(clip)) for i, clip in enumerate(clips)]
-    req = RunRequest(ckpt=args.ckpt, pace="realtime", engine=args.engine, asr=AsrOptions(model=args.asr_model))
+    asr = AsrOptions(model=args.asr_model, parallel_calls=asr_parallel)
+    req = RunRequest(ckpt=args.ckpt, pace="realtime", engine=args.engine, asr=asr)
     marks: dict[str, float] = {}
 
     async def on_ready(host: str, p: int) -> None:
@@ -98,6 +101,7 @@ def run_count(clips: list[Path], port: int, args: argparse.Namespace, worker_thr
     return {
         "streams": len(clips),
         "worker_threads": worker_threads,
+        "asr_parallel_calls": asr_parallel,
         "wall_s": round(wall_s, 1),
         "utterances": utterances,
         "events_received": len(events),
@@ -207,6 +211,7 @@ def main() -> int:
     parser.add_argument("--counts", default="1,2,4,8", help="stream counts to run, comma-separated")
     parser.add_argument("--repeat", type=int, default=1, help="times each clip says the 9 scene sentences")
     parser.add_argument("--worker-threads", default="2", help="pipeline.worker_threads values, comma-separated")
+    parser.add_argument("--asr-parallel", default="2", help="asr.parallel_calls values, comma-separated")
     parser.add_argument("--split", action="store_true", help="also the capture/worker split, one worker killed")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
@@ -215,12 +220,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, mosquitto() as port:
         clips, durations = render_clips(Path(tmp), max([*counts, 1]), args.repeat)
         rows = []
-        for count, threads in [(c, int(t)) for c in counts for t in args.worker_threads.split(",")]:
-            row = run_count(clips[:count], port, args, threads)
+        threads_values = [int(t) for t in args.worker_threads.split(",")]
+        parallel_values = [int(a) for a in args.asr_parallel.split(",")]
+        settings = [(c, t, a) for c in counts for t in threads_values for a in parallel_values]
+        for count, threads, parallel in settings:
+            row = run_count(clips[:count], port, args, threads, parallel)
             rows.append(row)
             lat = row["speech_end_to_subscriber_ms"]
             print(
-                f"{count} streams, {threads} worker threads: p50 {lat['p50']} ms, p95 {lat['p95']} ms; "
+                f"{count} streams, {threads} worker threads, {parallel} Whisper calls at once: "
+                f"p50 {lat['p50']} ms, p95 {lat['p95']} ms; "
                 f"events {row['events_received']}/{row['utterances']}; dropped {row['dropped_utterances']} "
                 f"utterances, {row['dropped_items']} items; "
                 f"CPU {row['cpu_share_of_one_core']:.2f} of one core (ASR {row['asr_s']} s of {row['cpu_s']} s); "
@@ -236,7 +245,8 @@ def main() -> int:
                 f"p95 {lat['p95']} ms; {split['capture_summary']}",
                 flush=True,
             )
-    held = [r["streams"] for r in rows if r["holds"] and r["worker_threads"] == PipelineOptions().worker_threads]
+    defaults = (PipelineOptions().worker_threads, AsrOptions().parallel_calls)
+    held = [r["streams"] for r in rows if r["holds"] and (r["worker_threads"], r["asr_parallel_calls"]) == defaults]
     report = {
         "command": "tools/scale_bench.py "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v),
