@@ -4,6 +4,8 @@ bundled Whisper tiny.en: the live encoder window against stock 30 s Whisper."""
 from __future__ import annotations
 
 import re
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +114,7 @@ def test_utterances_waiting_together_go_in_one_batched_call_each_with_its_own_tr
 
     async def three_streams() -> list[tuple[object, float]]:
         with ThreadPoolExecutor(max_workers=1) as executor:
-            whisper = stages.AsrBatcher(LIVE, executor)
+            whisper = stages.AsrBatcher(replace(LIVE, parallel_calls=1), executor)
             return await asyncio.gather(whisper.transcribe(jfk), whisper.transcribe(hotwords), whisper.transcribe(jfk))
 
     heard = asyncio.run(three_streams())
@@ -124,3 +126,40 @@ def test_utterances_waiting_together_go_in_one_batched_call_each_with_its_own_tr
     assert words(heard[2][0].text) == expected.split()  # type: ignore[attr-defined]
     assert "comfy" in words(heard[1][0].text)  # type: ignore[attr-defined]
     assert all(ms > 0 for _, ms in heard)
+
+
+def test_two_whisper_calls_run_at_once_and_a_third_utterance_waits_for_a_free_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`asr.parallel_calls` 2 (the default): two streams' utterances are transcribed side by side,
+    each alone; the third waits for the first call to end."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stream import stages
+
+    spans: list[tuple[float, float, int]] = []
+    real_batch = stages.transcribe_batch
+
+    def timed(utterances: list[np.ndarray], options: AsrOptions) -> object:
+        began = time.monotonic()
+        heard = real_batch(utterances, options)
+        spans.append((began, time.monotonic(), len(utterances)))
+        return heard
+
+    monkeypatch.setattr(stages, "transcribe_batch", timed)
+    jfk = decode_clip(DATA / "jfk.mp3", with_video=False).audio
+    hotwords = decode_clip(DATA / "hotwords.mp3", with_video=False).audio
+    assert LIVE.parallel_calls == 2
+
+    async def three_streams() -> list[tuple[object, float]]:
+        with ThreadPoolExecutor(max_workers=LIVE.parallel_calls) as executor:
+            whisper = stages.AsrBatcher(LIVE, executor)
+            return await asyncio.gather(whisper.transcribe(jfk), whisper.transcribe(hotwords), whisper.transcribe(jfk))
+
+    heard = asyncio.run(three_streams())
+    assert [size for _, _, size in spans] == [1, 1, 1]
+    (first_start, first_end, _), (second_start, second_end, _) = sorted(spans)[:2]
+    assert second_start < first_end and first_start < second_end  # the first two overlapped
+    assert sorted(spans)[2][0] >= min(first_end, second_end) - 0.05  # the third began as one ended
+    assert "comfy" in words(heard[1][0].text)  # type: ignore[attr-defined]
