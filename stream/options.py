@@ -444,10 +444,7 @@ LIVE_SECTIONS: dict[str, type[Any]] = {
 
 
 def load_live_options(path: Path | None) -> LiveOptions:
-    """The options of a YAML file (sections asr, segmenter, pipeline, broker, decision, homeassistant,
-    metrics); defaults without one."""
-    """The options of a YAML file (sections asr, segmenter, pipeline, broker, decision, scaleout); defaults
-    without one."""
+    """The options of a YAML file (its sections: `LIVE_SECTIONS`); defaults without one."""
     if path is None:
         return LiveOptions()
     raw = load_yaml(path)
