@@ -60,8 +60,9 @@ Semantic Synchronization for Multimodal Intent Recognition"), so this is our rea
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +79,6 @@ OFFTOPIC_FILE = Path(__file__).resolve().parent / "offtopic.txt"
 COMMANDS_FILE = Path(__file__).resolve().parent / "commands.txt"
 ANCHOR_MAX_TOKENS = 128  # descriptions are longer than transcripts (`text_max_len`)
 MIN_EXAMPLES = 8  # fewer examples in a set: its threshold is the checkpoint's
-# Share of a set's own examples (leave-one-out) its threshold may reject: none, the weakest example
-# sets it. Examples fit the rest of their set better than new sentences do (they were written
-# together), so 10 % of them kept only 79-88 % of held-out in-scope sentences on three sets against
-# the 90 % the out-of-scope target is stated at (docs/results/zero_shot.md).
-EXAMPLE_REJECT_SHARE = 0.0
 # Negatives for a set with examples (`command_negatives`): the fit is lowered by COMMAND_WEIGHT times
 # the mean cosine to the COMMAND_NEIGHBOURS nearest requests of other domains.
 COMMAND_WEIGHT = 0.5
@@ -257,10 +253,17 @@ class IntentScores:
 
 
 def build_anchors(
-    model: DFMQMC, tokenizer: Any, intent_set: IntentSet, reject_below: float | None = None
+    model: DFMQMC,
+    tokenizer: Any,
+    intent_set: IntentSet,
+    reject_below: float | None = None,
+    encoder: Callable[[Sequence[str]], np.ndarray] | None = None,
 ) -> IntentAnchors:
     """Embed an intent set's descriptions and examples and its off-topic background. The threshold
-    is, first found: `reject_below` given here, the set file's, the checkpoint's learnt one."""
+    is, first found: `reject_below` given here, the set file's, the checkpoint's learnt one.
+    `encoder` (texts -> unit-norm rows) stands in for the frozen semantic encoder on a set the model
+    was not trained on (tools/encoder_probe.py compares encoders with it); its utterances must then
+    be embedded by it too."""
     require_semantic_space(model)
     cfg = model.config
     texts: list[str] = []
@@ -271,17 +274,18 @@ def build_anchors(
             texts.append(text)
             owner.append(k)
             is_example.append(i > 0)
-    prototypes = embed_sentences(model, tokenizer, texts)
     trained = list(intent_set.names) == list(cfg.labels)
+    sentences = encoder if encoder is not None and not trained else partial(embed_sentences, model, tokenizer)
+    prototypes = sentences(texts)
     background_texts, _ = offtopic_sentences()
-    embed = embed_utterances if trained else embed_sentences
     examples = np.array(is_example)
     owners = np.asarray(owner)
     negatives = None
     if not trained and examples.sum() >= MIN_EXAMPLES:
-        commands = embed_sentences(model, tokenizer, command_sentences())
-        negatives = command_negatives(commands, prototypes, owners, examples)
-    background_embeddings = embed(model, tokenizer, background_texts)
+        negatives = command_negatives(sentences(command_sentences()), prototypes, owners, examples)
+    background_embeddings = (
+        embed_utterances(model, tokenizer, background_texts) if trained else sentences(background_texts)
+    )
     background = np.sort(set_fit(background_embeddings, prototypes, owners, ~examples, trained, negatives))
     if reject_below is not None:
         threshold, source = float(reject_below), "given"
@@ -378,10 +382,12 @@ def example_threshold(
     background: np.ndarray,
     negatives: np.ndarray | None = None,
 ) -> float:
-    """The scope below which `EXAMPLE_REJECT_SHARE` of the set's examples fall (leave-one-out)."""
+    """The scope of the set's weakest example, each scored leave-one-out. Examples fit the rest of
+    their set better than new sentences do (they were written together): the scope below which 10 %
+    of them fell kept only 79-88 % of held-out in-scope sentences on three sets, against the 90 % the
+    out-of-scope target is stated at (docs/results/zero_shot.md)."""
     fits = leave_one_out_fits(prototypes, owner, examples, negatives)
-    scopes = scope_of(background, fits, fit_bound(negatives))
-    return float(np.quantile(scopes, EXAMPLE_REJECT_SHARE, method="lower"))
+    return float(scope_of(background, fits, fit_bound(negatives)).min())
 
 
 def command_negatives(

@@ -1,4 +1,5 @@
-"""What the benchmark tools share: process CPU time, a throwaway Mosquitto, the JSON report."""
+"""What the benchmark tools share: process CPU time, a throwaway Mosquitto, a timing subscriber, the
+JSON report."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from stream.broker import free_port
 
@@ -34,6 +36,25 @@ def mosquitto() -> Iterator[int]:
     finally:
         broker.terminate()
         broker.wait(5.0)
+
+
+@contextmanager
+def received_events(port: int, topic: str, client_id: str) -> Iterator[list[tuple[float, dict[str, Any]]]]:
+    """A real MQTT subscriber on the local broker for the duration: yields the list it fills with
+    (wall time of receipt, decoded JSON payload) for every message on `topic`."""
+    import paho.mqtt.client as mqtt
+
+    received: list[tuple[float, dict[str, Any]]] = []
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+    sub.on_message = lambda c, u, m: received.append((time.time(), json.loads(m.payload)))
+    sub.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+    sub.connect("127.0.0.1", port)
+    sub.loop_start()
+    try:
+        yield received
+    finally:
+        sub.loop_stop()
+        sub.disconnect()
 
 
 def write_report(report: Mapping[str, object], path: Path | None) -> None:

@@ -19,6 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -27,17 +28,10 @@ sys.path.insert(0, str(ROOT))
 
 from zero_shot_bench import SETS  # noqa: E402
 
-from model.checkpoint import default_text_encoder_folder  # noqa: E402
+from model.checkpoint import STARTER_DIR, default_text_encoder_folder, load_checkpoint  # noqa: E402
 from model.intents import load_intent_set  # noqa: E402
 from model.openset import TextDecision, open_set_metrics, read_labelled_tsv  # noqa: E402
-from model.semantic import (  # noqa: E402
-    IntentAnchors,
-    command_negatives,
-    command_sentences,
-    example_threshold,
-    offtopic_sentences,
-    set_fit,
-)
+from model.semantic import build_anchors  # noqa: E402
 
 KEYS = ("closed_acc", "in_scope_acc", "coverage", "oos_recall", "auroc", "oos_recall_at_90_coverage")
 
@@ -65,30 +59,11 @@ def mean_pooled_encoder(folder: str) -> Callable[[Sequence[str]], np.ndarray]:
     return embed
 
 
-def score(embed: Callable[[Sequence[str]], np.ndarray], yaml: Path, tsv: Path) -> dict[str, float]:
+def score(
+    model: Any, tokenizer: Any, embed: Callable[[Sequence[str]], np.ndarray], yaml: Path, tsv: Path
+) -> dict[str, float]:
     intent_set = load_intent_set(yaml)
-    texts, owner, is_example = [], [], []
-    for k, intent in enumerate(intent_set.intents):
-        for i, text in enumerate((intent.description, *intent.examples)):
-            texts.append(text)
-            owner.append(k)
-            is_example.append(i > 0)
-    prototypes, owners, examples = embed(texts), np.array(owner), np.array(is_example)
-    negatives = command_negatives(embed(command_sentences()), prototypes, owners, examples)
-    background = np.sort(set_fit(embed(offtopic_sentences()[0]), prototypes, owners, ~examples, False, negatives))
-    anchors = IntentAnchors(
-        names=intent_set.names,
-        prototypes=prototypes,
-        owner=owners,
-        is_description=~examples,
-        background=background,
-        trained=False,
-        reject_below=example_threshold(prototypes, owners, examples, background, negatives),
-        reject_below_source="the set's examples",
-        similarity_temperature=0.05,  # the argmax and the rejection do not depend on it
-        head_mix=0.0,
-        negatives=negatives,
-    )
+    anchors = build_anchors(model, tokenizer, intent_set, encoder=embed)
     labels, sentences = read_labelled_tsv(tsv, intent_set)
     started = time.perf_counter()
     embeddings = embed(sentences)
@@ -117,11 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder", action="append", required=True, help="model folder, or 'minilm'")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    model, tokenizer = load_checkpoint(STARTER_DIR)  # its settings; the encoder under test embeds
     results: dict[str, dict[str, dict[str, float]]] = {}
     for folder in args.encoder:
         embed = mean_pooled_encoder(str(default_text_encoder_folder()) if folder == "minilm" else folder)
         name = "minilm" if folder == "minilm" else Path(folder).name
-        results[name] = {set_name: score(embed, yaml, tsv) for set_name, (yaml, tsv) in SETS.items()}
+        results[name] = {set_name: score(model, tokenizer, embed, yaml, tsv) for set_name, (yaml, tsv) in SETS.items()}
         for set_name, row in results[name].items():
             print(name, set_name, " ".join(f"{key} {value:.2f}" for key, value in row.items()), flush=True)
     if args.json is not None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import tempfile
 import time
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from benchkit import mosquitto, write_report
+from benchkit import mosquitto, received_events, write_report
 
 from stream.media import decode_clip
 from stream.options import BrokerOptions, PipelineOptions, SegmenterOptions
@@ -103,15 +102,7 @@ def build_track() -> tuple[np.ndarray, list[Sentence]]:
 def run_mode(
     clip: Path, port: int, endpointing: str, pause_ms: float, ckpt: str, engine: str
 ) -> list[tuple[float, dict[str, Any]]]:
-    import paho.mqtt.client as mqtt
-
-    received: list[tuple[float, dict[str, Any]]] = []
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"dfmq-endpointing-{endpointing}")
-    sub.on_message = lambda c, u, m: received.append((time.time(), json.loads(m.payload)))
-    sub.on_connect = lambda c, u, f, rc, p: c.subscribe("dfmq/bench/intent", qos=1)
-    sub.connect("127.0.0.1", port)
-    sub.loop_start()
-    try:
+    with received_events(port, "dfmq/bench/intent", f"dfmq-endpointing-{endpointing}") as received:
         asyncio.run(
             run_pipeline(
                 RunRequest(ckpt=ckpt, input=str(clip), pace="realtime", engine=engine),
@@ -121,9 +112,6 @@ def run_mode(
             )
         )
         time.sleep(0.5)
-    finally:
-        sub.loop_stop()
-        sub.disconnect()
     return received
 
 

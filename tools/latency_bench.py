@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from benchkit import cpu_seconds, mosquitto, write_report
+from benchkit import cpu_seconds, mosquitto, received_events, write_report
 
 from stream.asr import load_whisper, resolve_model_folder, transcribe
 from stream.messages import AudioChunk
@@ -49,21 +48,13 @@ def main() -> int:
     parser.add_argument("--speculative-pause-ms", type=float, default=SegmenterOptions().speculative_pause_ms)
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
-    import paho.mqtt.client as mqtt
-
     load_at_start = os.getloadavg()[0]
 
     with tempfile.TemporaryDirectory() as tmp, mosquitto() as port:
         audio, frames, _, _ = render_scene(SCENE_SENTENCES * args.repeat, snr_db=60.0, dark_gain=1.0, fps=15, seed=0)
         clip = Path(tmp) / "bench.mp4"
         write_clip(clip, audio, frames, 15)
-        received: list[tuple[float, dict[str, object]]] = []
-        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dfmq-latency-sub")
-        sub.on_message = lambda c, u, m: received.append((time.time(), json.loads(m.payload)))
-        sub.on_connect = lambda c, u, f, rc, p: c.subscribe("dfmq/bench/intent", qos=1)
-        sub.connect("127.0.0.1", port)
-        sub.loop_start()
-        try:
+        with received_events(port, "dfmq/bench/intent", "dfmq-latency-sub") as received:
             asr = AsrOptions(cpu_threads=args.asr_threads, encoder_min_window_s=args.asr_min_window_s)
             req = RunRequest(ckpt=args.ckpt, input=str(clip), pace="realtime", engine=args.engine, asr=asr)
             marks: dict[str, float] = {}
@@ -86,8 +77,6 @@ def main() -> int:
             marks["rss_end_mb"] = rss_mb()
             pipeline_wall = time.time() - marks["wall"]
             time.sleep(0.5)
-        finally:
-            sub.loop_stop()
 
         # The baselines are stock faster-whisper, as a user would run it alone on this audio: one
         # pass over the whole file (with CTranslate2's default threads and with one; the cheaper

@@ -23,16 +23,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import contextlib
 import os
 import random
+import signal
+import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from benchkit import cpu_seconds, mosquitto, write_report
+from benchkit import cpu_seconds, mosquitto, received_events, write_report
 
 from stream.options import AsrOptions, BrokerOptions, PipelineOptions, SegmenterOptions
 from stream.render import render_scene, write_clip
@@ -59,14 +61,6 @@ def render_clips(folder: Path, count: int, repeat: int) -> tuple[list[Path], lis
 def run_count(
     clips: list[Path], port: int, args: argparse.Namespace, worker_threads: int, asr_parallel: int
 ) -> dict[str, Any]:
-    import paho.mqtt.client as mqtt
-
-    received: list[tuple[float, dict[str, Any]]] = []
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"dfmq-scale-sub-{len(clips)}")
-    sub.on_message = lambda c, u, m: received.append((time.time(), json.loads(m.payload)))
-    sub.on_connect = lambda c, u, f, rc, p: c.subscribe("dfmq/+/intent", qos=1)
-    sub.connect("127.0.0.1", port)
-    sub.loop_start()
     specs = [StreamSpec(f"s{i}", input=str(clip)) for i, clip in enumerate(clips)]
     asr = AsrOptions(model=args.asr_model, parallel_calls=asr_parallel)
     req = RunRequest(ckpt=args.ckpt, pace="realtime", engine=args.engine, asr=asr)
@@ -75,7 +69,7 @@ def run_count(
     async def on_ready(host: str, p: int) -> None:
         marks["cpu"], marks["wall"] = cpu_seconds(), time.time()
 
-    try:
+    with received_events(port, "dfmq/+/intent", f"dfmq-scale-sub-{len(clips)}") as received:
         outcomes = asyncio.run(
             run_streams(
                 req,
@@ -88,9 +82,6 @@ def run_count(
         )
         cpu_s, wall_s = cpu_seconds() - marks["cpu"], time.time() - marks["wall"]
         time.sleep(0.5)
-    finally:
-        sub.loop_stop()
-        sub.disconnect()
     events = [e for _, e in received]
     latency = np.array([(wall - float(e["speech_end_wall"])) * 1000 for wall, e in received])
     asr_s = sum(float(e["latency_ms"]["asr"]) for e in events) / 1000
@@ -127,13 +118,20 @@ def run_count(
     }
 
 
+def stop_workers(workers: dict[str, subprocess.Popen[str]]) -> None:
+    for worker in workers.values():
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGINT)
+    for worker in workers.values():
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
 def run_split(clip: Path, port: int, args: argparse.Namespace) -> dict[str, Any]:
-    import signal
-    import subprocess
     import sys
     import threading
-
-    import paho.mqtt.client as mqtt
 
     url = f"mqtt://127.0.0.1:{port}"
     cli = [sys.executable, "-m", "stream.cli"]
@@ -144,14 +142,10 @@ def run_split(clip: Path, port: int, args: argparse.Namespace) -> dict[str, Any]
         workers[name] = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         logs[name] = []
         threading.Thread(target=lambda n=name: logs[n].extend(workers[n].stderr or []), daemon=True).start()
-    received: list[tuple[float, dict[str, Any]]] = []
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dfmq-scale-split-sub")
-    sub.on_message = lambda c, u, m: received.append((time.time(), json.loads(m.payload)))
-    sub.on_connect = lambda c, u, f, rc, p: c.subscribe("dfmq/split/intent", qos=1)
-    sub.connect("127.0.0.1", port)
-    sub.loop_start()
     killed_at_event = None
-    try:
+    with contextlib.ExitStack() as stack:
+        received = stack.enter_context(received_events(port, "dfmq/split/intent", "dfmq-scale-split-sub"))
+        stack.callback(stop_workers, workers)
         deadline = time.time() + 300
         while not all(any("serving group" in line for line in logs[n]) for n in workers):
             if time.time() > deadline or any(w.poll() is not None for w in workers.values()):
@@ -170,17 +164,6 @@ def run_split(clip: Path, port: int, args: argparse.Namespace) -> dict[str, Any]
             time.sleep(0.005)
         out = capture.stdout.read() if capture.stdout else ""
         time.sleep(0.5)
-    finally:
-        sub.loop_stop()
-        sub.disconnect()
-        for worker in workers.values():
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGINT)
-        for worker in workers.values():
-            try:
-                worker.wait(20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
     events = [e for _, e in received]
     ids = [int(e["utterance_id"]) for e in events]
     latency = np.array([(wall - float(e["speech_end_wall"])) * 1000 for wall, e in received])

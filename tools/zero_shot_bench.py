@@ -14,7 +14,7 @@ into one similarity per intent:
 
 Each variant's similarity also drives the rejection: the scope (share of the off-topic background
 sentences whose best similarity is lower) and the threshold from the set's examples, each example
-scored by the same variant against the set without itself (10 % of them below). With descriptions
+scored by the same variant against the set without itself (the weakest of them sets it). With descriptions
 only every variant is the same (one prototype per intent), and the threshold is the checkpoint's.
 
 Prints one table (variants x sets, means) and writes the JSON when --json is given.
@@ -38,7 +38,6 @@ from model.checkpoint import load_checkpoint  # noqa: E402
 from model.intents import Intent, IntentSet, load_intent_set  # noqa: E402
 from model.openset import TextDecision, classify_texts, open_set_metrics, read_labelled_tsv  # noqa: E402
 from model.semantic import (  # noqa: E402
-    EXAMPLE_REJECT_SHARE,
     MIN_EXAMPLES,
     build_anchors,
     embed_sentences,
@@ -127,8 +126,7 @@ def set_threshold(
     available = np.ones_like(cos, dtype=bool)
     available[np.arange(len(cos)), np.flatnonzero(examples)] = False  # not against itself
     best = variant(cos, available, protos, temperature).max(axis=1)
-    scopes = scope_of(background, best)
-    return float(np.quantile(scopes, EXAMPLE_REJECT_SHARE, method="lower"))
+    return float(scope_of(background, best).min())  # the weakest example's, as model/semantic.py
 
 
 def _metrics(
