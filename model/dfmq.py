@@ -391,7 +391,9 @@ def masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:
 def build_text_encoder(folder: Path, pretrained: bool) -> tuple[nn.Module, int]:
     """A BERT-family encoder from a local folder; `pretrained=False` rebuilds only its shape."""
     from transformers import AutoConfig, AutoModel
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()  # a bar per load on stderr, above our one-line errors
     if pretrained:
         encoder = AutoModel.from_pretrained(str(folder), local_files_only=True)
     else:

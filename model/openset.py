@@ -33,7 +33,7 @@ class TextDecision:
 
 def classify_texts(model: DFMQMC, tokenizer: Any, anchors: IntentAnchors, texts: Sequence[str]) -> list[TextDecision]:
     head_probs, embeddings, sentences = text_outputs(model, tokenizer, texts)
-    scores = anchors.score(embeddings, sentences, head_probs)
+    scores = anchors.score(embeddings, anchors.transcript_embeddings(texts, sentences), head_probs)
     out = []
     for i, text in enumerate(texts):
         best = int(scores.probs[i].argmax())
@@ -176,11 +176,13 @@ def load_intent_scoring(
     reject_below: float | None = None,
     descriptions_only: bool = False,
     device: str = "cpu",
+    sentence_encoder: Path | None = None,
 ) -> tuple[DFMQMC, Any, IntentSet, IntentAnchors]:
-    """A checkpoint and an intent set (default: the checkpoint's own) placed in its semantic space."""
+    """A checkpoint and an intent set (default: the checkpoint's own) placed in its semantic space,
+    or in the space of the user's `sentence_encoder` folder for a set the model was not trained on."""
     from model.checkpoint import checkpoint_intent_set, load_checkpoint
     from model.intents import Intent, load_intent_set
-    from model.semantic import build_anchors
+    from model.semantic import SentenceEncoder, build_anchors
 
     if reject_below is not None and not 0.0 <= reject_below <= 1.0:
         raise ConfigError("--reject-below", "a fraction in [0, 1]", reject_below)
@@ -191,4 +193,5 @@ def load_intent_scoring(
     if descriptions_only:
         bare = tuple(Intent(i.name, i.description) for i in intent_set.intents)
         intent_set = IntentSet(bare, intent_set.source, intent_set.reject_below)
-    return model, tokenizer, intent_set, build_anchors(model, tokenizer, intent_set, reject_below)
+    encoder = None if sentence_encoder is None else SentenceEncoder(sentence_encoder, device)
+    return model, tokenizer, intent_set, build_anchors(model, tokenizer, intent_set, reject_below, encoder)

@@ -60,6 +60,7 @@ Semantic Synchronization for Multimodal Intent Recognition"), so this is our rea
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -71,8 +72,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from model.dfmq import DFMQMC
-from model.errors import CheckpointError
+from model.dfmq import DFMQMC, masked_mean
+from model.errors import CheckpointError, ConfigError
 from model.intents import IntentSet
 
 OFFTOPIC_FILE = Path(__file__).resolve().parent / "offtopic.txt"
@@ -173,6 +174,65 @@ def text_outputs(
     return np.concatenate(probs), np.concatenate(embeddings), np.concatenate(sentences)
 
 
+class SentenceEncoder:
+    """A sentence-transformers model folder the user provides (config.json, tokenizer, weights;
+    `1_Pooling/config.json` says CLS or mean pooling, mean when absent) that embeds the descriptions,
+    examples and transcripts of a set the model was not trained on, in place of the bundled
+    all-MiniLM-L6-v2: a bigger encoder separates intents better (all-mpnet-base-v2 met the targets on
+    three of four never-seen sets that MiniLM met on one; docs/results/zero_shot.md) but none can be
+    installed from the package index. The trained labels stay in the model's own space."""
+
+    def __init__(self, folder: Path, device: str = "cpu") -> None:
+        if not (folder / "config.json").is_file():
+            expected = "a sentence-transformers model folder (config.json, tokenizer, weights)"
+            raise ConfigError("--sentence-encoder", expected, str(folder))
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+            self.model = AutoModel.from_pretrained(str(folder), local_files_only=True).to(device).eval()
+        except (OSError, ValueError) as exc:
+            raise ConfigError("--sentence-encoder", f"a loadable model folder ({exc})", str(folder)) from exc
+        self.folder = folder
+        self.device = device
+        self.cls_pooling = _pooling_is_cls(folder)
+        self.max_tokens = _max_tokens(folder)
+
+    @torch.no_grad()
+    def __call__(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Unit-norm embeddings (N, D)."""
+        out = []
+        for start in range(0, len(texts), batch_size):
+            tokens = self.tokenizer(
+                list(texts[start : start + batch_size]),
+                padding="longest",
+                truncation=True,
+                max_length=self.max_tokens,
+                return_tensors="pt",
+            ).to(self.device)
+            hidden = self.model(**tokens).last_hidden_state
+            pooled = hidden[:, 0] if self.cls_pooling else masked_mean(hidden, tokens["attention_mask"])
+            out.append(F.normalize(pooled, dim=-1).float().cpu().numpy())
+        width = int(self.model.config.hidden_size)
+        return np.concatenate(out) if out else np.zeros((0, width), np.float32)
+
+
+def _pooling_is_cls(folder: Path) -> bool:
+    config = folder / "1_Pooling" / "config.json"
+    if not config.is_file():
+        return False
+    return bool(json.loads(config.read_text()).get("pooling_mode_cls_token", False))
+
+
+def _max_tokens(folder: Path) -> int:
+    config = folder / "sentence_bert_config.json"
+    if config.is_file():
+        return int(json.loads(config.read_text()).get("max_seq_length", ANCHOR_MAX_TOKENS))
+    return ANCHOR_MAX_TOKENS
+
+
 def embed_utterances(model: DFMQMC, tokenizer: Any, texts: Sequence[str]) -> np.ndarray:
     """Utterance embeddings (N, D) of transcripts alone: the background of the trained set."""
     require_semantic_space(model)
@@ -207,6 +267,14 @@ class IntentAnchors:
     # (Nc, D) unit-norm requests of other domains that lower the fit (`command_negatives`); None: the
     # trained labels, and sets with too few examples to tell their domain's requests from others.
     negatives: np.ndarray | None = None
+    # The user's encoder (`SentenceEncoder`) the set was embedded with; None: the model's frozen one,
+    # whose transcript embedding is the engine's `sentence` output.
+    encoder: Callable[[Sequence[str]], np.ndarray] | None = None
+
+    def transcript_embeddings(self, texts: Sequence[str], sentences: np.ndarray) -> np.ndarray:
+        """What the set scores transcripts on: the engine's `sentence` output (N, D), or the
+        transcripts re-embedded by the encoder the set was embedded with."""
+        return sentences if self.encoder is None else self.encoder(texts)
 
     def similarities(self, embeddings: np.ndarray) -> np.ndarray:
         """(N, D) -> (N, K) the probabilities come from: the trained labels, the highest cosine to any
@@ -261,9 +329,9 @@ def build_anchors(
 ) -> IntentAnchors:
     """Embed an intent set's descriptions and examples and its off-topic background. The threshold
     is, first found: `reject_below` given here, the set file's, the checkpoint's learnt one.
-    `encoder` (texts -> unit-norm rows) stands in for the frozen semantic encoder on a set the model
-    was not trained on (tools/encoder_probe.py compares encoders with it); its utterances must then
-    be embedded by it too."""
+    `encoder` (texts -> unit-norm rows, e.g. a `SentenceEncoder`) stands in for the frozen semantic
+    encoder on a set the model was not trained on; the anchors keep it, and score transcripts
+    re-embedded by it (`IntentAnchors.transcript_embeddings`). The trained labels ignore it."""
     require_semantic_space(model)
     cfg = model.config
     texts: list[str] = []
@@ -275,6 +343,12 @@ def build_anchors(
             owner.append(k)
             is_example.append(i > 0)
     trained = list(intent_set.names) == list(cfg.labels)
+    if trained and encoder is not None:
+        raise ConfigError(
+            "--sentence-encoder",
+            "an intent set the model was not trained on (--intents): its trained labels are scored in its own space",
+            str(getattr(encoder, "folder", encoder)),
+        )
     sentences = encoder if encoder is not None and not trained else partial(embed_sentences, model, tokenizer)
     prototypes = sentences(texts)
     background_texts, _ = offtopic_sentences()
@@ -297,6 +371,14 @@ def build_anchors(
     elif examples.sum() >= MIN_EXAMPLES:
         threshold = example_threshold(prototypes, owners, examples, background, negatives)
         source = f"the set's {int(examples.sum())} examples (its weakest, each scored against the rest)"
+    elif encoder is not None:
+        # The checkpoint's rule was learnt in its own encoder's space: it means nothing in another.
+        raise ConfigError(
+            "--sentence-encoder",
+            f"a set with at least {MIN_EXAMPLES} examples (its threshold comes from them) or a reject_below "
+            f"(--reject-below, or in the set file); {intent_set.source} has {int(examples.sum())} examples",
+            str(getattr(encoder, "folder", encoder)),
+        )
     else:
         threshold, source = cfg.reject_below, "the checkpoint (learnt at training)"
     return IntentAnchors(
@@ -311,6 +393,7 @@ def build_anchors(
         similarity_temperature=cfg.similarity_temperature,
         head_mix=cfg.head_mix,
         negatives=negatives,
+        encoder=None if trained else encoder,
     )
 
 

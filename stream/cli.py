@@ -20,6 +20,11 @@ T = TypeVar("T")
 # engines.select.ENGINE_NAMES, spelt out so that `dfmq --help` does not import torch.
 ENGINE_CHOICES = ["auto", "torch", "onnxruntime", "onnxruntime-int8", "tensorrt"]
 DATASET_HELP = "layout and label set of --data; intents: train/dev.tsv of label<TAB>text, labels from --intents"
+SENTENCE_ENCODER_HELP = (
+    "a sentence-transformers model folder that embeds the descriptions, examples and transcripts of a set "
+    "the model was not trained on, in place of the bundled all-MiniLM-L6-v2 (the set needs 8+ examples or a "
+    "reject_below)"
+)
 
 
 def _add_train(sub: Any) -> None:
@@ -105,6 +110,9 @@ def _add_eval(sub: Any) -> None:
     )
     p.add_argument("--reject-below", type=float, help="with --tsv: out-of-scope threshold in [0, 1] for this run")
     p.add_argument(
+        "--sentence-encoder", type=Path, metavar="DIR", help="with --tsv and --intents: " + SENTENCE_ENCODER_HELP
+    )
+    p.add_argument(
         "--noise",
         type=float,
         default=0.0,
@@ -134,6 +142,7 @@ def _add_classify(sub: Any) -> None:
     p.add_argument("--ckpt", default="default", help="checkpoint folder, or 'default' (the starter model)")
     p.add_argument("--intents", type=Path, help="intent set YAML (default: the checkpoint's own)")
     p.add_argument("--reject-below", type=float, help="out-of-scope threshold in [0, 1] for this run")
+    p.add_argument("--sentence-encoder", type=Path, metavar="DIR", help="with --intents: " + SENTENCE_ENCODER_HELP)
     p.add_argument("--json", action="store_true", help="one JSON object per sentence instead of text")
 
 
@@ -330,6 +339,7 @@ def _add_run(sub: Any) -> None:
         help="intent set YAML to recognise (default: the checkpoint's own, configs/intents/mintrec.yaml for the "
         "starter); a new set needs no training, a restart picks up an edited file",
     )
+    p.add_argument("--sentence-encoder", type=Path, metavar="DIR", help="with --intents: " + SENTENCE_ENCODER_HELP)
     _add_source_flags(p)
     p.add_argument(
         "--streams",
@@ -446,6 +456,7 @@ def _add_worker(sub: Any) -> None:
     _add_broker_flags(p)
     p.add_argument("--worker-id", help="this worker's name in results and logs (default HOST-PID)")
     p.add_argument("--intents", type=Path, help="intent set YAML (default: the checkpoint's own)")
+    p.add_argument("--sentence-encoder", type=Path, metavar="DIR", help="with --intents: " + SENTENCE_ENCODER_HELP)
     _add_decider_flags(p)
 
 
@@ -518,7 +529,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return _eval_intent_tsv(args)
     if not (args.dataset and args.data):
         raise ConfigError("--dataset/--data", "both, or --tsv with --intents", args.dataset or args.data)
-    if args.intents or args.descriptions_only or args.reject_below is not None:
+    if args.intents or args.descriptions_only or args.reject_below is not None or args.sentence_encoder:
         raise ConfigError("--intents", "only with --tsv (a dataset split is scored on its own labels)", args.intents)
     forward = None
     if args.engine != "torch":
@@ -550,7 +561,12 @@ def _eval_intent_tsv(args: argparse.Namespace) -> int:
     from model.openset import evaluate_intent_tsv, load_intent_scoring
 
     model, tokenizer, intent_set, anchors = load_intent_scoring(
-        resolve_ckpt(args.ckpt), args.intents, args.reject_below, args.descriptions_only, args.device
+        resolve_ckpt(args.ckpt),
+        args.intents,
+        args.reject_below,
+        args.descriptions_only,
+        args.device,
+        args.sentence_encoder,
     )
     metrics = evaluate_intent_tsv(model, tokenizer, anchors, intent_set, args.tsv, args.json)
     keys = ("n", "in_scope_acc", "coverage", "oos_recall", "f1_is", "f1_oos", "auroc", "reject_below")
@@ -563,7 +579,9 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     from model.checkpoint import resolve_ckpt
     from model.openset import classify_texts, load_intent_scoring
 
-    model, tokenizer, _, anchors = load_intent_scoring(resolve_ckpt(args.ckpt), args.intents, args.reject_below)
+    model, tokenizer, _, anchors = load_intent_scoring(
+        resolve_ckpt(args.ckpt), args.intents, args.reject_below, sentence_encoder=args.sentence_encoder
+    )
     if not args.json:
         print(
             f"out of scope below scope {anchors.reject_below:.2f}, from {anchors.reject_below_source}", file=sys.stderr
@@ -752,6 +770,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         decision=live.decision,
         embedded_port=args.embedded_port,
         intents=load_intent_set(args.intents) if args.intents is not None else None,
+        sentence_encoder=args.sentence_encoder,
         homeassistant=homeassistant,
         metrics=metrics,
     )
@@ -885,6 +904,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         asr=asr,
         decision=live.decision,
         intents=load_intent_set(args.intents) if args.intents is not None else None,
+        sentence_encoder=args.sentence_encoder,
     )
     worker_id = args.worker_id or default_worker_id()
     stats = asyncio.run(run_worker(req, broker, scale, worker_id))

@@ -599,7 +599,7 @@ def load_worker_models(req: RunRequest) -> WorkerModels:
 
     ckpt_dir = resolve_ckpt(req.ckpt)
     model, tokenizer = load_checkpoint(ckpt_dir)
-    anchors = _intent_anchors(model, tokenizer, ckpt_dir, req.intents)
+    anchors = _intent_anchors(model, tokenizer, ckpt_dir, req)
     choice = choose_engine(req.engine, req.device)
     engine = load_engine(model, choice)
     log.info("engine %s (%s)", engine.name, choice.reason)

@@ -26,7 +26,7 @@ from model.dfmq import DFMQMC
 from model.errors import ConfigError, DfmqError
 from model.features import FaceTracker
 from model.intents import IntentSet
-from model.semantic import IntentAnchors, build_anchors, require_semantic_space
+from model.semantic import IntentAnchors, SentenceEncoder, build_anchors, require_semantic_space
 from stream.asr import load_whisper
 from stream.broker import EmbeddedBroker
 from stream.endpointing import SPECULATIVE_BLOCK_MS, Provisional
@@ -75,6 +75,7 @@ class RunRequest:
     decision: DecisionOptions = field(default_factory=DecisionOptions)
     embedded_port: int = 1883
     intents: IntentSet | None = None  # None: the checkpoint's own (trained) intent set
+    sentence_encoder: Path | None = None  # embeds `intents` and transcripts (model.semantic.SentenceEncoder)
     homeassistant: HomeAssistantOptions = field(default_factory=HomeAssistantOptions)
     metrics: MetricsOptions = field(default_factory=MetricsOptions)
 
@@ -329,7 +330,7 @@ def _load_shared(req: RunRequest, executor: ThreadPoolExecutor, asr_executor: Th
     ckpt_dir = resolve_ckpt(req.ckpt)
     model, tokenizer = load_checkpoint(ckpt_dir)
     features = check_live_compatible(model.config)
-    anchors = _intent_anchors(model, tokenizer, ckpt_dir, req.intents)
+    anchors = _intent_anchors(model, tokenizer, ckpt_dir, req)
     choice = choose_engine(req.engine, req.device, int8_gate(model))
     engine = load_engine(model, choice, tokenizer=tokenizer)
     log.info("engine %s (%s)", engine.name, choice.reason)
@@ -414,15 +415,20 @@ def _run_started(req: RunRequest, pipeline: Pipeline, seg_opts: SegmenterOptions
     )
 
 
-def _intent_anchors(model: DFMQMC, tokenizer: Any, ckpt_dir: Path, intents: IntentSet | None) -> IntentAnchors | None:
+def _intent_anchors(model: DFMQMC, tokenizer: Any, ckpt_dir: Path, req: RunRequest) -> IntentAnchors | None:
     if not model.config.semantic_space:
-        if intents is not None:
+        if req.intents is not None or req.sentence_encoder is not None:
             require_semantic_space(model)  # raises: a new intent set needs the semantic space
         log.warning("checkpoint %s has no semantic space: its trained labels only, nothing out of scope", ckpt_dir)
         return None
-    intent_set = intents if intents is not None else checkpoint_intent_set(ckpt_dir, model.config.labels)
-    anchors = build_anchors(model, tokenizer, intent_set)
+    intent_set = req.intents if req.intents is not None else checkpoint_intent_set(ckpt_dir, model.config.labels)
+    encoder = None
+    if req.sentence_encoder is not None:
+        encoder = SentenceEncoder(req.sentence_encoder, req.device or "cpu")
+    anchors = build_anchors(model, tokenizer, intent_set, encoder=encoder)
     kind = "trained head + descriptions" if anchors.trained else "descriptions and examples (no training)"
+    if encoder is not None:
+        kind += f", embedded by {req.sentence_encoder}"
     log.info(
         "intent set %s: %d intents, %s; out of scope below scope %.2f (from %s)",
         intent_set.source,

@@ -370,6 +370,7 @@ class Deciding:
     async def process(self, scored: ScoredWindow) -> IntentEvent:
         started = time.perf_counter()
         transcript = scored.transcript
+        text = transcript.text
         transcript_confidence = recogniser_confidence(transcript.scores) if transcript.text else 0.0
         window = self.window(scored, transcript_confidence)
         result = await self.batcher.infer(self.options.stream_id, window)
@@ -380,7 +381,10 @@ class Deciding:
         probs = output.probs[0]
         in_scope, scope = True, None
         if self.anchors is not None:
-            scores = self.anchors.score(output.embedding, output.sentence, output.probs)
+            sentences = output.sentence
+            if self.anchors.encoder is not None:  # the user's encoder: a forward pass, off the loop
+                sentences = await asyncio.to_thread(self.anchors.transcript_embeddings, [text or ""], output.sentence)
+            scores = self.anchors.score(output.embedding, sentences, output.probs)
             labels, probs = self.anchors.names, scores.probs[0]
             in_scope, scope = bool(scores.in_scope[0]), float(scores.scope[0])
         order = np.argsort(-probs)[: self.options.top_k]

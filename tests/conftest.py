@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import pickle
 import shutil
@@ -223,3 +224,17 @@ def render_clip(
 
     write_clip(path, audio, frames, fps)
     return path
+
+
+def cls_pooled_minilm(tmp_path: Path) -> Path:
+    """A real sentence-transformers folder that embeds differently from the bundled encoder: the
+    bundled all-MiniLM-L6-v2 read with CLS pooling instead of mean pooling."""
+    from model.checkpoint import default_text_encoder_folder
+
+    folder = tmp_path / "minilm-cls"
+    (folder / "1_Pooling").mkdir(parents=True)
+    for item in default_text_encoder_folder().iterdir():
+        if item.is_file():
+            (folder / item.name).symlink_to(item)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
+    return folder

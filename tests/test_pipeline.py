@@ -32,7 +32,7 @@ from stream.pipeline import PipelineStats
 from stream.publisher import BrokerConnectError, parse_broker_url
 from stream.render import render_scene, speak, write_clip
 from stream.run import RunRequest, run_pipeline
-from tests.conftest import Mosquitto, require_binary, wait_until
+from tests.conftest import Mosquitto, cls_pooled_minilm, require_binary, wait_until
 
 pytestmark = pytest.mark.broker
 HERMES_NLU = ("hermes/intent/", "hermes/nlu/")  # hermes/asr/textCaptured: tests/test_record_report.py
@@ -542,6 +542,57 @@ def test_non_speech_is_not_recognized_and_hermes_hears_intent_not_recognized(tmp
     for (_, message), event in zip(hermes[1:], rest):
         assert set(message) >= {"input", "siteId", "sessionId", "customData"}
         assert json.loads(message["customData"])["reason"] == event["reason"]
+
+
+HOME_WITH_EXAMPLES = HOME_INTENTS + (
+    "  - name: Timer\n    description: The person wants a timer or an alarm set for some minutes or a time of day.\n"
+)
+HOME_EXAMPLES = {
+    "Lights": ["Switch the lamp on.", "Dim the lights in the bedroom.", "Lights off in here please."],
+    "Music": ["Put some jazz on.", "Skip this song.", "Turn the music down a bit."],
+    "Timer": ["Set a timer for ten minutes.", "Wake me at seven.", "Remind me in an hour."],
+}
+
+
+def test_run_with_a_users_sentence_encoder_scores_transcripts_in_its_space(tmp_path: Path) -> None:
+    """`dfmq run --intents FILE --sentence-encoder DIR`: the set and each transcript are embedded by the
+    user's folder (here the bundled MiniLM read with CLS pooling, which embeds differently): every event's
+    scope is what `dfmq classify` with the same folder gives its transcript, not the bundled encoder's."""
+    require_binary("espeak-ng", "espeak-ng")
+    from model.checkpoint import STARTER_DIR
+    from model.openset import classify_texts, load_intent_scoring
+    from stream.cli import main
+
+    lines = HOME_WITH_EXAMPLES.splitlines()
+    for name, examples in HOME_EXAMPLES.items():
+        at = lines.index(f"  - name: {name}") + 2
+        lines[at:at] = ["    examples:", *(f"      - {example}" for example in examples)]
+    intents = tmp_path / "home.yaml"
+    intents.write_text("\n".join(lines) + "\n")
+    encoder = cls_pooled_minilm(tmp_path)
+    sentences = ["please turn off the kitchen lights", "my grandmother was born in spring"]
+    pause = np.zeros(16000, np.float32)
+    clip = tmp_path / "home.mp4"
+    write_clip(clip, np.concatenate([pause, *(np.concatenate([speak(s), pause]) for s in sentences)]), [], 15)
+    broker = Mosquitto(tmp_path, persistent=True)
+    broker.start()
+    sub = Subscriber(broker.port)
+    try:
+        argv = ["run", "--input", str(clip), "--pace", "fast", "--engine", "onnxruntime", "--intents", str(intents)]
+        argv += ["--sentence-encoder", str(encoder), "--broker", f"mqtt://127.0.0.1:{broker.port}"]
+        assert main([*argv, "--stream-id", "home"]) == 0
+        wait_until(lambda: len(sub.events()) >= len(sentences), 10, "two intent events")
+    finally:
+        sub.stop()
+        broker.stop()
+    events = sub.events()
+    assert [e["intent"] for e in events] == ["Lights", None], events
+    texts = [str(e["text"]) for e in events]
+    model, tokenizer, _, theirs = load_intent_scoring(STARTER_DIR, intents, sentence_encoder=encoder)
+    _, _, _, bundled = load_intent_scoring(STARTER_DIR, intents)
+    expected = [round(d.scope, 3) for d in classify_texts(model, tokenizer, theirs, texts)]
+    assert [e["scope"] for e in events] == pytest.approx(expected, abs=2e-3)
+    assert [round(d.scope, 3) for d in classify_texts(model, tokenizer, bundled, texts)] != expected
 
 
 def test_run_with_a_new_intent_set_publishes_its_names_and_rejects_off_topic(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from model.dfmq import DFMQMC
 from model.intents import load_intent_set
 from model.semantic import IntentAnchors, build_anchors, fit_reject_below, triplet_loss
 from stream.cli import main
-from tests.conftest import tiny_text_encoder
+from tests.conftest import cls_pooled_minilm, tiny_text_encoder
 
 REPO = Path(__file__).resolve().parent.parent
 KIOSK = REPO / "configs" / "intents" / "kiosk.yaml"
@@ -379,3 +379,55 @@ def test_the_trained_labels_threshold_keeps_its_share_of_held_out_utterances(sta
     assert 0.0 <= rule["offtopic_rejected"] <= 1.0 and rule["offtopic"] > 40
     few = fit_trained_threshold(model, tokenizer, intent_set, embeddings[:10])
     assert few["reject_below_trained"] == model.config.reject_below_trained and "kept" in few["note"]
+
+
+def test_a_users_sentence_encoder_scores_a_new_set_in_its_own_space(
+    starter: tuple[DFMQMC, object], tmp_path: Path
+) -> None:
+    """--sentence-encoder: the set and the transcripts are embedded by the user's folder. The bundled
+    folder itself (mean pooled) must reproduce the frozen encoder's scores; a differently pooled one
+    must not, and the transcripts must go through it too (its own scores, whatever the engine says)."""
+    from model.checkpoint import default_text_encoder_folder
+    from model.openset import classify_texts, load_intent_scoring
+
+    texts = ["Can I pay with my card?", "Where are the toilets?", "The moon orbits the earth."]
+    _, _, _, shipped = load_intent_scoring(STARTER_DIR, KIOSK)
+    model, tokenizer, _, same = load_intent_scoring(STARTER_DIR, KIOSK, sentence_encoder=default_text_encoder_folder())
+    _, _, _, other = load_intent_scoring(STARTER_DIR, KIOSK, sentence_encoder=cls_pooled_minilm(tmp_path))
+    assert shipped.encoder is None and same.encoder is not None
+    baseline = classify_texts(model, tokenizer, shipped, texts)
+    through_folder = classify_texts(model, tokenizer, same, texts)
+    assert np.allclose([d.scope for d in baseline], [d.scope for d in through_folder], atol=1e-4)
+    assert [d.intent for d in baseline] == [d.intent for d in through_folder]
+    cls_scored = classify_texts(model, tokenizer, other, texts)
+    assert not np.allclose([d.scope for d in baseline], [d.scope for d in cls_scored], atol=1e-3)
+    assert other.reject_below != pytest.approx(shipped.reject_below)  # its threshold from its own examples
+    direct = other.score(np.zeros((3, 1)), other.encoder(texts))  # type: ignore[misc]
+    assert np.allclose(direct.scope, [d.scope for d in cls_scored], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("intents", "folder", "expected"),
+    [
+        ("kiosk", "missing", "a sentence-transformers model folder"),
+        (None, "bundled", "an intent set the model was not trained on"),
+        ("home", "bundled", "a set with at least 8 examples"),
+    ],
+    ids=["no-folder", "trained-set", "too-few-examples"],
+)
+def test_sentence_encoder_errors_exit_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], intents: str | None, folder: str, expected: str
+) -> None:
+    from model.checkpoint import default_text_encoder_folder
+
+    argv = ["classify", "--ckpt", "default", "Hello there."]
+    if intents == "kiosk":
+        argv += ["--intents", str(KIOSK)]
+    elif intents == "home":
+        home = tmp_path / "home.yaml"
+        home.write_text(HOME_SET)
+        argv += ["--intents", str(home)]
+    encoder = tmp_path / "nothing-here" if folder == "missing" else default_text_encoder_folder()
+    assert main([*argv, "--sentence-encoder", str(encoder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--sentence-encoder" in err[0] and expected in err[0], err
