@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import os
 import random
 import signal
@@ -59,7 +60,7 @@ def render_clips(folder: Path, count: int, repeat: int) -> tuple[list[Path], lis
 
 
 def run_count(
-    clips: list[Path], port: int, args: argparse.Namespace, worker_threads: int, asr_parallel: int
+    clips: list[Path], port: int, args: argparse.Namespace, worker_threads: int, asr_parallel: int, endpointing: str
 ) -> dict[str, Any]:
     specs = [StreamSpec(f"s{i}", input=str(clip)) for i, clip in enumerate(clips)]
     asr = AsrOptions(model=args.asr_model, parallel_calls=asr_parallel)
@@ -76,7 +77,7 @@ def run_count(
                 specs,
                 BrokerOptions(url=f"mqtt://127.0.0.1:{port}"),
                 PipelineOptions(worker_threads=worker_threads),
-                SegmenterOptions(),
+                SegmenterOptions(endpointing=endpointing),
                 on_ready=on_ready,
             )
         )
@@ -93,6 +94,7 @@ def run_count(
         "streams": len(clips),
         "worker_threads": worker_threads,
         "asr_parallel_calls": asr_parallel,
+        "endpointing": endpointing,
         "wall_s": round(wall_s, 1),
         "utterances": utterances,
         "events_received": len(events),
@@ -108,7 +110,10 @@ def run_count(
             stage: round(float(np.median([e["latency_ms"][stage] for e in events])), 1)
             for stage in ("vad", "asr", "features", "worker_wait", "engine", "batch_wait")
         },
-        "worker_wait_ms_p95": round(float(np.percentile([e["latency_ms"]["worker_wait"] for e in events], 95)), 1),
+        "stage_ms_p95": {
+            stage: round(float(np.percentile([e["latency_ms"][stage] for e in events], 95)), 1)
+            for stage in ("vad", "asr", "features", "worker_wait", "engine", "batch_wait")
+        },
         "cpu_s": round(cpu_s, 2),
         "cpu_share_of_one_core": round(cpu_s / wall_s, 3),
         "cpu_share_of_machine": round(cpu_s / wall_s / (os.cpu_count() or 1), 3),
@@ -195,6 +200,12 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1, help="times each clip says the 9 scene sentences")
     parser.add_argument("--worker-threads", default="2", help="pipeline.worker_threads values, comma-separated")
     parser.add_argument("--asr-parallel", default="2", help="asr.parallel_calls values, comma-separated")
+    parser.add_argument(
+        "--endpointing", default="silence", help="segmenter.endpointing values (silence, speculative), comma-separated"
+    )
+    parser.add_argument(
+        "--trials", type=int, default=1, help="runs of every setting (8 streams: p95 varied by 0.2 s between runs)"
+    )
     parser.add_argument("--split", action="store_true", help="also the capture/worker split, one worker killed")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
@@ -205,13 +216,15 @@ def main() -> int:
         rows = []
         threads_values = [int(t) for t in args.worker_threads.split(",")]
         parallel_values = [int(a) for a in args.asr_parallel.split(",")]
-        settings = [(c, t, a) for c in counts for t in threads_values for a in parallel_values]
-        for count, threads, parallel in settings:
-            row = run_count(clips[:count], port, args, threads, parallel)
+        endpointing_values = args.endpointing.split(",")
+        settings = itertools.product(range(args.trials), counts, threads_values, parallel_values, endpointing_values)
+        for trial, count, threads, parallel, endpointing in settings:
+            row = {"trial": trial, **run_count(clips[:count], port, args, threads, parallel, endpointing)}
             rows.append(row)
             lat = row["speech_end_to_subscriber_ms"]
             print(
-                f"{count} streams, {threads} worker threads, {parallel} Whisper calls at once: "
+                f"{count} streams, {threads} worker threads, {parallel} Whisper calls at once, {endpointing} "
+                "endpointing: "
                 f"p50 {lat['p50']} ms, p95 {lat['p95']} ms; "
                 f"events {row['events_received']}/{row['utterances']}; dropped {row['dropped_utterances']} "
                 f"utterances, {row['dropped_items']} items; "
@@ -228,8 +241,10 @@ def main() -> int:
                 f"p95 {lat['p95']} ms; {split['capture_summary']}",
                 flush=True,
             )
-    defaults = (PipelineOptions().worker_threads, AsrOptions().parallel_calls)
-    held = [r["streams"] for r in rows if r["holds"] and (r["worker_threads"], r["asr_parallel_calls"]) == defaults]
+    defaults = (PipelineOptions().worker_threads, AsrOptions().parallel_calls, SegmenterOptions().endpointing)
+    default_rows = [r for r in rows if (r["worker_threads"], r["asr_parallel_calls"], r["endpointing"]) == defaults]
+    verdicts = {c: [r["holds"] for r in default_rows if r["streams"] == c] for c in counts}
+    held = [c for c, holds in verdicts.items() if holds and all(holds)]  # in every trial
     report = {
         "command": "tools/scale_bench.py "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v),
