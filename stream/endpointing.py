@@ -5,7 +5,8 @@ on them, one at a time, on the loop, with the pipeline's own Whisper, features a
 
 - a `partial` snapshot becomes a PartialIntent on dfmq/<stream_id>/partial (QoS 0);
 - an `endpoint` snapshot (a short pause) is transcribed; when the transcript reads as a finished
-  turn (`turn_complete`), the segmenter is asked to end the utterance there (`Segmenter.close`,
+  turn (`turn_complete`) and the voice fell at the pause (stream/prosody.py; too little voice to
+  tell counts as fallen), the segmenter is asked to end the utterance there (`Segmenter.close`,
   refused when speech resumed meanwhile) and the decided event is published at once, without
   waiting for the long hang-over of silence. Otherwise the utterance ends the usual way.
 
@@ -21,8 +22,10 @@ import logging
 import time
 from collections.abc import Callable
 
+from stream.media import SAMPLE_RATE_HZ
 from stream.messages import PartialIntent, SinkMessage, Transcript, Utterance
 from stream.pipeline import PipelineStats
+from stream.prosody import final_pitch_ratio
 from stream.stages import Deciding, Scoring, Transcribing
 from stream.vad import Segmenter, Snapshot
 
@@ -88,6 +91,7 @@ class Provisional:
         self.partials_sent = 0
         self.endpoints_tried = 0
         self.endpoints_closed = 0
+        self.endpoints_held_by_pitch = 0
 
     def offer(self, snapshot: Snapshot) -> None:
         """Hand over a snapshot, from the loop or from a segmenting thread."""
@@ -118,11 +122,13 @@ class Provisional:
         finally:
             finished.cancel()
             log.info(
-                "stream %s: %d partial intents; speculative endpoints: %d heard, %d ended the utterance",
+                "stream %s: %d partial intents; speculative endpoints: %d heard, %d ended the utterance, "
+                "%d read as finished but held by the pitch",
                 self.deciding.options.stream_id,
                 self.partials_sent,
                 self.endpoints_tried,
                 self.endpoints_closed,
+                self.endpoints_held_by_pitch,
             )
 
     async def _transcript(self, snapshot: Snapshot) -> Transcript | None:
@@ -176,14 +182,20 @@ class Provisional:
         self.endpoints_tried += 1
         self._heard = (snapshot.utterance.utterance_id, snapshot.windows, transcript)
         complete = turn_complete(transcript.text)
-        closed = complete and self.segmenter.close(snapshot)
+        checked = complete and self.segmenter.options.final_pitch_ratio > 0
+        pitch = final_pitch_ratio(snapshot.utterance.samples, SAMPLE_RATE_HZ) if checked else None
+        fell = pitch is None or pitch < self.segmenter.options.final_pitch_ratio
+        closed = complete and fell and self.segmenter.close(snapshot)
         log.debug(
-            "endpoint of utterance %d: %r, complete %s, closed %s",
+            "endpoint of utterance %d: %r, complete %s, final pitch ratio %s, closed %s",
             snapshot.utterance.utterance_id,
             transcript.text,
             complete,
+            None if pitch is None else round(pitch, 3),
             closed,
         )
+        if complete and not fell:
+            self.endpoints_held_by_pitch += 1
         if not closed:
             return  # unfinished, or speech resumed while Whisper listened: the hang-over decides
         self.endpoints_closed += 1

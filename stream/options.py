@@ -242,6 +242,10 @@ class SegmenterOptions:
     # otherwise, and with silence, an utterance ends after min_silence_ms of silence.
     endpointing: str = _option("silence", _one_of(("speculative", "silence")))
     speculative_pause_ms: float = _option(160.0, _number("milliseconds", 32))
+    # ... and only when the voice fell at the pause: the pitch of its last voiced 80 ms below this
+    # share of the utterance's median pitch (a sentence-final fall; a speaker pausing mid-sentence
+    # holds the pitch up). 0 turns the check off (the transcript alone decides).
+    final_pitch_ratio: float = _option(0.84, _number("a ratio", 0, 1))
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -192,3 +192,31 @@ def test_speculative_endpointing_publishes_finished_sentences_at_the_short_pause
     # is the pause (and the chunk it ends in), not the hang-over.
     waits = [e["latency_ms"]["vad"] for e in events]  # type: ignore[index]
     assert min(waits) < 300, waits
+
+
+def _longest_pause_start(audio: np.ndarray, floor: float) -> int:
+    """Where the longest stretch of the 10 ms envelope under `floor` begins."""
+    quiet = np.concatenate([[False], np.convolve(np.abs(audio), np.ones(160) / 160, "same") < floor, [False]])
+    edges = np.flatnonzero(np.diff(quiet.astype(np.int8)))
+    starts, ends = edges[::2], edges[1::2]
+    return int(starts[np.argmax(ends - starts)])
+
+
+def test_the_voice_falls_at_a_sentence_end_and_holds_at_a_mid_sentence_pause() -> None:
+    """The pitch cue of speculative endpointing (stream/prosody.py), on real speech and espeak-ng:
+    JFK's sentence ends on a fall and holds up at its longest pause (after "ask not what your
+    country can do for you"); an espeak-ng sentence falls at its end, not before a break inside it."""
+    require_binary("espeak-ng", "espeak-ng")
+    from stream.prosody import final_pitch_ratio
+
+    threshold = SegmenterOptions().final_pitch_ratio
+    jfk = _trimmed(decode_clip(DATA / "jfk.mp3").audio)
+    jfk_end, jfk_pause = final_pitch_ratio(jfk, RATE), final_pitch_ratio(jfk[: _longest_pause_start(jfk, 0.01)], RATE)
+    assert jfk_end is not None and jfk_pause is not None and jfk_end < threshold < jfk_pause
+    whole = _trimmed(speak("hello there, good morning.", voice="en-us+f3"))
+    markup = '<speak>hello there, good morning <break time="400ms"/> how are you</speak>'
+    paused = _trimmed(speak(markup, voice="en-us+f3", ssml=True))
+    end, held = final_pitch_ratio(whole, RATE), final_pitch_ratio(paused[: _longest_pause_start(paused, 0.005)], RATE)
+    assert end is not None and held is not None and end < threshold < held
+    assert final_pitch_ratio(np.zeros(RATE, np.float32), RATE) is None  # no voice: nothing to tell
+    assert final_pitch_ratio(whole[: int(0.05 * RATE)], RATE) is None

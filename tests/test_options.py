@@ -37,6 +37,7 @@ BAD: dict[str, dict[str, list[Any]]] = {
         "split_search_s": [-1, INF],
         "endpointing": ["vad", "", 1],
         "speculative_pause_ms": [0, 31, NAN],
+        "final_pitch_ratio": [-0.1, 1.5, NAN],
     },
     "pipeline": {
         "stream_id": ["a/b", "+", "#", "", "x" * 65, "cam 0", 7],

@@ -60,6 +60,26 @@ COMMAS = (
     "hello there, good morning, how are you",
     "first, open the box, then read the instructions",
 )
+# Written after the pitch check's threshold was chosen (stream/prosody.py) and said by voices it was
+# not chosen on: half with words before the pause that read as a finished sentence, the case only
+# the pitch can tell; then whole sentences, for latency at real ends.
+HELD_OUT_VOICES = ("en-gb-scotland", "en-gb-x-rp", "en-029", "en-us+Alicia")
+HELD_OUT_PAUSED = (
+    (("the kettle has boiled", "so let us make some tea"), 0.30),
+    (("we missed the last bus", "and had to walk home"), 0.25),
+    (("she called me this morning", "to ask about the party"), 0.30),
+    (("the door was open", "when i arrived at the office"), 0.35),
+    (("turn the volume down", "a little bit please"), 0.25),
+    (("can you remind me", "to water the plants tonight"), 0.30),
+    (("i was hoping that", "we could meet on monday"), 0.30),
+    (("the best thing about this city", "is the food"), 0.25),
+)
+HELD_OUT_WHOLE = (
+    "what time does the pharmacy close",
+    "send the file to my manager",
+    "i have never been to spain",
+    "book a table for two at seven",
+)
 REAL = ("jfk.mp3", "hotwords.mp3")
 
 
@@ -96,11 +116,17 @@ def build_track() -> tuple[np.ndarray, list[Sentence]]:
         add("espeak_commas", text, [trimmed(speak(text))])
     for name in REAL:
         add("real", name, [trimmed(decode_clip(ROOT / "tests" / "data" / name).audio)])
+    for i, ((first, rest), pause) in enumerate(HELD_OUT_PAUSED):
+        markup = f'<speak>{first} <break time="{round(pause * 1000)}ms"/> {rest}</speak>'
+        voice = HELD_OUT_VOICES[i % len(HELD_OUT_VOICES)]
+        add("held_out_paused", f"{first} | {rest}", [trimmed(speak(markup, voice=voice, ssml=True))])
+    for i, text in enumerate(HELD_OUT_WHOLE):
+        add("held_out_whole", text, [trimmed(speak(text, voice=HELD_OUT_VOICES[i % len(HELD_OUT_VOICES)]))])
     return np.concatenate(parts), sentences
 
 
 def run_mode(
-    clip: Path, port: int, endpointing: str, pause_ms: float, ckpt: str, engine: str
+    clip: Path, port: int, endpointing: str, pause_ms: float, pitch_ratio: float, ckpt: str, engine: str
 ) -> list[tuple[float, dict[str, Any]]]:
     with received_events(port, "dfmq/bench/intent", f"dfmq-endpointing-{endpointing}") as received:
         asyncio.run(
@@ -108,7 +134,7 @@ def run_mode(
                 RunRequest(ckpt=ckpt, input=str(clip), pace="realtime", engine=engine),
                 BrokerOptions(url=f"mqtt://127.0.0.1:{port}"),
                 PipelineOptions(stream_id="bench"),
-                SegmenterOptions(endpointing=endpointing, speculative_pause_ms=pause_ms),
+                SegmenterOptions(endpointing=endpointing, speculative_pause_ms=pause_ms, final_pitch_ratio=pitch_ratio),
             )
         )
         time.sleep(0.5)
@@ -142,7 +168,7 @@ def score(received: list[tuple[float, dict[str, Any]]], sentences: list[Sentence
             }
         )
     out: dict[str, Any] = {}
-    for source in ("espeak_paused", "espeak_commas", "real", "all"):
+    for source in ("espeak_paused", "espeak_commas", "real", "held_out_paused", "held_out_whole", "all"):
         chosen = [r for r in rows if source in ("all", r["source"])]
         splits = sum(max(0, r["events"] - 1) for r in chosen)
         latency = [r["latency_ms"] for r in chosen if r["latency_ms"] is not None]
@@ -174,7 +200,8 @@ def main() -> int:
     parser.add_argument(
         "--modes",
         default=f"silence,speculative:{SegmenterOptions().speculative_pause_ms:g}",
-        help="endpointing modes, comma-separated: silence, or speculative:PAUSE_MS",
+        help="endpointing modes, comma-separated: silence, or speculative:PAUSE_MS[:FINAL_PITCH_RATIO] (0: no "
+        "pitch check)",
     )
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
@@ -189,9 +216,12 @@ def main() -> int:
         clip = Path(tmp) / "paused.mp4"
         write_clip(clip, audio, [], 15)
         for mode in args.modes.split(","):
-            endpointing, _, pause_ms = mode.partition(":")
-            pause = float(pause_ms) if pause_ms else SegmenterOptions().speculative_pause_ms
-            received = run_mode(clip, port, endpointing, pause, args.ckpt, args.engine)
+            endpointing, _, settings = mode.partition(":")
+            pause_ms, _, pitch_ratio = settings.partition(":")
+            defaults = SegmenterOptions()
+            pause = float(pause_ms) if pause_ms else defaults.speculative_pause_ms
+            ratio = float(pitch_ratio) if pitch_ratio else defaults.final_pitch_ratio
+            received = run_mode(clip, port, endpointing, pause, ratio, args.ckpt, args.engine)
             report["modes"][mode] = score(received, sentences)
             report["modes"][mode]["load_average_1min_after"] = round(os.getloadavg()[0], 2)
     write_report(report, args.json)
