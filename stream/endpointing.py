@@ -46,7 +46,7 @@ UNFINISHED_ENDINGS = frozenset(
 )
 TERMINAL = (".", "?", "!")
 # Audio blocks of a run with speculative endpointing, in place of 100 ms (stream/sources.py): the
-# pause it decides at is 160 ms, and a block's length is added to it before the segmenter sees
+# pause it decides at is 128 ms, and a block's length is added to it before the segmenter sees
 # the pause. One VAD window per block costs more wake-ups (docs/results/endpointing_cpu_2core.md).
 SPECULATIVE_BLOCK_MS = 32.0
 

@@ -241,7 +241,7 @@ class SegmenterOptions:
     # and published at once when its transcript reads as a finished sentence (stream/endpointing.py);
     # otherwise, and with silence, an utterance ends after min_silence_ms of silence.
     endpointing: str = _option("silence", _one_of(("speculative", "silence")))
-    speculative_pause_ms: float = _option(160.0, _number("milliseconds", 32))
+    speculative_pause_ms: float = _option(128.0, _number("milliseconds", 32))
     # ... and only when the voice fell at the pause: the pitch of its last voiced 80 ms below this
     # share of the utterance's median pitch (a sentence-final fall; a speaker pausing mid-sentence
     # holds the pitch up). 0 turns the check off (the transcript alone decides).

@@ -75,9 +75,13 @@ def test_partials_come_every_interval_of_speech_and_an_endpoint_at_each_short_pa
     assert all(s.utterance.utterance_id == 0 for s in snapshots)
     heard = [s.utterance.end_s - s.utterance.start_s for s in partials]
     assert heard == sorted(heard) and all(b - a >= 0.45 for a, b in itertools.pairwise(heard))
-    # The mid-sentence pause and the end each give one candidate; the 300 ms pause is under the
-    # hang-over, so without a close the sentence is one utterance.
-    assert len(endpoints) == 2
+    # A candidate 128 ms into each pause and a second look 128 ms later (the 300 ms pause
+    # mid-sentence lasts for both); the pause is under the hang-over, so without a close the
+    # sentence is one utterance.
+    second_half_s = 0.3 + len(_trimmed(speak("i would like to order"))) / RATE + 0.3
+    mid, end = [[s for s in endpoints if (s.utterance.end_s > second_half_s) == late] for late in (False, True)]
+    assert len(mid) == 2 and len(end) == 2
+    assert all(b.windows == a.windows + 4 for a, b in (mid, end))  # 128 ms later: four 32 ms windows more
     assert [u.utterance_id for u in utterances] == [0]
 
 
@@ -85,7 +89,7 @@ def test_a_close_ends_the_utterance_only_while_its_pause_lasts(paused_sentence: 
     segmenter = Segmenter(SegmenterOptions(), speculate=True)
     first_pause_end = 0.3 + len(_trimmed(speak("i would like to order"))) / RATE + 0.25
     utterances, snapshots = _feed(segmenter, paused_sentence, until_s=first_pause_end)
-    (candidate,) = [s for s in snapshots if s.kind == "endpoint"]
+    (candidate,) = [s for s in snapshots if s.kind == "endpoint"]  # 250 ms in: before the second look
     assert not utterances
     # Still in the pause: the close takes, and the rest of the sentence is a new utterance.
     assert segmenter.close(candidate)
@@ -96,7 +100,9 @@ def test_a_close_ends_the_utterance_only_while_its_pause_lasts(paused_sentence: 
     # Speech resumed after the candidate: the close is refused, and the sentence stays one utterance.
     segmenter = Segmenter(SegmenterOptions(), speculate=True)
     utterances, snapshots = _feed(segmenter, paused_sentence, until_s=first_pause_end + 0.4)
-    (candidate,) = [s for s in snapshots if s.kind == "endpoint"]
+    first_look, second_look = [s for s in snapshots if s.kind == "endpoint"]
+    assert not segmenter.close(first_look)  # superseded by the second look
+    candidate = second_look
     assert not segmenter.close(candidate)
     rest, _ = _feed(segmenter, paused_sentence, from_s=first_pause_end + 0.4)
     assert [u.utterance_id for u in utterances + rest] == [0]

@@ -182,8 +182,8 @@ def test_every_option_rejects_a_bad_value_by_name_value_and_range(
             "[segmenter]: option 'max_utterance_s' expected seconds, longer than min_speech_ms (250 ms), got 0.2",
         ),
         (
-            "segmenter:\n  endpointing: speculative\n  min_silence_ms: 150\n",
-            "[segmenter]: option 'speculative_pause_ms' expected milliseconds, at most min_silence_ms (150), got 160.0",
+            "segmenter:\n  endpointing: speculative\n  min_silence_ms: 100\n",
+            "[segmenter]: option 'speculative_pause_ms' expected milliseconds, at most min_silence_ms (100), got 128.0",
         ),
         (
             "pipeline:\n  video_buffer_s: 1\n",

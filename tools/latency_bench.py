@@ -133,7 +133,11 @@ def main() -> int:
             stage: round(float(np.median([e["latency_ms"][stage] for _, e in received])), 1)  # type: ignore[index]
             for stage in ("vad", "asr", "features", "engine")
         },
-        "segmenter": {"endpointing": args.endpointing, "speculative_pause_ms": args.speculative_pause_ms},
+        "segmenter": {
+            "endpointing": args.endpointing,
+            "speculative_pause_ms": args.speculative_pause_ms,
+            "final_pitch_ratio": seg_opts.final_pitch_ratio,
+        },
         "load_average_1min_at_start": round(load_at_start, 2),
         "pipeline_asr": {"cpu_threads": args.asr_threads, "encoder_min_window_s": args.asr_min_window_s},
         "pipeline_cpu_s": round(pipeline_cpu, 2),
