@@ -87,7 +87,9 @@ class Provisional:
         self.loop = asyncio.get_running_loop()
         self._pending: dict[str, Snapshot] = {}
         self._wake = asyncio.Event()
-        self._heard: tuple[int, int, Transcript] | None = None  # (utterance id, windows, transcript)
+        # (utterance id, windows, transcript) of the last endpoint snapshot heard, or being heard:
+        # the transcript is a future until Whisper answers.
+        self._heard: tuple[int, int, asyncio.Future[Transcript | None]] | None = None
         self.partials_sent = 0
         self.endpoints_tried = 0
         self.endpoints_closed = 0
@@ -139,15 +141,21 @@ class Provisional:
         recognised, asr_ms = heard
         return Transcript(snapshot.utterance, recognised.text, recognised.scores, dequeued, asr_ms, 0.0)
 
-    def heard_before(self, utterance: Utterance) -> Transcript | None:
+    async def heard_before(self, utterance: Utterance) -> Transcript | None:
         """The transcript of an endpoint snapshot, for the utterance that ended in its pause
-        (`Transcribing.heard_before`): the same samples, so Whisper need not hear them again. Its
-        Whisper time was spent in the pause, off the utterance's path: asr 0 ms."""
+        (`Transcribing.heard_before`): the same samples, so Whisper need not hear them again, and
+        if Whisper is still hearing them, the answer is awaited rather than queued behind (a
+        second look late in the pause was otherwise still running when the hang-over ended the
+        utterance: docs/results/endpointing_cpu_2core.md). Its Whisper time was spent in the
+        pause, off the utterance's path: asr 0 ms."""
         if self._heard is None:
             return None
-        utterance_id, windows, transcript = self._heard
-        same_samples = len(transcript.utterance.samples) == len(utterance.samples)  # a flush keeps more silence
-        if (utterance_id, windows) != (utterance.utterance_id, utterance.endpoint_windows) or not same_samples:
+        utterance_id, windows, heard = self._heard
+        if (utterance_id, windows) != (utterance.utterance_id, utterance.endpoint_windows):
+            return None
+        transcript = await asyncio.shield(heard)
+        # A flush keeps more silence than the snapshot did: other samples, heard anew.
+        if transcript is None or len(transcript.utterance.samples) != len(utterance.samples):
             return None
         self._heard = None
         return Transcript(utterance, transcript.text, transcript.scores, time.time(), 0.0, 0.0)
@@ -176,11 +184,16 @@ class Provisional:
         self.partials_sent += 1
 
     async def _endpoint(self, snapshot: Snapshot) -> None:
-        transcript = await self._transcript(snapshot)
+        heard: asyncio.Future[Transcript | None] = self.loop.create_future()
+        self._heard = (snapshot.utterance.utterance_id, snapshot.windows, heard)
+        transcript = None
+        try:
+            transcript = await self._transcript(snapshot)
+        finally:
+            heard.set_result(transcript)  # None (Whisper busy, or cancelled): the utterance is heard anew
         if transcript is None:
             return
         self.endpoints_tried += 1
-        self._heard = (snapshot.utterance.utterance_id, snapshot.windows, transcript)
         complete = turn_complete(transcript.text)
         checked = complete and self.segmenter.options.final_pitch_ratio > 0
         pitch = final_pitch_ratio(snapshot.utterance.samples, SAMPLE_RATE_HZ) if checked else None

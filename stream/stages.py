@@ -14,7 +14,7 @@ import asyncio
 import functools
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
@@ -229,10 +229,10 @@ class Transcribing:
         self.whisper = whisper
         # What was heard already of an utterance that ended where a speculative endpoint had
         # listened (stream/endpointing.py): the same samples need no second Whisper call.
-        self.heard_before: Callable[[Utterance], Transcript | None] | None = None
+        self.heard_before: Callable[[Utterance], Awaitable[Transcript | None]] | None = None
 
     async def process(self, utterance: Utterance) -> Transcript:
-        if self.heard_before is not None and (earlier := self.heard_before(utterance)) is not None:
+        if self.heard_before is not None and (earlier := await self.heard_before(utterance)) is not None:
             return earlier
         dequeued = time.time()
         started = time.perf_counter()
