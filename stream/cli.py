@@ -365,8 +365,8 @@ def _add_run(sub: Any) -> None:
     p.add_argument(
         "--endpointing",
         choices=["speculative", "silence"],
-        help="speculative: publish at a short pause when the transcript reads as a finished sentence; silence: "
-        "wait for --min-silence-ms of silence (default from the config: silence)",
+        help="speculative: publish at a short pause when the transcript reads as a finished sentence and the "
+        "voice fell; silence: wait for --min-silence-ms of silence (default from the config: silence)",
     )
     p.add_argument(
         "--record",

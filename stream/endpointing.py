@@ -6,7 +6,7 @@ on them, one at a time, on the loop, with the pipeline's own Whisper, features a
 - a `partial` snapshot becomes a PartialIntent on dfmq/<stream_id>/partial (QoS 0);
 - an `endpoint` snapshot (a short pause) is transcribed; when the transcript reads as a finished
   turn (`turn_complete`) and the voice fell at the pause (stream/prosody.py; too little voice to
-  tell counts as fallen), the segmenter is asked to end the utterance there (`Segmenter.close`,
+  tell counts as fallen in a short answer only), the segmenter is asked to end the utterance there (`Segmenter.close`,
   refused when speech resumed meanwhile) and the decided event is published at once, without
   waiting for the long hang-over of silence. Otherwise the utterance ends the usual way.
 
@@ -49,6 +49,7 @@ TERMINAL = (".", "?", "!")
 # pause it decides at is 128 ms, and a block's length is added to it before the segmenter sees
 # the pause. One VAD window per block costs more wake-ups (docs/results/endpointing_cpu_2core.md).
 SPECULATIVE_BLOCK_MS = 32.0
+SHORT_ANSWER_S = 1.0  # an utterance this short may end without enough voice to read its pitch
 
 
 def turn_complete(text: str) -> bool:
@@ -197,7 +198,12 @@ class Provisional:
         complete = turn_complete(transcript.text)
         checked = complete and self.segmenter.options.final_pitch_ratio > 0
         pitch = final_pitch_ratio(snapshot.utterance.samples, SAMPLE_RATE_HZ) if checked else None
-        fell = pitch is None or pitch < self.segmenter.options.final_pitch_ratio
+        if pitch is None:
+            # Too little voice to tell: a short answer ("Yes.") is trusted to its transcript; a long
+            # stretch without voiced frames (whispered, creaky) is left to the hang-over.
+            fell = not checked or snapshot.utterance.end_s - snapshot.utterance.start_s < SHORT_ANSWER_S
+        else:
+            fell = pitch < self.segmenter.options.final_pitch_ratio
         closed = complete and fell and self.segmenter.close(snapshot)
         log.debug(
             "endpoint of utterance %d: %r, complete %s, final pitch ratio %s, closed %s",
