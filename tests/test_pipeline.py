@@ -554,6 +554,27 @@ HOME_EXAMPLES = {
 }
 
 
+def _run_spoken(tmp_path: Path, sentences: list[str], *flags: str) -> Subscriber:
+    """`dfmq run FLAGS` on espeak-ng saying `sentences` a second apart, into a real Mosquitto; the
+    subscriber that heard it, once it has an event per sentence."""
+    from stream.cli import main
+
+    pause = np.zeros(16000, np.float32)
+    clip = tmp_path / "spoken.mp4"
+    write_clip(clip, np.concatenate([pause, *(np.concatenate([speak(s), pause]) for s in sentences)]), [], 15)
+    broker = Mosquitto(tmp_path, persistent=True)
+    broker.start()
+    sub = Subscriber(broker.port)
+    try:
+        argv = ["run", "--input", str(clip), "--pace", "fast", "--engine", "onnxruntime", *flags]
+        assert main([*argv, "--broker", f"mqtt://127.0.0.1:{broker.port}", "--stream-id", "home"]) == 0
+        wait_until(lambda: len(sub.events()) >= len(sentences), 10, f"{len(sentences)} intent events")
+    finally:
+        sub.stop()
+        broker.stop()
+    return sub
+
+
 def test_run_with_a_users_sentence_encoder_scores_transcripts_in_its_space(tmp_path: Path) -> None:
     """`dfmq run --intents FILE --sentence-encoder DIR`: the set and each transcript are embedded by the
     user's folder (here the bundled MiniLM read with CLS pooling, which embeds differently): every event's
@@ -561,7 +582,6 @@ def test_run_with_a_users_sentence_encoder_scores_transcripts_in_its_space(tmp_p
     require_binary("espeak-ng", "espeak-ng")
     from model.checkpoint import STARTER_DIR
     from model.openset import classify_texts, load_intent_scoring
-    from stream.cli import main
 
     lines = HOME_WITH_EXAMPLES.splitlines()
     for name, examples in HOME_EXAMPLES.items():
@@ -571,21 +591,7 @@ def test_run_with_a_users_sentence_encoder_scores_transcripts_in_its_space(tmp_p
     intents.write_text("\n".join(lines) + "\n")
     encoder = cls_pooled_minilm(tmp_path)
     sentences = ["please turn off the kitchen lights", "my grandmother was born in spring"]
-    pause = np.zeros(16000, np.float32)
-    clip = tmp_path / "home.mp4"
-    write_clip(clip, np.concatenate([pause, *(np.concatenate([speak(s), pause]) for s in sentences)]), [], 15)
-    broker = Mosquitto(tmp_path, persistent=True)
-    broker.start()
-    sub = Subscriber(broker.port)
-    try:
-        argv = ["run", "--input", str(clip), "--pace", "fast", "--engine", "onnxruntime", "--intents", str(intents)]
-        argv += ["--sentence-encoder", str(encoder), "--broker", f"mqtt://127.0.0.1:{broker.port}"]
-        assert main([*argv, "--stream-id", "home"]) == 0
-        wait_until(lambda: len(sub.events()) >= len(sentences), 10, "two intent events")
-    finally:
-        sub.stop()
-        broker.stop()
-    events = sub.events()
+    events = _run_spoken(tmp_path, sentences, "--intents", str(intents), "--sentence-encoder", str(encoder)).events()
     assert [e["intent"] for e in events] == ["Lights", None], events
     texts = [str(e["text"]) for e in events]
     model, tokenizer, _, theirs = load_intent_scoring(STARTER_DIR, intents, sentence_encoder=encoder)
@@ -600,27 +606,13 @@ def test_run_with_a_new_intent_set_publishes_its_names_and_rejects_off_topic(tmp
     alone (no training, a restart is all a new set takes); off-topic speech is out of scope, and
     Hermes consumers hear hermes/intent/<Name> or intentNotRecognized."""
     require_binary("espeak-ng", "espeak-ng")
-    from stream.cli import main
 
     intents = tmp_path / "home.yaml"
     intents.write_text(HOME_INTENTS)
     # Sentences espeak-ng says and tiny.en reads back word for word (recogniser confidence 0.89-0.96):
     # the test is about the intent set, not about transcription.
     sentences = ["please turn off the kitchen lights", "my grandmother was born in spring", "play some music please"]
-    pause = np.zeros(16000, np.float32)
-    clip = tmp_path / "home.mp4"
-    write_clip(clip, np.concatenate([pause, *(np.concatenate([speak(s), pause]) for s in sentences)]), [], 15)
-    broker = Mosquitto(tmp_path, persistent=True)
-    broker.start()
-    sub = Subscriber(broker.port)
-    try:
-        argv = ["run", "--input", str(clip), "--pace", "fast", "--engine", "onnxruntime", "--intents", str(intents)]
-        argv += ["--broker", f"mqtt://127.0.0.1:{broker.port}", "--stream-id", "home", "--hermes"]
-        assert main(argv) == 0
-        wait_until(lambda: len(sub.events()) >= len(sentences), 10, "three intent events")
-    finally:
-        sub.stop()
-        broker.stop()
+    sub = _run_spoken(tmp_path, sentences, "--intents", str(intents), "--hermes")
     events = sub.events()
     assert [e["intent"] for e in events] == ["Lights", None, "Music"], events
     assert events[1]["reason"] == "out_of_scope" and events[1]["recognized"] is False
