@@ -4,11 +4,12 @@ The segmenter (stream/vad.py) takes snapshots of the utterance in progress; `Pro
 on them, one at a time, on the loop, with the pipeline's own Whisper, features and engine:
 
 - a `partial` snapshot becomes a PartialIntent on dfmq/<stream_id>/partial (QoS 0);
-- an `endpoint` snapshot (a short pause) is transcribed; when the transcript reads as a finished
-  turn (`turn_complete`) and the voice fell at the pause (stream/prosody.py; too little voice to
-  tell counts as fallen in a short answer only), the segmenter is asked to end the utterance there (`Segmenter.close`,
-  refused when speech resumed meanwhile) and the decided event is published at once, without
-  waiting for the long hang-over of silence. Otherwise the utterance ends the usual way.
+- an `endpoint` snapshot (a short pause, and again at twice it) is transcribed; when the
+  transcript reads as a finished turn (`turn_complete`) and the voice fell at the pause
+  (stream/prosody.py; too little voice to tell counts as fallen in a short answer only), the
+  segmenter is asked to end the utterance there (`Segmenter.close`, refused when speech resumed
+  meanwhile) and the decided event is published at once, without waiting for the long hang-over
+  of silence. Otherwise the utterance ends the usual way.
 
 Neither ever makes a finished utterance wait behind it: a snapshot is skipped while an earlier
 utterance is still on its way to its event or while Whisper is busy (`AsrBatcher.transcribe_if_idle`),
