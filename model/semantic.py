@@ -179,8 +179,8 @@ class SentenceEncoder:
     `1_Pooling/config.json` says CLS or mean pooling, mean when absent) that embeds the descriptions,
     examples and transcripts of a set the model was not trained on, in place of the bundled
     all-MiniLM-L6-v2: a bigger encoder separates intents better (all-mpnet-base-v2 met the targets on
-    three of four never-seen sets that MiniLM met on one; docs/results/zero_shot.md) but none can be
-    installed from the package index. The trained labels stay in the model's own space."""
+    five of ten never-seen sets, MiniLM on one; docs/results/zero_shot.md) but none can be installed
+    cleanly from the package index. The trained labels stay in the model's own space."""
 
     def __init__(self, folder: Path, device: str = "cpu") -> None:
         if not (folder / "config.json").is_file():
@@ -331,7 +331,8 @@ def build_anchors(
     is, first found: `reject_below` given here, the set file's, the checkpoint's learnt one.
     `encoder` (texts -> unit-norm rows, e.g. a `SentenceEncoder`) stands in for the frozen semantic
     encoder on a set the model was not trained on; the anchors keep it, and score transcripts
-    re-embedded by it (`IntentAnchors.transcript_embeddings`). The trained labels ignore it."""
+    re-embedded by it (`IntentAnchors.transcript_embeddings`). The trained labels refuse it: they
+    are scored in the model's own space."""
     require_semantic_space(model)
     cfg = model.config
     texts: list[str] = []

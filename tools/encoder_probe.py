@@ -3,9 +3,9 @@ shipped all-MiniLM-L6-v2: the question is whether a bigger encoder is worth ship
 
     .venv/bin/python tools/encoder_probe.py --encoder FOLDER [--encoder FOLDER ...] [--json OUT]
 
-FOLDER: a sentence-transformers model folder (config.json, tokenizer, weights), mean pooled as
-all-MiniLM and all-mpnet are; `minilm` is the shipped one. Each set is scored exactly as
-`dfmq eval --intents` scores a set the model was not trained on (`model/semantic.py`: centroid
+FOLDER: a sentence-transformers model folder (config.json, tokenizer, weights), read as
+`--sentence-encoder` reads it (`model.semantic.SentenceEncoder`); `minilm` is the shipped one. Each
+set is scored exactly as `dfmq eval --intents` scores a set the model was not trained on (`model/semantic.py`: centroid
 classification, description-and-best-example fit less the pull of other domains' requests,
 continuous scope, the weakest example's threshold; every set here has 24 examples), only
 the embeddings differ. Not part of the product: the encoders it compares are not dependencies.
@@ -31,32 +31,9 @@ from zero_shot_bench import SETS  # noqa: E402
 from model.checkpoint import STARTER_DIR, default_text_encoder_folder, load_checkpoint  # noqa: E402
 from model.intents import load_intent_set  # noqa: E402
 from model.openset import TextDecision, open_set_metrics, read_labelled_tsv  # noqa: E402
-from model.semantic import build_anchors  # noqa: E402
+from model.semantic import SentenceEncoder, build_anchors  # noqa: E402
 
 KEYS = ("closed_acc", "in_scope_acc", "coverage", "oos_recall", "auroc", "oos_recall_at_90_coverage")
-
-
-def mean_pooled_encoder(folder: str) -> Callable[[Sequence[str]], np.ndarray]:
-    import torch
-    import torch.nn.functional as F
-    from transformers import AutoModel, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModel.from_pretrained(folder).eval()
-
-    @torch.no_grad()
-    def embed(texts: Sequence[str]) -> np.ndarray:
-        out = []
-        for start in range(0, len(texts), 64):
-            tokens = tokenizer(
-                list(texts[start : start + 64]), padding=True, truncation=True, max_length=128, return_tensors="pt"
-            )
-            hidden = model(**tokens).last_hidden_state
-            mask = tokens["attention_mask"][..., None].float()
-            out.append(F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy())
-        return np.concatenate(out)
-
-    return embed
 
 
 def score(
@@ -95,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     model, tokenizer = load_checkpoint(STARTER_DIR)  # its settings; the encoder under test embeds
     results: dict[str, dict[str, dict[str, float]]] = {}
     for folder in args.encoder:
-        embed = mean_pooled_encoder(str(default_text_encoder_folder()) if folder == "minilm" else folder)
+        embed = SentenceEncoder(default_text_encoder_folder() if folder == "minilm" else Path(folder))
         name = "minilm" if folder == "minilm" else Path(folder).name
         results[name] = {set_name: score(model, tokenizer, embed, yaml, tsv) for set_name, (yaml, tsv) in SETS.items()}
         for set_name, row in results[name].items():
