@@ -11,6 +11,7 @@ import contextlib
 import errno
 import ipaddress
 import logging
+import random
 import socket
 import tempfile
 from pathlib import Path
@@ -18,11 +19,26 @@ from typing import Any
 
 from model.errors import ConfigError, DfmqError
 
+EPHEMERAL_PORTS = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOW_PORTS_FROM = 10000
+
 
 def free_port() -> int:
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free loopback port below the kernel's ephemeral range where it can be read. A client that
+    retries connecting to a port in that range before anything listens there can be given the same
+    port as its own and connect to itself (TCP self-connect), holding the port the broker then cannot
+    bind (seen once in CI: "address already in use")."""
+    ephemeral_from = int(EPHEMERAL_PORTS.read_text().split()[0]) if EPHEMERAL_PORTS.is_file() else 0
+    low_range = range(LOW_PORTS_FROM, ephemeral_from)
+    candidates = random.sample(low_range, 50) if len(low_range) > 50 else []
+    for port in [*candidates, 0]:
+        with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise OSError("no free loopback port")
 
 
 def is_loopback(host: str) -> bool:
