@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -226,3 +227,44 @@ def test_the_voice_falls_at_a_sentence_end_and_holds_at_a_mid_sentence_pause() -
     assert end is not None and held is not None and end < threshold < held
     assert final_pitch_ratio(np.zeros(RATE, np.float32), RATE) is None  # no voice: nothing to tell
     assert final_pitch_ratio(whole[: int(0.05 * RATE)], RATE) is None
+
+
+def test_an_utterance_ending_where_whisper_is_still_listening_awaits_that_transcript() -> None:
+    """The hang-over can end an utterance while Whisper is still transcribing the very same samples
+    for a speculative look: `Transcribing` then takes that transcript (asr 0 ms) instead of queueing
+    a second call behind it. Real segmenter, real Whisper; the look reads as unfinished, so nothing
+    is decided on it."""
+    import asyncio
+    import dataclasses
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stream.endpointing import Provisional
+    from stream.options import AsrOptions
+    from stream.pipeline import PipelineStats
+    from stream.stages import AsrBatcher, Transcribing
+
+    require_binary("espeak-ng", "espeak-ng")
+    audio = np.concatenate([_trimmed(speak("the meeting has moved to")), np.zeros(RATE, np.float32)])
+    segmenter = Segmenter(SegmenterOptions(endpointing="speculative"), speculate=True)
+    _, snapshots = _feed(segmenter, audio)
+    look = next(s for s in snapshots if s.kind == "endpoint")
+    # The utterance the hang-over would cut there: the look's samples, ending where it was taken.
+    ended = dataclasses.replace(look.utterance, endpoint_windows=look.windows)
+
+    async def scenario() -> tuple[str, float, int]:
+        with ThreadPoolExecutor(1) as executor:
+            transcribing = Transcribing(AsrBatcher(AsrOptions(), executor))
+            stats = PipelineStats()
+            not_reached: Any = None  # no scoring nor deciding: the look reads as unfinished
+            provisional = Provisional(
+                segmenter, transcribing, not_reached, not_reached, lambda message: None, stats, asyncio.Event()
+            )
+            transcribing.heard_before = provisional.heard_before
+            listening = asyncio.ensure_future(provisional._endpoint(look))
+            await asyncio.sleep(0)  # the look has asked Whisper; the hang-over ends the utterance now
+            transcript = await transcribing.process(ended)
+            await listening
+            return transcript.text, transcript.asr_ms, provisional.endpoints_closed
+
+    text, asr_ms, closed = asyncio.run(scenario())
+    assert "meeting" in text.lower() and asr_ms == 0.0 and closed == 0
