@@ -186,6 +186,8 @@ def load_intent_scoring(
 
     if reject_below is not None and not 0.0 <= reject_below <= 1.0:
         raise ConfigError("--reject-below", "a fraction in [0, 1]", reject_below)
+    # A bad encoder folder fails before the checkpoint is loaded.
+    encoder = None if sentence_encoder is None else SentenceEncoder(sentence_encoder, device)
     model, tokenizer = load_checkpoint(ckpt_dir, device)
     intent_set = (
         load_intent_set(intents) if intents is not None else checkpoint_intent_set(ckpt_dir, model.config.labels)
@@ -193,5 +195,4 @@ def load_intent_scoring(
     if descriptions_only:
         bare = tuple(Intent(i.name, i.description) for i in intent_set.intents)
         intent_set = IntentSet(bare, intent_set.source, intent_set.reject_below)
-    encoder = None if sentence_encoder is None else SentenceEncoder(sentence_encoder, device)
     return model, tokenizer, intent_set, build_anchors(model, tokenizer, intent_set, reject_below, encoder)

@@ -529,8 +529,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return _eval_intent_tsv(args)
     if not (args.dataset and args.data):
         raise ConfigError("--dataset/--data", "both, or --tsv with --intents", args.dataset or args.data)
-    if args.intents or args.descriptions_only or args.reject_below is not None or args.sentence_encoder:
-        raise ConfigError("--intents", "only with --tsv (a dataset split is scored on its own labels)", args.intents)
+    tsv_only = {
+        "--intents": None if args.intents is None else str(args.intents),
+        "--descriptions-only": args.descriptions_only or None,
+        "--reject-below": args.reject_below,
+        "--sentence-encoder": None if args.sentence_encoder is None else str(args.sentence_encoder),
+    }
+    for flag, value in tsv_only.items():
+        if value is not None:
+            raise ConfigError(flag, "only with --tsv (a dataset split is scored on its own labels)", value)
     forward = None
     if args.engine != "torch":
         from engines.forward import forward_for

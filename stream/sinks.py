@@ -30,6 +30,13 @@ class Sink(Protocol):
         """Deliver what is queued (or say what could not be) and release the output."""
 
 
+def _payload(message: IntentEvent | PartialIntent) -> dict[str, Any]:
+    payload = asdict(message)
+    if message.text is None:  # transcripts switched off: no key at all, not null
+        del payload["text"]
+    return payload
+
+
 class MqttSink:
     """dfmq/<stream_id>/intent (QoS 1), /partial and /quality (QoS 0) and the retained /status, through one
     Publisher, whose outbox keeps intents while the broker is away."""
@@ -44,15 +51,9 @@ class MqttSink:
 
     def handle(self, message: SinkMessage) -> None:
         if isinstance(message, IntentEvent):
-            payload = asdict(message)
-            if message.text is None:  # transcripts switched off: no key at all, not null
-                del payload["text"]
-            self.publisher.send(self.publisher.topic("intent"), payload, qos=1, handover_stamp=True)
+            self.publisher.send(self.publisher.topic("intent"), _payload(message), qos=1, handover_stamp=True)
         elif isinstance(message, PartialIntent):
-            payload = asdict(message)
-            if message.text is None:
-                del payload["text"]
-            self.publisher.send(self.publisher.topic("partial"), payload, qos=0)
+            self.publisher.send(self.publisher.topic("partial"), _payload(message), qos=0)
         elif isinstance(message, QualityReport):
             self.publisher.send(self.publisher.topic("quality"), message.payload(), qos=0)
 

@@ -75,6 +75,15 @@ class Segmenter:
         self.vad = vad or SileroVad()
         self.partial_interval_s = partial_interval_s
         self.speculate = speculate
+        self._pad_windows = self._windows(options.speech_pad_ms)
+        self._silence_windows = self._windows(options.min_silence_ms)
+        pause_windows = self._windows(options.speculative_pause_ms)
+        # A second look at twice the pause where Whisper can still answer before the hang-over ends
+        # the utterance anyway: the answer at the first look may have been unfinished or the pitch
+        # still settling. Too close to the hang-over, the second call delays the final one it was
+        # meant to spare (at 160 ms: p95 489 ms against 423 without; docs/results/endpointing_cpu_2core.md).
+        second_look = 2 * pause_windows + SECOND_LOOK_LEAD_WINDOWS <= self._silence_windows
+        self._endpoint_looks = (pause_windows, 2 * pause_windows) if second_look else (pause_windows,)
         self._snapshots: list[Snapshot] = []
         self._next_partial_s = 0.0
         # Windows of the utterance at its candidate end; None once speech resumed after it.
@@ -97,6 +106,10 @@ class Segmenter:
 
     def _window_s(self) -> float:
         return WINDOW / 16000
+
+    def _windows(self, ms: float) -> int:
+        """VAD windows in `ms` milliseconds, at least one."""
+        return max(1, round(ms / 1000 / self._window_s()))
 
     def process(self, chunk: AudioChunk) -> list[Utterance]:
         with self._lock:
@@ -121,8 +134,7 @@ class Segmenter:
     def _step(self, window: np.ndarray, start_s: float) -> Utterance | None:
         opts = self.options
         prob = self.vad(window)
-        pad_windows = max(1, round(opts.speech_pad_ms / 1000 / self._window_s()))
-        silence_windows = max(1, round(opts.min_silence_ms / 1000 / self._window_s()))
+        pad_windows = self._pad_windows
         level = (prob, float(np.sqrt(np.mean(np.square(window, dtype=np.float64)))))
         if not self._in_speech:
             keep = pad_windows - 1
@@ -146,10 +158,10 @@ class Segmenter:
         else:
             self._silence_run += 1
         duration_s = len(self._speech) * self._window_s()
-        self._take_snapshot(duration_s, pad_windows)
+        self._take_snapshot(duration_s)
         if duration_s >= opts.max_utterance_s:
             return self._emit(forced=True, cut=self._quietest())
-        if self._silence_run >= silence_windows:
+        if self._silence_run >= self._silence_windows:
             # Keep only `pad` of the trailing silence.
             drop = max(0, self._silence_run - pad_windows)
             if drop:
@@ -157,7 +169,7 @@ class Segmenter:
             return self._emit(forced=False)
         return None
 
-    def _take_snapshot(self, duration_s: float, pad_windows: int) -> None:
+    def _take_snapshot(self, duration_s: float) -> None:
         speech_s = self._speech_windows * self._window_s()
         if speech_s * 1000 < self.options.min_speech_ms:
             return
@@ -165,17 +177,9 @@ class Segmenter:
             # While speaking only: a partial taken in a pause would hold Whisper when the end comes.
             self._next_partial_s = duration_s + self.partial_interval_s
             self._snapshots.append(Snapshot("partial", self._so_far(0), len(self._speech)))
-        pause_windows = max(1, round(self.options.speculative_pause_ms / 1000 / self._window_s()))
-        silence_windows = max(1, round(self.options.min_silence_ms / 1000 / self._window_s()))
-        # A second look at twice the pause where Whisper can still answer before the hang-over ends
-        # the utterance anyway: the answer at the first look may have been unfinished or the pitch
-        # still settling. Too close to the hang-over, the second call delays the final one it was
-        # meant to spare (at 160 ms: p95 489 ms against 423 without; docs/results/endpointing_cpu_2core.md).
-        second_look = 2 * pause_windows + SECOND_LOOK_LEAD_WINDOWS <= silence_windows
-        looks = (pause_windows, 2 * pause_windows) if second_look else (pause_windows,)
-        if self.speculate and self._silence_run in looks:
+        if self.speculate and self._silence_run in self._endpoint_looks:
             self._candidate_windows = len(self._speech)
-            drop = max(0, self._silence_run - pad_windows)
+            drop = max(0, self._silence_run - self._pad_windows)
             self._snapshots.append(Snapshot("endpoint", self._so_far(drop), len(self._speech)))
 
     def _so_far(self, drop: int) -> Utterance:
@@ -207,8 +211,7 @@ class Segmenter:
                 and self._candidate_windows == snapshot.windows
             ):
                 return False
-            pad_windows = max(1, round(self.options.speech_pad_ms / 1000 / self._window_s()))
-            drop = max(0, self._silence_run - pad_windows)
+            drop = max(0, self._silence_run - self._pad_windows)
             if drop:
                 self._speech, self._levels = self._speech[:-drop], self._levels[:-drop]
             self._emit(forced=False)
