@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import tempfile
 import warnings
 from pathlib import Path
@@ -12,13 +13,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from engines.base import INPUT_NAMES, OUTPUT_NAMES, WindowBatch
 from model.dfmq import DFMQMC
 from model.errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 PRECISIONS = ("fp32", "fp16", "int8")
 OPSET = 17
+# Bumped when the exported graph's form changes for the same weights: a cached export of another
+# form is made again (2: plain attention, shared frozen layers).
+GRAPH_FORM = 2
 
 
 def example_batch(
@@ -43,6 +50,80 @@ def example_batch(
         video_mask=video_mask,
         quality=rng.uniform(0, 1, (batch, 3)).astype(np.float32),
     )
+
+
+def plain_attention(q: Tensor, k: Tensor, v: Tensor, keep: Tensor, heads: int, dropout_p: float = 0.0) -> Tensor:
+    """`sdpa_attention` as the exporter should see it: an additive key mask and the scale folded into q.
+
+    Traced from scaled_dot_product_attention with a bool mask, the graph carries a Where over every
+    (B, heads, L, L) score and a NaN guard of the same size: on the 480-frame audio window, two
+    passes over 0.9 M scores. Here the mask is one (B, L) row added to the scores. Every key mask
+    reaching it keeps position 0, so no row is all -inf."""
+    head_dim = q.shape[-1] // heads
+
+    def split(t: Tensor) -> Tensor:
+        return t.unflatten(-1, (heads, head_dim)).transpose(1, 2)
+
+    bias = torch.zeros(keep.shape, dtype=q.dtype).masked_fill(~keep, float("-inf"))[:, None, None, :]
+    scores = torch.matmul(split(q * head_dim**-0.5), split(k).transpose(-1, -2)) + bias
+    return torch.matmul(scores.softmax(-1), split(v)).transpose(1, 2).flatten(2)
+
+
+def _for_export(model: DFMQMC) -> DFMQMC:
+    """A CPU fp32 copy whose attention traces to plain MatMul / Add / Softmax (numerically the same)."""
+    model = copy.deepcopy(model).cpu().float().eval()
+    model.use_attention(plain_attention)
+    for encoder in (model.text_encoder, model.semantic_encoder):
+        # transformers' "eager" attention is the plain form with an additive mask; "sdpa" traces
+        # to the Where and NaN guard above.
+        set_implementation = getattr(encoder, "set_attn_implementation", None)
+        if callable(set_implementation):
+            set_implementation("eager")
+    return model
+
+
+def shared_frozen_layers(model: DFMQMC) -> int:
+    """How many bottom layers (embeddings included) the semantic encoder shares with the text
+    encoder, weight for weight: frozen in training, they compute the same hidden states twice."""
+    if model.semantic_encoder is None or not model.config.frozen_text_layers:
+        return 0
+    text, semantic = model.text_encoder.state_dict(), model.semantic_encoder.state_dict()
+    layers = min(model.config.frozen_text_layers, int(getattr(model.text_encoder.config, "num_hidden_layers", 0)))
+    prefixes = ["embeddings."] + [f"encoder.layer.{i}." for i in range(layers)]
+    names = [n for n in text if any(n.startswith(p) for p in prefixes)]
+    if not names or any(n not in semantic or not torch.equal(text[n], semantic[n]) for n in names):
+        return 0
+    return layers
+
+
+def share_frozen_layers(onnx_model: Any, layers: int) -> bool:
+    """Feed the semantic encoder's upper layers from the text encoder's copy of the shared ones and
+    drop the duplicate nodes. Found by the exporter's node names (BERT family); a graph named
+    otherwise is left whole (False)."""
+    graph = onnx_model.graph
+    produced = {out for node in graph.node for out in node.output}
+    mine, theirs = (
+        f"/{encoder}/encoder/layer.{layers - 1}/output/LayerNorm/LayerNormalization_output_0"
+        for encoder in ("text_encoder", "semantic_encoder")
+    )
+    if layers < 1 or mine not in produced or theirs not in produced:
+        return False
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == theirs:
+                node.input[i] = mine
+    wanted = {o.name for o in graph.output}
+    while True:
+        read = {name for node in graph.node for name in node.input} | wanted
+        dead = [node for node in graph.node if not any(out in read for out in node.output)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    read = {name for node in graph.node for name in node.input}
+    for init in [i for i in graph.initializer if i.name not in read]:
+        graph.initializer.remove(init)
+    return True
 
 
 def model_fingerprint(model: DFMQMC) -> str:
@@ -75,7 +156,7 @@ def export_onnx(
     if precision == "int8":
         return _export_int8(model, out_path, fingerprint or model_fingerprint(model), tokenizer, fp32_path)
     # Traced on a CPU fp32 copy: the caller's model may live on the GPU for another engine.
-    model = copy.deepcopy(model).cpu().float().eval()
+    model = _for_export(model)
     example = example_batch(model)
     args = tuple(torch.from_numpy(a) for a in example.arrays().values())
     dynamic_axes = {
@@ -104,6 +185,14 @@ def export_onnx(
             opset_version=OPSET,
             dynamo=False,
         )
+    shared = shared_frozen_layers(model)
+    if shared:
+        graph = onnx.load(str(out_path))
+        if share_frozen_layers(graph, shared):
+            onnx.save(graph, str(out_path))
+        else:
+            log.info("the semantic encoder's %d shared layers were not found by name; exported twice", shared)
+            shared = 0
     if precision == "fp16":
         # Tracing a half-precision model on the CPU yields mixed-type LayerNorms; converting the
         # fp32 graph gives a consistent fp16 one (fp16 inputs and outputs too, as TensorRT's
@@ -116,6 +205,8 @@ def export_onnx(
         "fingerprint": fingerprint or model_fingerprint(model),
         "precision": precision,
         "opset": OPSET,
+        "graph_form": GRAPH_FORM,
+        "semantic_layers_shared": shared,
         "labels": model.config.labels,
     }
     out_path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
@@ -134,7 +225,14 @@ def _export_int8(model: DFMQMC, out_path: Path, fingerprint: str, tokenizer: Any
             fp32_path = export_onnx(model, Path(tmp) / "fp32.onnx", "fp32", fingerprint)
         record = quantize_int8(fp32_path, out_path, model, tokenizer)
     onnx.checker.check_model(str(out_path), full_check=True)
-    meta = {"fingerprint": fingerprint, "precision": "int8", "opset": OPSET, "labels": model.config.labels, **record}
+    meta = {
+        "fingerprint": fingerprint,
+        "precision": "int8",
+        "opset": OPSET,
+        "graph_form": read_meta(fp32_path).get("graph_form"),
+        "labels": model.config.labels,
+        **record,
+    }
     out_path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
     return out_path
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from engines.base import Engine
-from engines.export import export_onnx, model_fingerprint, read_meta
+from engines.export import GRAPH_FORM, export_onnx, model_fingerprint, read_meta
 from engines.tensorrt_engine import (
     CACHE_DIR,
     EngineCacheError,
@@ -142,10 +142,15 @@ def onnx_for(
     # Hashing every weight takes a moment: callers that already hold the fingerprint pass it.
     fingerprint = fingerprint or model_fingerprint(model)
     path = Path(cache_dir) / f"dfmq-{fingerprint}-{precision}.onnx"
-    if not path.is_file():
+    if not _current(path):
         fp32 = onnx_for(model, "fp32", cache_dir, fingerprint) if precision == "int8" else None
         export_onnx(model, path, precision, fingerprint, tokenizer, fp32)
     return path
+
+
+def _current(path: Path) -> bool:
+    """An export of this graph form is in the cache (an older form is correct but slower: made again)."""
+    return path.is_file() and path.with_suffix(".json").is_file() and read_meta(path).get("graph_form") == GRAPH_FORM
 
 
 def int8_gate(model: DFMQMC, cache_dir: Path = CACHE_DIR) -> Callable[[], tuple[bool, str]]:
@@ -157,8 +162,10 @@ def int8_gate(model: DFMQMC, cache_dir: Path = CACHE_DIR) -> Callable[[], tuple[
 
     def check() -> tuple[bool, str]:
         path = Path(cache_dir) / f"dfmq-{model_fingerprint(model)}-int8.onnx"
-        if not path.is_file():
-            return False, "no int8 export in the cache (dfmq export --precision int8 makes one)"
+        if not _current(path):
+            return False, (
+                "no int8 export of the current graph form in the cache (dfmq export --precision int8 makes one)"
+            )
         parity = read_meta(path)["parity"]
         if parity["passed"]:
             return True, "ok"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,22 @@ class ForwardOutput:
     embedding: Tensor  # (B, W) unit-norm utterance embedding in the semantic space (zeros without one)
 
 
+# Multi-head attention on packed (B, S, W) queries, (B, L, W) keys and values and a (B, L) bool mask
+# of the keys that count; heads and dropout probability last. One signature for the encoder layers
+# and the anchors, so that the ONNX export can swap in a form that exports to plain ops.
+Attention = Callable[[Tensor, Tensor, Tensor, Tensor, int, float], Tensor]
+
+
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, keep: Tensor, heads: int, dropout_p: float = 0.0) -> Tensor:
+    def split(t: Tensor) -> Tensor:
+        return t.unflatten(-1, (heads, t.shape[-1] // heads)).transpose(1, 2)
+
+    out = F.scaled_dot_product_attention(
+        split(q), split(k), split(v), attn_mask=keep[:, None, None, :], dropout_p=dropout_p
+    )
+    return out.transpose(1, 2).flatten(2)
+
+
 class EncoderLayer(nn.Module):
     """Pre-norm self-attention block written with shape-free reshapes.
 
@@ -55,15 +72,12 @@ class EncoderLayer(nn.Module):
             nn.Linear(width, 2 * width), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * width, width)
         )
         self.dropout = nn.Dropout(dropout)
+        self.attention: Attention = sdpa_attention
 
     def forward(self, x: Tensor, attend: Tensor) -> Tensor:
-        head_dim = x.shape[-1] // self.heads
-        q, k, v = (
-            t.unflatten(-1, (self.heads, head_dim)).transpose(1, 2) for t in self.qkv(self.norm1(x)).chunk(3, -1)
-        )
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, -1)
         drop = self.dropout.p if self.training else 0.0
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=attend[:, None, None, :], dropout_p=drop)
-        x = x + self.dropout(self.proj(attn.transpose(1, 2).flatten(2)))
+        x = x + self.dropout(self.proj(self.attention(q, k, v, attend, self.heads, drop)))
         return x + self.dropout(self.ff(self.norm2(x)))
 
 
@@ -118,19 +132,14 @@ class AnchorEmbedding(nn.Module):
         self.kv = nn.Linear(width, 2 * width)
         self.out = nn.Linear(width, width)
         self.dropout = nn.Dropout(dropout)
+        self.attention: Attention = sdpa_attention
 
     def forward(self, tokens: Tensor, mask: Tensor) -> Tensor:
-        batch, _, width = tokens.shape
-        head_dim = width // self.heads
-        q = self.q(self.anchors).unflatten(-1, (self.heads, head_dim)).transpose(0, 1)  # (H, K, d)
-        q = q.unsqueeze(0).expand(batch, -1, -1, -1)
-        k, v = (
-            t.unflatten(-1, (self.heads, head_dim)).transpose(1, 2) for t in self.kv(self.norm(tokens)).chunk(2, -1)
-        )
-        attend = (mask | first_position(tokens))[:, None, None, :]
+        q = self.q(self.anchors).expand(tokens.shape[0], -1, -1)  # (B, K, W)
+        k, v = self.kv(self.norm(tokens)).chunk(2, -1)
         drop = self.dropout.p if self.training else 0.0
-        read = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=drop)  # (B, H, K, d)
-        pooled = self.out(read.transpose(1, 2).flatten(2).mean(dim=1))
+        read = self.attention(q, k, v, mask | first_position(tokens), self.heads, drop)  # (B, K, W)
+        pooled = self.out(read.mean(dim=1))
         return pooled * mask.any(dim=1, keepdim=True).to(pooled.dtype)
 
 
@@ -258,6 +267,12 @@ class DFMQMC(nn.Module):
         if self.semantic_proj is not None:
             nn.init.zeros_(self.semantic_proj.weight)
             nn.init.zeros_(self.semantic_proj.bias)
+
+    def use_attention(self, attention: Attention) -> None:
+        """Compute the audio, video and anchor attention with `attention` (the ONNX export's form)."""
+        for module in self.modules():
+            if isinstance(module, EncoderLayer | AnchorEmbedding):
+                module.attention = attention
 
     def frozen_parameter_names(self) -> set[str]:
         """Text-encoder parameters that training leaves at their pretrained values (the whole

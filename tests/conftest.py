@@ -181,14 +181,14 @@ def tiny_model_config() -> DFMQConfig:
     )
 
 
-def tiny_text_encoder(width: int = 32) -> torch.nn.Module:
+def tiny_text_encoder(width: int = 32, layers: int = 1) -> torch.nn.Module:
     """A small random BERT: unit tests of the fusion need the shape of an encoder, not its knowledge."""
     from transformers import BertConfig, BertModel
 
     cfg = BertConfig(
         vocab_size=100,
         hidden_size=width,
-        num_hidden_layers=1,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         intermediate_size=2 * width,
         max_position_embeddings=64,

@@ -12,14 +12,14 @@ import torch
 
 from engines.base import pad_and_stack
 from engines.batcher import BatcherOptions, MicroBatcher
-from engines.export import example_batch, export_onnx, model_fingerprint
+from engines.export import example_batch, export_onnx, model_fingerprint, plain_attention, read_meta
 from engines.onnxruntime_engine import OnnxRuntimeEngine
 from engines.select import choose_engine, load_engine, onnx_for
 from engines.tensorrt_engine import EngineCacheError, PlanKey, check_plan, write_plan
 from engines.torch_engine import TorchEngine
 from model.checkpoint import default_text_encoder_folder, load_tokenizer, save_checkpoint
 from model.config import DFMQConfig
-from model.dfmq import DFMQMC
+from model.dfmq import DFMQMC, sdpa_attention
 from model.errors import BackendUnavailableError
 from stream.cli import main
 from tests.conftest import tiny_text_encoder
@@ -54,6 +54,44 @@ def test_onnx_export_matches_torch_across_batch_and_sequence_sizes(tiny_model: D
             assert getattr(got, name).shape == (batch, 32)
             assert np.abs(getattr(got, name) - getattr(expected, name)).max() <= 1e-4
         assert np.abs(got.embedding - got.sentence).max() > 1e-3  # the fused shift is exported too
+
+
+def test_plain_attention_matches_sdpa_with_padded_keys() -> None:
+    torch.manual_seed(1)
+    q, k, v = torch.randn(3, 5, 16), torch.randn(3, 9, 16), torch.randn(3, 9, 16)
+    keep = torch.rand(3, 9) > 0.5
+    keep[:, 0] = True  # what every caller guarantees: position 0 stays visible
+    keep[2] = False
+    keep[2, 0] = True
+    expected = sdpa_attention(q, k, v, keep, 4)
+    assert torch.allclose(plain_attention(q, k, v, keep, 4), expected, atol=1e-6)
+    keep[1, 3] = ~keep[1, 3]
+    assert not torch.allclose(plain_attention(q, k, v, keep, 4), expected, atol=1e-3)  # the mask is read
+
+
+@pytest.mark.parametrize("fine_tuned_shared_layer", [False, True])
+def test_export_computes_the_shared_frozen_layers_once(
+    tiny_model_config: DFMQConfig, tmp_path: Path, fine_tuned_shared_layer: bool
+) -> None:
+    import onnx
+
+    torch.manual_seed(0)
+    tiny_model_config.frozen_text_layers = 1
+    model = DFMQMC(tiny_model_config, tiny_text_encoder(32, layers=2)).eval()
+    with torch.no_grad():
+        model.text_encoder.encoder.layer[1].output.dense.weight.add_(0.05)  # fine-tuning moved layer 1
+        if fine_tuned_shared_layer:  # a checkpoint whose "frozen" layer differs: nothing may be shared
+            model.text_encoder.encoder.layer[0].output.dense.weight.add_(0.05)
+    path = export_onnx(model, tmp_path / "m.onnx")
+    names = [node.name for node in onnx.load(str(path)).graph.node]
+    semantic_layer0 = [n for n in names if n.startswith("/semantic_encoder/encoder/layer.0/")]
+    assert any(n.startswith("/semantic_encoder/encoder/layer.1/") for n in names)
+    assert bool(semantic_layer0) == fine_tuned_shared_layer
+    assert read_meta(path)["semantic_layers_shared"] == (0 if fine_tuned_shared_layer else 1)
+    windows = example_batch(model, 3, 11, 17, 5, seed=2)
+    expected, got = TorchEngine(model).infer(windows), OnnxRuntimeEngine(path, threads=1).infer(windows)
+    for name in ("logits", "embedding", "sentence"):
+        assert np.abs(getattr(got, name) - getattr(expected, name)).max() <= 1e-4
 
 
 def test_fp16_export_runs_close_to_fp32(tiny_model: DFMQMC, tmp_path: Path) -> None:

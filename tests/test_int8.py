@@ -124,7 +124,7 @@ def test_auto_takes_int8_only_when_it_is_cached_and_clears_its_gate(
     gate = int8_gate(model, tmp_path)
     absent = choose_engine("auto", "cpu", gate)
     assert absent.backend == "onnxruntime"  # auto never builds one: it takes about a minute here
-    assert "onnxruntime-int8-cpu: no int8 export in the cache" in absent.reason
+    assert "onnxruntime-int8-cpu: no int8 export of the current graph form in the cache" in absent.reason
     meta = read_meta(onnx_for(model, "int8", tmp_path, tokenizer=tokenizer))
     cleared, note = gate()
     assert cleared == meta["parity"]["passed"] and (note == "ok") == cleared
