@@ -9,7 +9,10 @@ on them, one at a time, on the loop, with the pipeline's own Whisper, features a
   (stream/prosody.py; too little voice to tell counts as fallen in a short answer only), the
   segmenter is asked to end the utterance there (`Segmenter.close`, refused when speech resumed
   meanwhile) and the decided event is published at once, without waiting for the long hang-over
-  of silence. Otherwise the utterance ends the usual way.
+  of silence. Otherwise the utterance ends the usual way;
+- with silence endpointing and `asr_in_pause`, an `endpoint` snapshot is taken where the pause holds
+  the pad and is only transcribed: the hang-over ends the utterance as always, and takes that
+  transcript instead of calling Whisper then (`heard_before`).
 
 Neither ever makes a finished utterance wait behind it: a snapshot is skipped while an earlier
 utterance is still on its way to its event or while Whisper is busy (`AsrBatcher.transcribe_if_idle`),
@@ -196,6 +199,8 @@ class Provisional:
         if transcript is None:
             return
         self.endpoints_tried += 1
+        if self.segmenter.options.endpointing == "silence":
+            return  # heard ahead only (asr_in_pause): the hang-over ends the utterance and takes it
         complete = turn_complete(transcript.text)
         checked = complete and self.segmenter.options.final_pitch_ratio > 0
         pitch = final_pitch_ratio(snapshot.utterance.samples, SAMPLE_RATE_HZ) if checked else None

@@ -246,6 +246,10 @@ class SegmenterOptions:
     # share of the utterance's median pitch (a sentence-final fall; a speaker pausing mid-sentence
     # holds the pitch up). 0 turns the check off (the transcript alone decides).
     final_pitch_ratio: float = _option(0.84, _number("a ratio", 0, 1))
+    # silence: Whisper hears the utterance once its pause reaches speech_pad_ms (the samples the
+    # hang-over will end it with) and the hang-over's end takes that transcript instead of calling
+    # Whisper then; speech that resumes in the pause wastes the call. Ends no utterance early.
+    asr_in_pause: bool = _option(True, _flag())
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -348,7 +348,7 @@ def _build_pipeline(req: RunRequest, stream: _Stream, seg_opts: SegmenterOptions
     segmenter = Segmenter(
         seg_opts,
         partial_interval_s=options.partial_interval_s if options.partials else None,
-        speculate=seg_opts.endpointing == "speculative",
+        speculate=seg_opts.endpointing == "speculative" or seg_opts.asr_in_pause,
     )
     pipeline = Pipeline(
         sources=stream.sources,

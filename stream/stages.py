@@ -227,8 +227,9 @@ class AsrBatcher:
 class Transcribing:
     def __init__(self, whisper: AsrBatcher) -> None:
         self.whisper = whisper
-        # What was heard already of an utterance that ended where a speculative endpoint had
-        # listened (stream/endpointing.py): the same samples need no second Whisper call.
+        # What was heard already of an utterance that ended where an endpoint snapshot had
+        # listened (speculative, or asr_in_pause; stream/endpointing.py): the same samples need no
+        # second Whisper call.
         self.heard_before: Callable[[Utterance], Awaitable[Transcript | None]] | None = None
 
     async def process(self, utterance: Utterance) -> Transcript:

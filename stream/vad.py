@@ -50,7 +50,8 @@ class Snapshot:
 
     `partial`: taken every `partial_interval_s` of speech, for a provisional intent. `endpoint`:
     taken at a pause of `speculative_pause_ms`, a candidate end of the utterance that `close` may
-    confirm while the pause lasts."""
+    confirm while the pause lasts; with silence endpointing (`asr_in_pause`), where the pause holds
+    the pad: the samples the hang-over will end the utterance with, heard ahead of it."""
 
     kind: str  # partial | endpoint
     utterance: Utterance  # carries the id the finished utterance will have
@@ -83,7 +84,12 @@ class Segmenter:
         # still settling. Too close to the hang-over, the second call delays the final one it was
         # meant to spare (at 160 ms: p95 489 ms against 423 without; docs/results/endpointing_cpu_2core.md).
         second_look = 2 * pause_windows + SECOND_LOOK_LEAD_WINDOWS <= self._silence_windows
-        self._endpoint_looks = (pause_windows, 2 * pause_windows) if second_look else (pause_windows,)
+        self._endpoint_looks: tuple[int, ...] = (pause_windows, 2 * pause_windows) if second_look else (pause_windows,)
+        if options.endpointing == "silence":
+            # One look, where the pause holds exactly the pad: the samples the hang-over will end the
+            # utterance with, so that its transcript is the one Whisper gave in the pause.
+            at_pad = self._pad_windows
+            self._endpoint_looks = (at_pad,) if at_pad < self._silence_windows else ()
         self._snapshots: list[Snapshot] = []
         self._next_partial_s = 0.0
         # Windows of the utterance at its candidate end; None once speech resumed after it.

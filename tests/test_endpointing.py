@@ -68,7 +68,7 @@ def paused_sentence() -> np.ndarray:
 def test_partials_come_every_interval_of_speech_and_an_endpoint_at_each_short_pause(
     paused_sentence: np.ndarray,
 ) -> None:
-    segmenter = Segmenter(SegmenterOptions(), partial_interval_s=0.5, speculate=True)
+    segmenter = Segmenter(SegmenterOptions(endpointing="speculative"), partial_interval_s=0.5, speculate=True)
     utterances, snapshots = _feed(segmenter, paused_sentence)
     partials = [s for s in snapshots if s.kind == "partial"]
     endpoints = [s for s in snapshots if s.kind == "endpoint"]
@@ -87,7 +87,7 @@ def test_partials_come_every_interval_of_speech_and_an_endpoint_at_each_short_pa
 
 
 def test_a_close_ends_the_utterance_only_while_its_pause_lasts(paused_sentence: np.ndarray) -> None:
-    segmenter = Segmenter(SegmenterOptions(), speculate=True)
+    segmenter = Segmenter(SegmenterOptions(endpointing="speculative"), speculate=True)
     first_pause_end = 0.3 + len(_trimmed(speak("i would like to order"))) / RATE + 0.25
     utterances, snapshots = _feed(segmenter, paused_sentence, until_s=first_pause_end)
     (candidate,) = [s for s in snapshots if s.kind == "endpoint"]  # 250 ms in: before the second look
@@ -99,7 +99,7 @@ def test_a_close_ends_the_utterance_only_while_its_pause_lasts(paused_sentence: 
     assert [u.utterance_id for u in rest] == [1] and {s.utterance.utterance_id for s in snapshots} == {1}
     assert rest[0].start_s > candidate.utterance.end_s - 0.2
     # Speech resumed after the candidate: the close is refused, and the sentence stays one utterance.
-    segmenter = Segmenter(SegmenterOptions(), speculate=True)
+    segmenter = Segmenter(SegmenterOptions(endpointing="speculative"), speculate=True)
     utterances, snapshots = _feed(segmenter, paused_sentence, until_s=first_pause_end + 0.4)
     first_look, second_look = [s for s in snapshots if s.kind == "endpoint"]
     assert not segmenter.close(first_look)  # superseded by the second look
@@ -108,6 +108,18 @@ def test_a_close_ends_the_utterance_only_while_its_pause_lasts(paused_sentence: 
     rest, _ = _feed(segmenter, paused_sentence, from_s=first_pause_end + 0.4)
     assert [u.utterance_id for u in utterances + rest] == [0]
     assert rest[0].start_s == candidate.utterance.start_s
+
+
+def test_asr_in_pause_hears_the_samples_the_hang_over_ends_the_utterance_with(paused_sentence: np.ndarray) -> None:
+    segmenter = Segmenter(SegmenterOptions(asr_in_pause=True), speculate=True)
+    utterances, snapshots = _feed(segmenter, paused_sentence)
+    looks = [s for s in snapshots if s.kind == "endpoint"]
+    assert len(looks) == 2  # one in each pause: the 300 ms breath mid-sentence and the end
+    assert [u.utterance_id for u in utterances] == [0]  # a look ends nothing: the breath stays inside
+    (ended,) = utterances
+    assert ended.endpoint_windows == looks[-1].windows
+    assert np.array_equal(looks[-1].utterance.samples, ended.samples)  # so its transcript is the one
+    assert looks[0].utterance.end_s < ended.end_s - 1.0
 
 
 class Subscriber:
@@ -199,6 +211,20 @@ def test_speculative_endpointing_publishes_finished_sentences_at_the_short_pause
     # is the pause (and the chunk it ends in), not the hang-over.
     waits = [e["latency_ms"]["vad"] for e in events]  # type: ignore[index]
     assert min(waits) < 300, waits
+
+
+@pytest.mark.broker
+def test_silence_endpointing_takes_the_transcript_heard_in_the_pause(tmp_path: Path, two_sentences_clip: Path) -> None:
+    config = tmp_path / "asr_in_pause.yaml"
+    config.write_text("segmenter:\n  endpointing: silence\n  asr_in_pause: true\n")
+    messages = _dfmq_run(tmp_path, two_sentences_clip, "--config", str(config))
+    events = [m for t, m, _, _ in messages if t == "dfmq/test/intent"]
+    assert [e["utterance_id"] for e in events] == [0, 1]
+    assert "thank" in str(events[0]["text"]).lower() and "tomorrow" in str(events[1]["text"]).lower()
+    # Whisper heard each sentence in its pause; the hang-over still ended it (the VAD's wait is the
+    # whole hang-over, 12 windows of 32 ms, unlike speculative endpointing's).
+    assert all(e["latency_ms"]["asr"] == 0.0 for e in events), events  # type: ignore[index]
+    assert all(e["latency_ms"]["vad"] >= 350 for e in events), events  # type: ignore[index,operator]
 
 
 def _longest_pause_start(audio: np.ndarray, floor: float) -> int:

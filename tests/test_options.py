@@ -38,6 +38,7 @@ BAD: dict[str, dict[str, list[Any]]] = {
         "endpointing": ["vad", "", 1],
         "speculative_pause_ms": [0, 31, NAN],
         "final_pitch_ratio": [-0.1, 1.5, NAN],
+        "asr_in_pause": ["yes", 1],
     },
     "pipeline": {
         "stream_id": ["a/b", "+", "#", "", "x" * 65, "cam 0", 7],

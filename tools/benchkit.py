@@ -14,6 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from stream.broker import free_port
+from stream.options import SegmenterOptions
+
+# The benches' names for the segmenter's endpointing settings: "silence+asr" is silence endpointing
+# with `asr_in_pause` (the default: Whisper hears the utterance in its pause, the hang-over still
+# ends it), "silence" without (Whisper after the hang-over).
+ENDPOINTING_MODES = ("silence+asr", "silence", "speculative")
+DEFAULT_ENDPOINTING = "silence+asr"
+
+
+def segmenter_options(mode: str, **fields: Any) -> SegmenterOptions:
+    if mode not in ENDPOINTING_MODES:
+        raise SystemExit(f"--endpointing: expected one of {ENDPOINTING_MODES}, got {mode!r}")
+    endpointing, _, ahead = mode.partition("+")
+    return SegmenterOptions(endpointing=endpointing, asr_in_pause=bool(ahead), **fields)
 
 
 def cpu_seconds() -> float:

@@ -18,7 +18,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from benchkit import cpu_seconds, mosquitto, received_events, write_report
+from benchkit import (
+    DEFAULT_ENDPOINTING,
+    ENDPOINTING_MODES,
+    cpu_seconds,
+    mosquitto,
+    received_events,
+    segmenter_options,
+    write_report,
+)
 
 from stream.asr import load_whisper, resolve_model_folder, transcribe
 from stream.messages import AudioChunk
@@ -42,9 +50,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=2, help="times the 9 scene sentences are said")
     parser.add_argument("--asr-threads", type=int, default=1, help="CTranslate2 threads of the pipeline's ASR")
     parser.add_argument("--asr-min-window-s", type=float, default=10.0, help="the pipeline's Whisper encoder window")
-    parser.add_argument(
-        "--endpointing", default=SegmenterOptions().endpointing, choices=["silence", "speculative"], help="segmenter"
-    )
+    parser.add_argument("--endpointing", default=DEFAULT_ENDPOINTING, choices=ENDPOINTING_MODES, help="segmenter")
     parser.add_argument("--speculative-pause-ms", type=float, default=SegmenterOptions().speculative_pause_ms)
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
@@ -58,7 +64,7 @@ def main() -> int:
             asr = AsrOptions(cpu_threads=args.asr_threads, encoder_min_window_s=args.asr_min_window_s)
             req = RunRequest(ckpt=args.ckpt, input=str(clip), pace="realtime", engine=args.engine, asr=asr)
             marks: dict[str, float] = {}
-            seg_opts = SegmenterOptions(endpointing=args.endpointing, speculative_pause_ms=args.speculative_pause_ms)
+            seg_opts = segmenter_options(args.endpointing, speculative_pause_ms=args.speculative_pause_ms)
 
             async def on_ready(host: str, p: int) -> None:
                 marks["cpu"], marks["wall"] = cpu_seconds(), time.time()

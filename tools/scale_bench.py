@@ -35,9 +35,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from benchkit import cpu_seconds, mosquitto, received_events, write_report
+from benchkit import (
+    DEFAULT_ENDPOINTING,
+    ENDPOINTING_MODES,
+    cpu_seconds,
+    mosquitto,
+    received_events,
+    segmenter_options,
+    write_report,
+)
 
-from stream.options import AsrOptions, BrokerOptions, PipelineOptions, SegmenterOptions
+from stream.options import AsrOptions, BrokerOptions, PipelineOptions
 from stream.render import render_scene, write_clip
 from stream.run import RunRequest, run_streams
 from stream.streams import StreamSpec
@@ -77,7 +85,7 @@ def run_count(
                 specs,
                 BrokerOptions(url=f"mqtt://127.0.0.1:{port}"),
                 PipelineOptions(worker_threads=worker_threads),
-                SegmenterOptions(endpointing=endpointing),
+                segmenter_options(endpointing),
                 on_ready=on_ready,
             )
         )
@@ -201,7 +209,9 @@ def main() -> int:
     parser.add_argument("--worker-threads", default="2", help="pipeline.worker_threads values, comma-separated")
     parser.add_argument("--asr-parallel", default="2", help="asr.parallel_calls values, comma-separated")
     parser.add_argument(
-        "--endpointing", default="silence", help="segmenter.endpointing values (silence, speculative), comma-separated"
+        "--endpointing",
+        default=DEFAULT_ENDPOINTING,
+        help=f"endpointing settings ({', '.join(ENDPOINTING_MODES)}), comma-separated",
     )
     parser.add_argument(
         "--trials", type=int, default=1, help="runs of every setting (8 streams: p95 varied by 0.2 s between runs)"
@@ -241,7 +251,7 @@ def main() -> int:
                 f"p95 {lat['p95']} ms; {split['capture_summary']}",
                 flush=True,
             )
-    defaults = (PipelineOptions().worker_threads, AsrOptions().parallel_calls, SegmenterOptions().endpointing)
+    defaults = (PipelineOptions().worker_threads, AsrOptions().parallel_calls, DEFAULT_ENDPOINTING)
     default_rows = [r for r in rows if (r["worker_threads"], r["asr_parallel_calls"], r["endpointing"]) == defaults]
     verdicts = {c: [r["holds"] for r in default_rows if r["streams"] == c] for c in counts}
     held = [c for c, holds in verdicts.items() if holds and all(holds)]  # in every trial
