@@ -152,7 +152,7 @@ class Provisional:
         if Whisper is still hearing them, the answer is awaited rather than queued behind (a
         second look late in the pause was otherwise still running when the hang-over ended the
         utterance: docs/results/endpointing_cpu_2core.md). Its Whisper time was spent in the
-        pause, off the utterance's path: asr 0 ms."""
+        pause, off the utterance's path: asr 0 ms, asr_in_pause that time."""
         if self._heard is None:
             return None
         utterance_id, windows, heard = self._heard
@@ -163,7 +163,7 @@ class Provisional:
         if transcript is None or len(transcript.utterance.samples) != len(utterance.samples):
             return None
         self._heard = None
-        return Transcript(utterance, transcript.text, transcript.scores, time.time(), 0.0, 0.0)
+        return Transcript(utterance, transcript.text, transcript.scores, time.time(), 0.0, 0.0, transcript.asr_ms)
 
     async def _partial(self, snapshot: Snapshot) -> None:
         transcript = await self._transcript(snapshot)

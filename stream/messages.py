@@ -73,8 +73,11 @@ class Transcript:
     text: str
     scores: RecogniserScores
     dequeued_wall: float  # unix time at which transcription began (the VAD's share ends here)
-    asr_ms: float  # Whisper's own time on the worker thread
+    asr_ms: float  # Whisper's own time on the worker thread, on the utterance's way to its event
     asr_wait_ms: float  # waiting for the worker thread (busy with other streams' work)
+    # Whisper's time on these samples spent before the utterance ended, in its pause (asr_in_pause
+    # or a speculative look): off its way, asr_ms is then 0.
+    asr_in_pause_ms: float = 0.0
 
 
 @dataclass

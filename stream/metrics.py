@@ -8,7 +8,8 @@ Names start with `dfmq_`, are in base units (seconds) and carry the label `strea
   `dfmq_events_not_recognized_total{reason}`, `dfmq_compute_seconds_total`,
   `dfmq_speech_seconds_total` (from the intent events);
 - histograms `dfmq_stage_latency_seconds{stage}` (vad: speech end to the start of transcription,
-  which is where an utterance waits when the pipeline is behind; asr, features, engine, batch_wait)
+  which is where an utterance waits when the pipeline is behind; asr, asr_in_pause: Whisper's time
+  spent in the utterance's pause, off its path; features, engine, batch_wait)
   and `dfmq_latency_seconds` (speech end to the decision);
 - gauges `dfmq_quality{channel}` (audio and video: the running quality; text: the last utterance's),
   `dfmq_fusion_weight{channel}` (w_audio, w_video of the last utterance), `dfmq_outbox_messages`
@@ -48,8 +49,8 @@ log = logging.getLogger("dfmq.metrics")
 RATIO_UTTERANCES = 20
 # From a few milliseconds (the model on a GPU) to tens of seconds (a long utterance queued behind ASR).
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-STAGES = ("vad", "asr", "features", "engine", "batch_wait")
-COMPUTE_STAGES = ("asr", "features", "engine")
+STAGES = ("vad", "asr", "asr_in_pause", "features", "engine", "batch_wait")
+COMPUTE_STAGES = ("asr", "asr_in_pause", "features", "engine")
 
 
 @dataclass

@@ -98,6 +98,7 @@ def hermes_messages(event: IntentEvent) -> list[tuple[str, dict[str, Any]]]:
     session = f"{event.stream_id}-{event.utterance_id}"
     text = event.text or ""
     messages: list[tuple[str, dict[str, Any]]] = []
+    whisper_ms = event.latency_ms.get("asr", 0.0) + event.latency_ms.get("asr_in_pause", 0.0)
     if event.text is not None:
         # textCaptured is the transcript itself: with transcripts switched off it is not sent at all.
         messages.append(
@@ -107,8 +108,9 @@ def hermes_messages(event: IntentEvent) -> list[tuple[str, dict[str, Any]]]:
                     "text": event.text,
                     "likelihood": event.transcript_confidence,
                     # rhasspy-hermes: "the duration it took to do the processing" (Rhasspy's ASRs send
-                    # their transcription time), not the length of the utterance.
-                    "seconds": round(event.latency_ms.get("asr", 0.0) / 1000, 4),
+                    # their transcription time), not the length of the utterance; also when Whisper
+                    # spent it in the utterance's pause.
+                    "seconds": round(whisper_ms / 1000, 4),
                     "siteId": event.stream_id,
                     "sessionId": session,
                     "wakewordId": None,

@@ -396,6 +396,7 @@ class Deciding:
         latency = {
             "vad": max(0.0, (transcript.dequeued_wall - utterance.speech_end_wall) * 1000),
             "asr": transcript.asr_ms,
+            "asr_in_pause": transcript.asr_in_pause_ms,
             "features": scored.features_ms,
             "worker_wait": transcript.asr_wait_ms + scored.features_wait_ms,
             "engine": engine_ms,
