@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from engines.base import INPUT_NAMES, OUTPUT_NAMES, WindowBatch
@@ -66,7 +67,8 @@ def plain_attention(q: Tensor, k: Tensor, v: Tensor, keep: Tensor, heads: int, d
 
     bias = torch.zeros(keep.shape, dtype=q.dtype).masked_fill(~keep, float("-inf"))[:, None, None, :]
     scores = torch.matmul(split(q * head_dim**-0.5), split(k).transpose(-1, -2)) + bias
-    return torch.matmul(scores.softmax(-1), split(v)).transpose(1, 2).flatten(2)
+    weights = F.dropout(scores.softmax(-1), dropout_p, training=dropout_p > 0)
+    return torch.matmul(weights, split(v)).transpose(1, 2).flatten(2)
 
 
 def _for_export(model: DFMQMC) -> DFMQMC:
@@ -84,14 +86,18 @@ def _for_export(model: DFMQMC) -> DFMQMC:
 
 def shared_frozen_layers(model: DFMQMC) -> int:
     """How many bottom layers (embeddings included) the semantic encoder shares with the text
-    encoder, weight for weight: frozen in training, they compute the same hidden states twice."""
+    encoder, weight for weight: frozen in training, they compute the same hidden states twice.
+
+    Every tensor the bottom layers may read must be equal, not only theirs: everything but the
+    upper layers and the pooler (an encoder-wide relative attention bias, as MPNet's, counts)."""
     if model.semantic_encoder is None or not model.config.frozen_text_layers:
         return 0
     text, semantic = model.text_encoder.state_dict(), model.semantic_encoder.state_dict()
-    layers = min(model.config.frozen_text_layers, int(getattr(model.text_encoder.config, "num_hidden_layers", 0)))
-    prefixes = ["embeddings."] + [f"encoder.layer.{i}." for i in range(layers)]
-    names = [n for n in text if any(n.startswith(p) for p in prefixes)]
-    if not names or any(n not in semantic or not torch.equal(text[n], semantic[n]) for n in names):
+    depth = int(getattr(model.text_encoder.config, "num_hidden_layers", 0))
+    layers = min(model.config.frozen_text_layers, depth)
+    upper = tuple(f"encoder.layer.{i}." for i in range(layers, depth))
+    names = [n for n in text if not n.startswith((*upper, "pooler."))]
+    if not layers or any(n not in semantic or not torch.equal(text[n], semantic[n]) for n in names):
         return 0
     return layers
 
@@ -124,6 +130,18 @@ def share_frozen_layers(onnx_model: Any, layers: int) -> bool:
     for init in [i for i in graph.initializer if i.name not in read]:
         graph.initializer.remove(init)
     return True
+
+
+def _same_outputs(whole: Any, shared: Any, batch: WindowBatch) -> bool:
+    """The graph with shared layers answers as the whole one (the names matched, the wiring holds)."""
+    from engines.onnxruntime_engine import import_onnxruntime
+
+    ort = import_onnxruntime()
+    outputs = [
+        ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, batch.arrays())
+        for m in (whole, shared)
+    ]
+    return all(np.allclose(a, b, atol=1e-5) for a, b in zip(*outputs))
 
 
 def model_fingerprint(model: DFMQMC) -> str:
@@ -187,11 +205,12 @@ def export_onnx(
         )
     shared = shared_frozen_layers(model)
     if shared:
-        graph = onnx.load(str(out_path))
-        if share_frozen_layers(graph, shared):
+        whole = onnx.load(str(out_path))
+        graph = copy.deepcopy(whole)
+        if share_frozen_layers(graph, shared) and _same_outputs(whole, graph, example_batch(model, 3, seed=4)):
             onnx.save(graph, str(out_path))
         else:
-            log.info("the semantic encoder's %d shared layers were not found by name; exported twice", shared)
+            log.info("the semantic encoder's %d shared layers were not found or differ; exported twice", shared)
             shared = 0
     if precision == "fp16":
         # Tracing a half-precision model on the CPU yields mixed-type LayerNorms; converting the

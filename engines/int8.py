@@ -39,7 +39,10 @@ _FFN_OUT = r"^/(text|semantic)_encoder/encoder/layer\.\d+/output/"
 # What stays fp32 (node-name patterns), fastest first. The input of each layer's second FFN MatMul
 # (GELU outputs) keeps outliers smoothing cannot flatten: quantised, it cost the semantic encoder's
 # sentences a cosine of 0.95 against fp32. The fine-tuned text encoder's own attention output moves
-# logits most; the second level keeps that whole encoder fp32, giving up part of the speed.
+# logits most; the second level keeps that whole encoder fp32, giving up part of the speed. With
+# the bottom layers shared (engines/export.py), "whole" includes them, which the semantic encoder
+# reads too: a level with only the fine-tuned layers fp32 cleared the gate, ran no faster here and
+# cost 0.68 points of MIntRec dev accuracy with descriptions (README "Engines").
 LEVELS = {
     "encoders-partial": _FFN_OUT + r"|^/text_encoder/encoder/layer\.\d+/attention/output/",
     "text-encoder-fp32": _FFN_OUT + r"|^/text_encoder/",
@@ -194,9 +197,10 @@ def _nodes(path: Path, pattern: str) -> list[str]:
 def _own_weights(graph: Any) -> None:
     """Give every MatMul its own weight initializer.
 
-    The semantic encoder's frozen bottom layers are the text encoder's, exported as one initializer
-    read by both (directly or through an Identity). The quantiser skips a weight it cannot see as a
-    constant of its node, and smoothing scales a weight for one input only: copies make both apply."""
+    Where the export keeps both copies of the frozen bottom layers (engines/export.py shares them
+    when it can), they are one initializer read by both (directly or through an Identity). The
+    quantiser skips a weight it cannot see as a constant of its node, and smoothing scales a weight
+    for one input only: copies make both apply."""
     from onnx import numpy_helper
 
     inits = {i.name: i for i in graph.initializer}

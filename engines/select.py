@@ -149,8 +149,14 @@ def onnx_for(
 
 
 def _current(path: Path) -> bool:
-    """An export of this graph form is in the cache (an older form is correct but slower: made again)."""
-    return path.is_file() and path.with_suffix(".json").is_file() and read_meta(path).get("graph_form") == GRAPH_FORM
+    """An export of this graph form is in the cache (an older form is correct but slower, and an
+    unreadable sidecar says nothing: made again)."""
+    if not (path.is_file() and path.with_suffix(".json").is_file()):
+        return False
+    try:
+        return bool(read_meta(path).get("graph_form") == GRAPH_FORM)
+    except (OSError, ValueError):
+        return False
 
 
 def int8_gate(model: DFMQMC, cache_dir: Path = CACHE_DIR) -> Callable[[], tuple[bool, str]]:

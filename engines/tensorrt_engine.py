@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from engines.base import INPUT_NAMES, OUTPUT_NAMES, EngineOutput, WindowBatch
+from engines.export import GRAPH_FORM
 from model.errors import BackendUnavailableError, DfmqError
 from model.paths import cache_dir
 
@@ -46,6 +47,7 @@ class PlanKey:
     gpu_name: str
     precision: str
     max_batch: int
+    graph_form: int = GRAPH_FORM  # of the ONNX export the plan was built from
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:20]

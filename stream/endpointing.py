@@ -151,19 +151,24 @@ class Provisional:
         (`Transcribing.heard_before`): the same samples, so Whisper need not hear them again, and
         if Whisper is still hearing them, the answer is awaited rather than queued behind (a
         second look late in the pause was otherwise still running when the hang-over ended the
-        utterance: docs/results/endpointing_cpu_2core.md). Its Whisper time was spent in the
-        pause, off the utterance's path: asr 0 ms, asr_in_pause that time."""
+        utterance: docs/results/endpointing_cpu_2core.md). Whisper's time in the pause is off the
+        utterance's path (asr_in_pause); what it still takes after the utterance ended is on it (asr)."""
         if self._heard is None:
             return None
         utterance_id, windows, heard = self._heard
         if (utterance_id, windows) != (utterance.utterance_id, utterance.endpoint_windows):
             return None
+        dequeued = time.time()  # the VAD's share ends here; what Whisper still takes is on the path
+        still_hearing = not heard.done()
         transcript = await asyncio.shield(heard)
         # A flush keeps more silence than the snapshot did: other samples, heard anew.
         if transcript is None or len(transcript.utterance.samples) != len(utterance.samples):
             return None
         self._heard = None
-        return Transcript(utterance, transcript.text, transcript.scores, time.time(), 0.0, 0.0, transcript.asr_ms)
+        still_ms = min(transcript.asr_ms, (time.time() - dequeued) * 1000) if still_hearing else 0.0
+        return Transcript(
+            utterance, transcript.text, transcript.scores, dequeued, still_ms, 0.0, transcript.asr_ms - still_ms
+        )
 
     async def _partial(self, snapshot: Snapshot) -> None:
         transcript = await self._transcript(snapshot)

@@ -173,7 +173,9 @@ class MetricsServer:
             self.not_recognized.labels(sid, event.reason or "unknown").inc()
         latency = event.latency_ms
         for stage in STAGES:
-            if stage in latency:
+            # Whisper's time is in one of the two, or split between them: a 0 is not a stage that ran.
+            skipped = stage in ("asr", "asr_in_pause") and not latency.get(stage)
+            if stage in latency and not skipped:
                 self.stage_latency.labels(sid, stage).observe(latency[stage] / 1000)
         self.latency.labels(sid).observe(latency["total"] / 1000)
         self.quality.labels(sid, "text").set(event.quality["text"])

@@ -247,7 +247,7 @@ def _draw_latency(ax: Any, events: list[dict[str, Any]]) -> None:
     for q, style in ((0.5, "-"), (0.95, "--")):
         value = _percentile(totals, q)
         ax.axvline(value, color="black", linestyle=style, linewidth=1, label=f"p{int(q * 100)} {value:.0f} ms")
-    stages = ("vad", "asr", "features", "engine")
+    stages = ("vad", "asr", "asr_in_pause", "features", "engine")
     medians = [
         f"{s} {statistics.median(e['latency_ms'].get(s, 0.0) for e in events):.0f}"
         for s in stages

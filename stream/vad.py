@@ -89,7 +89,7 @@ class Segmenter:
             # One look, where the pause holds exactly the pad: the samples the hang-over will end the
             # utterance with, so that its transcript is the one Whisper gave in the pause.
             at_pad = self._pad_windows
-            self._endpoint_looks = (at_pad,) if at_pad < self._silence_windows else ()
+            self._endpoint_looks = (at_pad,) if options.asr_in_pause and at_pad < self._silence_windows else ()
         self._snapshots: list[Snapshot] = []
         self._next_partial_s = 0.0
         # Windows of the utterance at its candidate end; None once speech resumed after it.

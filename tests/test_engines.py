@@ -69,9 +69,9 @@ def test_plain_attention_matches_sdpa_with_padded_keys() -> None:
     assert not torch.allclose(plain_attention(q, k, v, keep, 4), expected, atol=1e-3)  # the mask is read
 
 
-@pytest.mark.parametrize("fine_tuned_shared_layer", [False, True])
+@pytest.mark.parametrize("moved", ["nothing shared", "shared layer", "embeddings"])
 def test_export_computes_the_shared_frozen_layers_once(
-    tiny_model_config: DFMQConfig, tmp_path: Path, fine_tuned_shared_layer: bool
+    tiny_model_config: DFMQConfig, tmp_path: Path, moved: str
 ) -> None:
     import onnx
 
@@ -80,8 +80,13 @@ def test_export_computes_the_shared_frozen_layers_once(
     model = DFMQMC(tiny_model_config, tiny_text_encoder(32, layers=2)).eval()
     with torch.no_grad():
         model.text_encoder.encoder.layer[1].output.dense.weight.add_(0.05)  # fine-tuning moved layer 1
-        if fine_tuned_shared_layer:  # a checkpoint whose "frozen" layer differs: nothing may be shared
+        model.text_encoder.pooler.dense.bias.add_(0.05)  # unused by the model: sharing may ignore it
+        # A checkpoint whose "frozen" part differs from the semantic encoder: nothing may be shared.
+        if moved == "shared layer":
             model.text_encoder.encoder.layer[0].output.dense.weight.add_(0.05)
+        elif moved == "embeddings":
+            model.text_encoder.embeddings.LayerNorm.weight.add_(0.05)
+    fine_tuned_shared_layer = moved != "nothing shared"
     path = export_onnx(model, tmp_path / "m.onnx")
     names = [node.name for node in onnx.load(str(path)).graph.node]
     semantic_layer0 = [n for n in names if n.startswith("/semantic_encoder/encoder/layer.0/")]
