@@ -1,0 +1,112 @@
+"""Probe: a floor under the threshold an intent set's examples give.
+
+    .venv/bin/python tools/threshold_floor_probe.py [--sets a,b|PATH.yaml:PATH.tsv,...] [--json OUT]
+
+A set with 8 or more examples rejects below the scope of its weakest example, each scored against
+the rest (`model.semantic.example_threshold`). One odd example sets it low: museum 0.57 ("What is
+this thing?"), gym 0.35, library 0.54, and there 25-61 % of the off-topic sentences get through.
+The floor is the checkpoint's own learnt rule (`reject_below`, 0.80 for the starter: learnt on
+MIntRec with intents held out as unknown), which a set without examples uses already:
+threshold = max(weakest example, learnt rule). Classification is unchanged; only what is rejected.
+
+Rule fixed before the first run (2026-11-30): over the thirteen never-seen sets of the tests (A),
+adopt the floor only if the sets meeting both coverage >= 90 % and out-of-scope recall >= 80 % at
+the threshold in use rise in number and the mean in-scope accuracy (rejections count as errors)
+falls by at most 1 point; then on a batch written blind after this rule (cinema, garage, school;
+B), scored once: the number meeting both does not fall and the mean in-scope accuracy falls by at
+most 1 point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from model.checkpoint import load_checkpoint, resolve_ckpt  # noqa: E402
+from model.intents import load_intent_set  # noqa: E402
+from model.openset import OOS_LABEL, read_labelled_tsv  # noqa: E402
+from model.semantic import build_anchors, embed_sentences  # noqa: E402
+
+DATA = ROOT / "tests" / "data" / "intents"
+CONFIGS = ROOT / "configs" / "intents"
+SETS = {
+    "kiosk": (CONFIGS / "kiosk.yaml", DATA / "kiosk_eval.tsv"),
+    "lab": (CONFIGS / "lab.yaml", DATA / "lab_eval.tsv"),
+    "home": (CONFIGS / "home.yaml", DATA / "home_eval.tsv"),
+    **{
+        name: (DATA / f"{name}.yaml", DATA / f"{name}_eval.tsv")
+        for name in (
+            "car",
+            "restaurant",
+            "clinic",
+            "museum",
+            "bank",
+            "airport",
+            "helpdesk",
+            "pharmacy",
+            "gym",
+            "library",
+        )
+    },
+}
+
+
+def score(model: Any, tokenizer: Any, yaml: Path, tsv: Path) -> dict[str, Any]:
+    intent_set = load_intent_set(yaml)
+    anchors = build_anchors(model, tokenizer, intent_set)
+    labels, texts = read_labelled_tsv(tsv, intent_set)
+    sentences = embed_sentences(model, tokenizer, texts)
+    scores = anchors.score(sentences, sentences)
+    truth = np.array([anchors.names.index(label) if label != OOS_LABEL else -1 for label in labels])
+    known = truth >= 0
+    right = (scores.probs.argmax(axis=1) == truth) & known
+    out: dict[str, Any] = {"shipped_threshold": anchors.reject_below, "floor": model.config.reject_below}
+    for rule, threshold in (
+        ("shipped", anchors.reject_below),
+        ("floored", max(anchors.reject_below, model.config.reject_below)),
+    ):
+        accepted = scores.scope >= threshold
+        out[rule] = {
+            "threshold": round(float(threshold), 4),
+            "in_scope_acc": round(100 * float((right & accepted).sum() / known.sum()), 2),
+            "coverage": round(100 * float(accepted[known].mean()), 2),
+            "oos_recall": round(100 * float((~accepted[~known]).mean()), 2),
+        }
+        out[rule]["meets_both"] = out[rule]["coverage"] >= 90 and out[rule]["oos_recall"] >= 80
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sets", default=",".join(SETS), help="comma-separated names of SETS, or PATH.yaml:PATH.tsv")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    model, tokenizer = load_checkpoint(resolve_ckpt("default"))
+    results: dict[str, Any] = {}
+    for item in args.sets.split(","):
+        yaml, tsv = SETS[item] if item in SETS else tuple(Path(p) for p in item.split(":"))
+        name = Path(yaml).stem
+        results[name] = score(model, tokenizer, Path(yaml), Path(tsv))
+        print(name, {rule: results[name][rule] for rule in ("shipped", "floored")})
+    for rule in ("shipped", "floored"):
+        rows = [r[rule] for r in results.values()]
+        print(
+            f"{rule}: meets both {sum(r['meets_both'] for r in rows)} of {len(rows)}; mean in-scope acc "
+            f"{np.mean([r['in_scope_acc'] for r in rows]):.2f}, coverage {np.mean([r['coverage'] for r in rows]):.2f}, "
+            f"OOS recall {np.mean([r['oos_recall'] for r in rows]):.2f}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"command": " ".join(sys.argv), "sets": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
