@@ -93,6 +93,7 @@ def transcribe(samples: np.ndarray, options: AsrOptions) -> Recognised:
         vad_filter=False,
         without_timestamps=True,
         condition_on_previous_text=False,
+        **({} if options.temperature_fallback else {"temperature": 0.0}),
     )
     return _recognised(list(segments))
 

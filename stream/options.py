@@ -222,6 +222,10 @@ class AsrOptions:
     # used at most one core however many streams waited (tools/scale_bench.py --asr-parallel 1,2).
     # One stream's utterances still go one at a time.
     parallel_calls: int = _option(2, _count(1))
+    # faster-whisper's temperature fallback: where greedy decoding looks unreliable, decode again
+    # sampling at rising temperatures. Off: the same samples always give the same transcript, alone or
+    # in a batched call (which never falls back), and noise cannot cost several decodes.
+    temperature_fallback: bool = _option(False, _flag())
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -205,10 +205,13 @@ class CaptureFront:
         utterances.put_nowait(utterance)
 
     async def _tick(self) -> None:
-        while not self.finished.is_set():
+        """A quality report every quality_interval_s, and one as the last event is out: a file
+        decided faster than one interval still says how its channels ended."""
+        finished = False
+        while not finished:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.finished.wait(), self.options.quality_interval_s)
-                return
+                finished = True
             report = await self.ticker.process()
             if report is not None:
                 self.emit(report)

@@ -27,6 +27,7 @@ BAD: dict[str, dict[str, list[Any]]] = {
         "encoder_min_window_s": [0.5, 45, NAN],
         "batch_max": [0, -2, True, 2.5],
         "parallel_calls": [0, -1, True, 1.5],
+        "temperature_fallback": ["yes", 1],
     },
     "segmenter": {
         "threshold": [0, 1, 1.5, NAN, True],
