@@ -379,7 +379,8 @@ def build_anchors(
     elif examples.sum() >= MIN_EXAMPLES:
         threshold, weakest = weakest_example(prototypes, owners, examples, background, negatives)
         source = f"the set's {int(examples.sum())} examples (its weakest, each scored against the rest)"
-        if threshold < cfg.reject_below - LAX_THRESHOLD_MARGIN:
+        # The learnt rule is a scope in the model's own encoder's space: no yardstick for another's.
+        if encoder is None and threshold < cfg.reject_below - LAX_THRESHOLD_MARGIN:
             example = int(np.flatnonzero(examples)[weakest])
             log.warning(
                 "%s: the example %r (%s) fits the rest of the set worst, and the out-of-scope threshold comes "

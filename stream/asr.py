@@ -101,8 +101,8 @@ def transcribe(samples: np.ndarray, options: AsrOptions) -> Recognised:
 def transcribe_batch(utterances: Sequence[np.ndarray], options: AsrOptions) -> list[Recognised]:
     """Several utterances in one batched Whisper call (faster-whisper's BatchedInferencePipeline):
     laid end to end and cut again by `clip_timestamps`, so the encoder and the decoder each run once
-    for all of them. Greedy, without the temperature fallback of `transcribe`; one utterance goes
-    through `transcribe` itself."""
+    for all of them. Greedy, as `transcribe` is unless `asr.temperature_fallback`; one utterance
+    goes through `transcribe` itself."""
     if len(utterances) == 1:
         return [transcribe(utterances[0], options)]
     from faster_whisper import BatchedInferencePipeline

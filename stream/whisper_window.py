@@ -4,7 +4,7 @@ Whisper pads every call to 30 s and the encoder's cost follows that length, so a
 costs as much to encode as 30 s of speech. Trimming the padding to at least `min_window_s`
 (measured on 121 spoken sentences, tools/asr_window_bench.py: a 10 s window has the word error
 rate of the full 30 s at a third of the CPU time; below ~8 s the model starts repeating itself
-and the temperature fallback costs more than the trim saves)."""
+and the temperature fallback, on by default then, costs more than the trim saves)."""
 
 from __future__ import annotations
 

@@ -41,6 +41,20 @@ def test_real_speech_is_read_word_for_word_with_the_live_window(name: str, expec
     assert words(transcribe(audio, LIVE).text) == expected.split()
 
 
+def test_the_same_samples_give_the_same_transcript_alone_and_batched() -> None:
+    """Real speech played backwards is where faster-whisper's temperature fallback would sample
+    (a different transcript from call to call, and from the batched call, which never falls back):
+    greedy decoding gives one transcript whatever the call."""
+    from stream.asr import transcribe_batch
+
+    backwards = decode_clip(DATA / "jfk.mp3", with_video=False).audio[::-1].copy()
+    pieces = [backwards[int(start * 16000) : int((start + 2.0) * 16000)] for start in (0.5, 3.0, 6.0)]
+    for piece in pieces:
+        alone = [transcribe(piece, LIVE).text for _ in range(2)]
+        batched = transcribe_batch([piece, pieces[0]], LIVE)[0].text
+        assert alone[0] == alone[1] == batched, (alone, batched)
+
+
 def test_encoder_sees_the_utterance_plus_one_second_not_thirty() -> None:
     model = load_whisper(LIVE)
     features = np.zeros((1, 80, 3000), dtype=np.float32)

@@ -172,6 +172,23 @@ def _run_microphone(
         interrupter.join(5.0)
 
 
+def test_a_file_decided_within_one_interval_still_reports_its_quality(
+    live_ckpt: Path, degraded_clip: tuple[Path, float], tmp_path: Path
+) -> None:
+    clip, _ = degraded_clip
+    broker = Mosquitto(tmp_path, persistent=True)
+    broker.start()
+    sub = Subscriber(broker.port)
+    try:
+        stats = _run(live_ckpt, clip, broker.port, quality_interval_s=60.0)  # the run takes seconds
+        wait_until(lambda: any(t.endswith("/quality") for t, _, _ in sub.messages), 5.0, "the quality report")
+    finally:
+        sub.stop()
+        broker.stop()
+    assert stats.quality_messages == 1  # the one as the last event was out
+    assert sum(t.endswith("/quality") for t, _, _ in sub.messages) == 1
+
+
 def test_one_event_per_utterance_with_quality_following_the_channels(
     live_ckpt: Path, degraded_clip: tuple[Path, float], tmp_path: Path
 ) -> None:

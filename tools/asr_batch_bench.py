@@ -5,8 +5,8 @@ transcribes the same utterances (asr_window_bench's: corpus sentences and MIntRe
 by espeak-ng, and a real recording) three ways, with the live encoder window (the utterances of
 a batch padded to the longest, plus 1 s, at least 10 s):
 
-- per utterance: `stream.asr.transcribe`, the live path (greedy, with Whisper's temperature
-  fallback on failure);
+- per utterance: `stream.asr.transcribe`, the live path (greedy; with Whisper's temperature
+  fallback on failure when the README's figures were measured, off by default since 2026-11-30);
 - faster-whisper's `BatchedInferencePipeline`, the utterances laid end to end and cut again by
   `clip_timestamps`, `batch_size` of them per encoder and decoder call (greedy, no fallback);
 - CTranslate2 directly: the batch's log-mels stacked, one `encode`, one `generate`.
