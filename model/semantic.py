@@ -289,9 +289,12 @@ class IntentAnchors:
         embeddings = np.atleast_2d(embeddings)
         if self.trained:
             return nearest_prototype(embeddings @ self.prototypes.T, self.owner, len(self.names))
-        centroids = self.owner[None, :] == np.arange(len(self.names))[:, None]  # (K, P)
-        sums = centroids.astype(self.prototypes.dtype) @ self.prototypes
+        sums = self.membership() @ self.prototypes
         return embeddings @ (sums / np.linalg.norm(sums, axis=1, keepdims=True)).T
+
+    def membership(self) -> np.ndarray:
+        """(K, P): 1 where prototype p belongs to intent k (a product with it sums each intent's)."""
+        return (self.owner[None, :] == np.arange(len(self.names))[:, None]).astype(self.prototypes.dtype)
 
     def fit(self, embeddings: np.ndarray) -> np.ndarray:
         """(N, D) -> (N,): how well each utterance fits the set, the score `scope` ranks."""

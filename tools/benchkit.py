@@ -10,6 +10,7 @@ import subprocess
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,3 +111,41 @@ def intent_set_files(names: tuple[str, ...] = NEVER_SEEN_SETS) -> dict[str, tupl
         )
         for name in names
     }
+
+
+@dataclass
+class EvalSet:
+    """A never-seen intent set and its held-out sentences, embedded and scored as shipped."""
+
+    anchors: Any  # model.semantic.IntentAnchors
+    sentences: Any  # (N, D) transcript embeddings
+    truth: Any  # (N,) the intent's index, -1 for an off-topic sentence
+    scores: Any  # model.semantic.IntentScores
+
+    @property
+    def known(self) -> Any:
+        return self.truth >= 0
+
+
+def embedded_eval_set(model: Any, tokenizer: Any, yaml: Path, tsv: Path) -> EvalSet:
+    import numpy as np
+
+    from model.intents import load_intent_set
+    from model.openset import OOS_LABEL, read_labelled_tsv
+    from model.semantic import build_anchors, embed_sentences
+
+    intent_set = load_intent_set(yaml)
+    anchors = build_anchors(model, tokenizer, intent_set)
+    labels, texts = read_labelled_tsv(tsv, intent_set)
+    sentences = embed_sentences(model, tokenizer, texts)
+    truth = np.array([anchors.names.index(label) if label != OOS_LABEL else -1 for label in labels])
+    return EvalSet(anchors, sentences, truth, anchors.score(sentences, sentences))
+
+
+def chosen_sets(argument: str, named: Mapping[str, tuple[Path, Path]]) -> dict[str, tuple[Path, Path]]:
+    """`--sets`: comma-separated names of `named`, or PATH.yaml:PATH.tsv pairs; keyed by the YAML's stem."""
+    chosen = {}
+    for item in argument.split(","):
+        yaml, tsv = named[item] if item in named else tuple(Path(p) for p in item.split(":"))
+        chosen[Path(yaml).stem] = (Path(yaml), Path(tsv))
+    return chosen

@@ -26,12 +26,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchkit import intent_set_files  # noqa: E402
+from benchkit import embedded_eval_set, intent_set_files  # noqa: E402
 
 from model.checkpoint import load_checkpoint, resolve_ckpt  # noqa: E402
-from model.intents import load_intent_set  # noqa: E402
-from model.openset import OOS_LABEL, read_labelled_tsv  # noqa: E402
-from model.semantic import build_anchors, embed_sentences, offtopic_sentences  # noqa: E402
+from model.semantic import embed_sentences, offtopic_sentences  # noqa: E402
 
 
 def main() -> int:
@@ -42,22 +40,16 @@ def main() -> int:
     centre = embed_sentences(model, tokenizer, offtopic_sentences()[0]).mean(axis=0)
     results: dict[str, dict[str, int]] = {}
     for name, (yaml, tsv) in intent_set_files().items():
-        intent_set = load_intent_set(yaml)
-        anchors = build_anchors(model, tokenizer, intent_set)
-        labels, texts = read_labelled_tsv(tsv, intent_set)
-        sentences = embed_sentences(model, tokenizer, texts)
-        in_scope = anchors.score(sentences, sentences).in_scope
-        truth = np.array([anchors.names.index(label) if label != OOS_LABEL else -1 for label in labels])
-        members = (anchors.owner[None, :] == np.arange(len(anchors.names))[:, None]).astype(np.float32)
-        row: dict[str, int] = {"in_scope_sentences": int((truth >= 0).sum())}
+        scored = embedded_eval_set(model, tokenizer, yaml, tsv)
+        anchors, truth = scored.anchors, scored.truth
+        row: dict[str, int] = {"in_scope_sentences": int(scored.known.sum())}
         for variant, shift in (("shipped", 0.0 * centre), ("centred", centre)):
             prototypes = anchors.prototypes - shift
             prototypes /= np.linalg.norm(prototypes, axis=1, keepdims=True)
-            centroids = members @ prototypes
+            centroids = anchors.membership() @ prototypes
             centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
-            utterances = sentences - shift
-            best = (utterances @ centroids.T).argmax(axis=1)
-            row[variant] = int(((best == truth) & (truth >= 0) & in_scope).sum())
+            best = ((scored.sentences - shift) @ centroids.T).argmax(axis=1)
+            row[variant] = int(((best == truth) & scored.known & scored.scores.in_scope).sum())
         results[name] = row
         print(name, row)
     for variant in ("shipped", "centred"):

@@ -21,32 +21,26 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchkit import NEVER_SEEN_SETS, intent_set_files  # noqa: E402
+from benchkit import NEVER_SEEN_SETS, chosen_sets, embedded_eval_set, intent_set_files  # noqa: E402
 
 from model.checkpoint import load_checkpoint, resolve_ckpt  # noqa: E402
-from model.intents import load_intent_set  # noqa: E402
-from model.openset import OOS_LABEL, read_labelled_tsv  # noqa: E402
-from model.semantic import build_anchors, embed_sentences  # noqa: E402
+from model.semantic import embed_sentences  # noqa: E402
 
 SETS = intent_set_files(NEVER_SEEN_SETS[:10])  # the sets the rule above names
 VARIANTS = {"shipped": None, "name": "{name}.", "templated": "I want to {lower}."}
 
 
-def score(model, tokenizer, yaml: Path, tsv: Path) -> dict[str, dict[str, float]]:  # type: ignore[no-untyped-def]
-    intent_set = load_intent_set(yaml)
-    anchors = build_anchors(model, tokenizer, intent_set)
-    labels, texts = read_labelled_tsv(tsv, intent_set)
-    sentences = embed_sentences(model, tokenizer, texts)
-    in_scope = anchors.score(sentences, sentences).in_scope
-    truth = np.array([anchors.names.index(label) if label != OOS_LABEL else -1 for label in labels])
-    known = truth >= 0
-    sums = (anchors.owner[None, :] == np.arange(len(anchors.names))[:, None]).astype(np.float32) @ anchors.prototypes
+def score(model: Any, tokenizer: Any, yaml: Path, tsv: Path) -> dict[str, dict[str, float]]:
+    scored = embedded_eval_set(model, tokenizer, yaml, tsv)
+    anchors, known = scored.anchors, scored.known
+    sums = anchors.membership() @ anchors.prototypes
     out: dict[str, dict[str, float]] = {}
     for variant, template in VARIANTS.items():
         centroids = sums.copy()
@@ -54,10 +48,10 @@ def score(model, tokenizer, yaml: Path, tsv: Path) -> dict[str, dict[str, float]
             names = [template.format(name=n, lower=n.lower()) for n in anchors.names]
             centroids = centroids + embed_sentences(model, tokenizer, names)
         centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
-        best = (sentences @ centroids.T).argmax(axis=1)
-        right = (best == truth) & known
+        best = (scored.sentences @ centroids.T).argmax(axis=1)
+        right = (best == scored.truth) & known
         out[variant] = {
-            "in_scope_right": int((right & in_scope).sum()),
+            "in_scope_right": int((right & scored.scores.in_scope).sum()),
             "closed_set_right": int(right.sum()),
             "in_scope_sentences": int(known.sum()),
         }
@@ -71,12 +65,10 @@ def main() -> int:
     args = parser.parse_args()
     model, tokenizer = load_checkpoint(resolve_ckpt("default"))
     results = {}
-    for item in args.sets.split(","):
-        yaml, tsv = SETS[item] if item in SETS else tuple(Path(p) for p in item.split(":"))
-        results[Path(yaml).stem] = score(model, tokenizer, Path(yaml), Path(tsv))
-        row = results[Path(yaml).stem]
+    for name, (yaml, tsv) in chosen_sets(args.sets, SETS).items():
+        row = results[name] = score(model, tokenizer, yaml, tsv)
         print(
-            Path(yaml).stem,
+            name,
             {v: (r["in_scope_right"], r["closed_set_right"], r["in_scope_sentences"]) for v, r in row.items()},
         )
     for variant in VARIANTS:

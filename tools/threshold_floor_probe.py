@@ -30,25 +30,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchkit import NEVER_SEEN_SETS, intent_set_files  # noqa: E402
+from benchkit import NEVER_SEEN_SETS, chosen_sets, embedded_eval_set, intent_set_files  # noqa: E402
 
 from model.checkpoint import load_checkpoint, resolve_ckpt  # noqa: E402
-from model.intents import load_intent_set  # noqa: E402
-from model.openset import OOS_LABEL, read_labelled_tsv  # noqa: E402
-from model.semantic import build_anchors, embed_sentences  # noqa: E402
 
 SETS = intent_set_files(NEVER_SEEN_SETS[:13])  # the sets the rule above names
 
 
 def score(model: Any, tokenizer: Any, yaml: Path, tsv: Path) -> dict[str, Any]:
-    intent_set = load_intent_set(yaml)
-    anchors = build_anchors(model, tokenizer, intent_set)
-    labels, texts = read_labelled_tsv(tsv, intent_set)
-    sentences = embed_sentences(model, tokenizer, texts)
-    scores = anchors.score(sentences, sentences)
-    truth = np.array([anchors.names.index(label) if label != OOS_LABEL else -1 for label in labels])
-    known = truth >= 0
-    right = (scores.probs.argmax(axis=1) == truth) & known
+    scored = embedded_eval_set(model, tokenizer, yaml, tsv)
+    anchors, scores, known = scored.anchors, scored.scores, scored.known
+    right = (scores.probs.argmax(axis=1) == scored.truth) & known
     out: dict[str, Any] = {"shipped_threshold": anchors.reject_below, "floor": model.config.reject_below}
     for rule, threshold in (
         ("shipped", anchors.reject_below),
@@ -72,10 +64,8 @@ def main() -> int:
     args = parser.parse_args()
     model, tokenizer = load_checkpoint(resolve_ckpt("default"))
     results: dict[str, Any] = {}
-    for item in args.sets.split(","):
-        yaml, tsv = SETS[item] if item in SETS else tuple(Path(p) for p in item.split(":"))
-        name = Path(yaml).stem
-        results[name] = score(model, tokenizer, Path(yaml), Path(tsv))
+    for name, (yaml, tsv) in chosen_sets(args.sets, SETS).items():
+        results[name] = score(model, tokenizer, yaml, tsv)
         print(name, {rule: results[name][rule] for rule in ("shipped", "floored")})
     for rule in ("shipped", "floored"):
         rows = [r[rule] for r in results.values()]
