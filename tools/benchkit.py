@@ -7,12 +7,13 @@ import json
 import resource
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from stream.broker import free_port
 from stream.options import SegmenterOptions
@@ -26,7 +27,7 @@ DEFAULT_ENDPOINTING = "silence+asr"
 
 def segmenter_options(mode: str, **fields: Any) -> SegmenterOptions:
     if mode not in ENDPOINTING_MODES:
-        raise SystemExit(f"--endpointing: expected one of {ENDPOINTING_MODES}, got {mode!r}")
+        bad_argument("--endpointing", mode, f"one of {', '.join(ENDPOINTING_MODES)}")
     endpointing, _, ahead = mode.partition("+")
     return SegmenterOptions(endpointing=endpointing, asr_in_pause=bool(ahead), **fields)
 
@@ -146,6 +147,15 @@ def chosen_sets(argument: str, named: Mapping[str, tuple[Path, Path]]) -> dict[s
     """`--sets`: comma-separated names of `named`, or PATH.yaml:PATH.tsv pairs; keyed by the YAML's stem."""
     chosen = {}
     for item in argument.split(","):
-        yaml, tsv = named[item] if item in named else tuple(Path(p) for p in item.split(":"))
+        paths = named.get(item) or tuple(Path(p) for p in item.split(":"))
+        if len(paths) != 2 or not all(Path(p).is_file() for p in paths):
+            bad_argument("--sets", item, f"one of {', '.join(named)} or PATH.yaml:PATH.tsv of two files")
+        yaml, tsv = paths
         chosen[Path(yaml).stem] = (Path(yaml), Path(tsv))
     return chosen
+
+
+def bad_argument(flag: str, value: str, expected: str) -> NoReturn:
+    """One line naming the bad value and what was expected, exit 2 (as the dfmq commands do)."""
+    print(f"{flag}: expected {expected}, got {value!r}", file=sys.stderr)
+    raise SystemExit(2)

@@ -220,13 +220,15 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
     counts = [int(c) for c in args.counts.split(",")] if args.counts else []
+    endpointing_values = args.endpointing.split(",")
+    for value in endpointing_values:
+        segmenter_options(value)  # a bad value fails before any clip is rendered
     began = time.time()
     with tempfile.TemporaryDirectory() as tmp, mosquitto() as port:
         clips, durations = render_clips(Path(tmp), max([*counts, 1]), args.repeat)
         rows = []
         threads_values = [int(t) for t in args.worker_threads.split(",")]
         parallel_values = [int(a) for a in args.asr_parallel.split(",")]
-        endpointing_values = args.endpointing.split(",")
         settings = itertools.product(range(args.trials), counts, threads_values, parallel_values, endpointing_values)
         for trial, count, threads, parallel, endpointing in settings:
             row = {"trial": trial, **run_count(clips[:count], port, args, threads, parallel, endpointing)}
