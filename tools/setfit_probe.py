@@ -1,0 +1,135 @@
+"""Probe: adapt a copy of the sentence encoder to a set's own descriptions and examples (SetFit).
+
+    .venv/bin/python tools/setfit_probe.py [--json OUT]
+
+Each never-seen set gives 8 intents x (description + 3 examples). Contrastive fine-tuning of the
+sentence encoder on pairs of them (Tunstall et al. 2022, "Efficient Few-Shot Learning Without
+Prompts": same intent -> cosine 1, different -> 0, mean squared error) is the standard way to use
+a few examples beyond a class mean. Here a copy of the frozen semantic encoder (all-MiniLM-L6-v2)
+is fine-tuned per set on those pairs only (20 pairs of each kind per sentence, one epoch, batch 16,
+AdamW 2e-5, word embeddings frozen, seed 0), and the set's utterances are classified by the
+centroid cosine in the adapted space. Only classification changes: scope, threshold and the
+out-of-scope decision stay the shipped ones (frozen encoder), because a leave-one-out threshold
+computed on examples the encoder was trained on would be meaningless.
+
+Rule fixed before the first run (2026-11-30): over the sixteen never-seen sets of the tests, adopt
+(as an opt-in adaptation step; the shipped scoring stays the default) only if the in-scope sentences
+classified right (rejections count as wrong) rise in sum and no set loses more than one. No other
+variant is tried.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchkit import embedded_eval_set, intent_set_files  # noqa: E402
+
+from model.checkpoint import load_checkpoint, resolve_ckpt  # noqa: E402
+from model.dfmq import mean_pool  # noqa: E402
+from model.intents import load_intent_set  # noqa: E402
+from model.openset import read_labelled_tsv  # noqa: E402
+from model.semantic import ANCHOR_MAX_TOKENS  # noqa: E402
+
+PAIRS_PER_SENTENCE = 20
+BATCH_PAIRS = 16
+LEARNING_RATE = 2e-5
+
+
+def encode(encoder: torch.nn.Module, tokenizer: object, texts: list[str]) -> torch.Tensor:
+    tokens = tokenizer(texts, padding="longest", truncation=True, max_length=ANCHOR_MAX_TOKENS, return_tensors="pt")  # type: ignore[operator]
+    return F.normalize(mean_pool(encoder, tokens["input_ids"], tokens["attention_mask"]), dim=-1)
+
+
+def adapted_encoder(base: torch.nn.Module, tokenizer: object, texts: list[str], owner: list[int]) -> torch.nn.Module:
+    rng = random.Random(0)
+    torch.manual_seed(0)
+    by_intent: dict[int, list[int]] = {}
+    for i, k in enumerate(owner):
+        by_intent.setdefault(k, []).append(i)
+    pairs: list[tuple[int, int, float]] = []
+    for _ in range(PAIRS_PER_SENTENCE):
+        for i, k in enumerate(owner):
+            pairs.append((i, rng.choice([j for j in by_intent[k] if j != i]), 1.0))
+            pairs.append((i, rng.choice([j for j in range(len(owner)) if owner[j] != k]), 0.0))
+    rng.shuffle(pairs)
+    encoder = copy.deepcopy(base)
+    trainable = [p for name, p in encoder.named_parameters() if not name.startswith("embeddings.word_embeddings")]
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    for p in trainable:
+        p.requires_grad_(True)
+    optimiser = torch.optim.AdamW(trainable, lr=LEARNING_RATE)
+    encoder.train()
+    for start in range(0, len(pairs), BATCH_PAIRS):
+        batch = pairs[start : start + BATCH_PAIRS]
+        left = encode(encoder, tokenizer, [texts[i] for i, _, _ in batch])
+        right = encode(encoder, tokenizer, [texts[j] for _, j, _ in batch])
+        target = torch.tensor([t for _, _, t in batch])
+        loss = F.mse_loss((left * right).sum(dim=-1), target)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    return encoder.eval()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    model, tokenizer = load_checkpoint(resolve_ckpt("default"))
+    assert model.semantic_encoder is not None
+    results: dict[str, dict[str, float]] = {}
+    for name, (yaml, tsv) in intent_set_files().items():
+        scored = embedded_eval_set(model, tokenizer, yaml, tsv)
+        intent_set = load_intent_set(yaml)
+        texts = [t for intent in intent_set.intents for t in (intent.description, *intent.examples)]
+        owner = [k for k, intent in enumerate(intent_set.intents) for _ in (intent.description, *intent.examples)]
+        started = time.perf_counter()
+        encoder = adapted_encoder(model.semantic_encoder, tokenizer, texts, owner)
+        seconds = time.perf_counter() - started
+        _, eval_texts = read_labelled_tsv(tsv, intent_set)
+        with torch.no_grad():
+            prototypes = encode(encoder, tokenizer, texts).numpy()
+            utterances = np.concatenate(
+                [encode(encoder, tokenizer, eval_texts[i : i + 64]).numpy() for i in range(0, len(eval_texts), 64)]
+            )
+        centroids = scored.anchors.membership() @ prototypes
+        centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+        adapted_best = (utterances @ centroids.T).argmax(axis=1)
+        shipped_best = scored.scores.similarities.argmax(axis=1)
+        known, in_scope, truth = scored.known, scored.scores.in_scope, scored.truth
+        row = {
+            "in_scope_sentences": int(known.sum()),
+            "shipped": int(((shipped_best == truth) & known & in_scope).sum()),
+            "adapted": int(((adapted_best == truth) & known & in_scope).sum()),
+            "closed_set_shipped": int(((shipped_best == truth) & known).sum()),
+            "closed_set_adapted": int(((adapted_best == truth) & known).sum()),
+            "adapt_seconds": round(seconds, 1),
+        }
+        results[name] = row
+        print(name, row, flush=True)
+    for variant in ("shipped", "adapted"):
+        print(
+            f"{variant}: in-scope right {sum(r[variant] for r in results.values())} of "
+            f"{sum(r['in_scope_sentences'] for r in results.values())}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"command": " ".join(sys.argv), "sets": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
