@@ -31,7 +31,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from benchkit import mosquitto, received_events, write_report
+from benchkit import (
+    DEFAULT_ENDPOINTING,
+    ENDPOINTING_MODES,
+    bad_argument,
+    mosquitto,
+    received_events,
+    segmenter_options,
+    write_report,
+)
 
 from stream.media import decode_clip
 from stream.options import BrokerOptions, PipelineOptions, SegmenterOptions
@@ -126,15 +134,15 @@ def build_track() -> tuple[np.ndarray, list[Sentence]]:
 
 
 def run_mode(
-    clip: Path, port: int, endpointing: str, pause_ms: float, pitch_ratio: float, ckpt: str, engine: str
+    clip: Path, port: int, segmenter: SegmenterOptions, ckpt: str, engine: str
 ) -> list[tuple[float, dict[str, Any]]]:
-    with received_events(port, "dfmq/bench/intent", f"dfmq-endpointing-{endpointing}") as received:
+    with received_events(port, "dfmq/bench/intent", f"dfmq-endpointing-{segmenter.endpointing}") as received:
         asyncio.run(
             run_pipeline(
                 RunRequest(ckpt=ckpt, input=str(clip), pace="realtime", engine=engine),
                 BrokerOptions(url=f"mqtt://127.0.0.1:{port}"),
                 PipelineOptions(stream_id="bench"),
-                SegmenterOptions(endpointing=endpointing, speculative_pause_ms=pause_ms, final_pitch_ratio=pitch_ratio),
+                segmenter,
             )
         )
         time.sleep(0.5)
@@ -193,18 +201,35 @@ def score(received: list[tuple[float, dict[str, Any]]], sentences: list[Sentence
     return out
 
 
+def mode_options(mode: str) -> SegmenterOptions:
+    """`--modes` item -> the segmenter's options; a bad one exits 2 naming it."""
+    name, _, settings = mode.partition(":")
+    pause_ms, _, pitch_ratio = settings.partition(":")
+    defaults = SegmenterOptions()
+    if name not in ENDPOINTING_MODES or (settings and name != "speculative"):
+        bad_argument("--modes", mode, f"one of {', '.join(ENDPOINTING_MODES)} (speculative:PAUSE_MS[:RATIO])")
+    try:
+        pause = float(pause_ms) if pause_ms else defaults.speculative_pause_ms
+        ratio = float(pitch_ratio) if pitch_ratio else defaults.final_pitch_ratio
+    except ValueError:
+        bad_argument("--modes", mode, "speculative:PAUSE_MS[:FINAL_PITCH_RATIO] with numbers")
+    return segmenter_options(name, speculative_pause_ms=pause, final_pitch_ratio=ratio)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", default="default", help="checkpoint (default: the starter model)")
     parser.add_argument("--engine", default="auto", help="engine backend")
     parser.add_argument(
         "--modes",
-        default=f"silence,speculative:{SegmenterOptions().speculative_pause_ms:g}",
-        help="endpointing modes, comma-separated: silence, or speculative:PAUSE_MS[:FINAL_PITCH_RATIO] (0: no "
+        default=f"{DEFAULT_ENDPOINTING},speculative:{SegmenterOptions().speculative_pause_ms:g}",
+        help="endpointing modes, comma-separated: silence+asr (the default: Whisper hears the utterance in its "
+        "pause), silence (Whisper after the hang-over), or speculative[:PAUSE_MS[:FINAL_PITCH_RATIO]] (0: no "
         "pitch check)",
     )
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args()
+    segmenters = {mode: mode_options(mode) for mode in args.modes.split(",")}
     audio, sentences = build_track()
     report: dict[str, Any] = {
         "audio_s": round(len(audio) / RATE, 1),
@@ -215,13 +240,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, mosquitto() as port:
         clip = Path(tmp) / "paused.mp4"
         write_clip(clip, audio, [], 15)
-        for mode in args.modes.split(","):
-            endpointing, _, settings = mode.partition(":")
-            pause_ms, _, pitch_ratio = settings.partition(":")
-            defaults = SegmenterOptions()
-            pause = float(pause_ms) if pause_ms else defaults.speculative_pause_ms
-            ratio = float(pitch_ratio) if pitch_ratio else defaults.final_pitch_ratio
-            received = run_mode(clip, port, endpointing, pause, ratio, args.ckpt, args.engine)
+        for mode, segmenter in segmenters.items():
+            received = run_mode(clip, port, segmenter, args.ckpt, args.engine)
             report["modes"][mode] = score(received, sentences)
             report["modes"][mode]["load_average_1min_after"] = round(os.getloadavg()[0], 2)
     write_report(report, args.json)
