@@ -99,7 +99,7 @@ NEVER_SEEN_SETS = (
     *SHIPPED_SETS,
     *("car", "restaurant", "clinic", "museum", "bank", "airport", "helpdesk"),
     *("pharmacy", "gym", "library", "cinema", "garage", "school"),
-    *("postoffice", "supermarket", "townhall"),
+    *("postoffice", "supermarket", "townhall", "trainstation", "vet", "hotelroom"),
 )
 
 
