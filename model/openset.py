@@ -33,7 +33,7 @@ class TextDecision:
 
 def classify_texts(model: DFMQMC, tokenizer: Any, anchors: IntentAnchors, texts: Sequence[str]) -> list[TextDecision]:
     head_probs, embeddings, sentences = text_outputs(model, tokenizer, texts)
-    scores = anchors.score(embeddings, anchors.transcript_embeddings(texts, sentences), head_probs)
+    scores = anchors.score_transcripts(texts, embeddings, sentences, head_probs)
     out = []
     for i, text in enumerate(texts):
         best = int(scores.probs[i].argmax())
@@ -177,9 +177,12 @@ def load_intent_scoring(
     descriptions_only: bool = False,
     device: str = "cpu",
     sentence_encoder: Path | None = None,
+    adapted: Path | None = None,
 ) -> tuple[DFMQMC, Any, IntentSet, IntentAnchors]:
     """A checkpoint and an intent set (default: the checkpoint's own) placed in its semantic space,
-    or in the space of the user's `sentence_encoder` folder for a set the model was not trained on."""
+    or in the space of the user's `sentence_encoder` folder for a set the model was not trained on;
+    `adapted`: a folder `dfmq adapt` wrote for the set (`model.adapt`)."""
+    from model.adapt import load_adaptation
     from model.checkpoint import checkpoint_intent_set, load_checkpoint
     from model.intents import Intent, load_intent_set
     from model.semantic import SentenceEncoder, build_anchors
@@ -195,4 +198,8 @@ def load_intent_scoring(
     if descriptions_only:
         bare = tuple(Intent(i.name, i.description) for i in intent_set.intents)
         intent_set = IntentSet(bare, intent_set.source, intent_set.reject_below)
-    return model, tokenizer, intent_set, build_anchors(model, tokenizer, intent_set, reject_below, encoder)
+    if adapted is not None and descriptions_only:
+        raise ConfigError("--adapted", "no --descriptions-only with it (it was adapted to the examples too)", str(adapted))
+    adaptation = None if adapted is None else load_adaptation(adapted, model, intent_set, device)
+    anchors = build_anchors(model, tokenizer, intent_set, reject_below, encoder, adaptation)
+    return model, tokenizer, intent_set, anchors

@@ -256,6 +256,21 @@ def require_semantic_space(model: DFMQMC) -> None:
 
 
 @dataclass(frozen=True)
+class Adaptation:
+    """A copy of the semantic encoder fine-tuned on one set's descriptions and examples
+    (`model.adapt`): the set's intents are classified on the mean of the frozen and the adapted
+    centroid cosines."""
+
+    encoder: Callable[[Sequence[str]], np.ndarray]  # texts -> unit-norm rows in the adapted space
+    centroids: np.ndarray  # (K, D) unit-norm: each intent's prototypes summed in the adapted space
+    folder: Path
+
+    def similarities(self, texts: Sequence[str]) -> np.ndarray:
+        """(N,) texts -> (N, K) cosine to each intent's adapted centroid."""
+        return self.encoder(texts) @ self.centroids.T
+
+
+@dataclass(frozen=True)
 class IntentAnchors:
     """An intent set placed in a model's semantic space, ready to score utterance embeddings."""
 
@@ -277,6 +292,20 @@ class IntentAnchors:
     # The user's encoder (`SentenceEncoder`) the set was embedded with; None: the model's frozen one,
     # whose transcript embedding is the engine's `sentence` output.
     encoder: Callable[[Sequence[str]], np.ndarray] | None = None
+    # `dfmq adapt`'s encoder for this set (classification only); None: the frozen space alone.
+    adaptation: Adaptation | None = None
+
+    @property
+    def needs_transcripts(self) -> bool:
+        """Scoring needs the transcripts' text (a forward pass of another encoder: `score_transcripts`)."""
+        return self.encoder is not None or self.adaptation is not None
+
+    def score_transcripts(
+        self, texts: Sequence[str], embeddings: np.ndarray, sentences: np.ndarray, head_probs: np.ndarray | None = None
+    ) -> IntentScores:
+        """`score`, re-embedding the transcripts where the set needs it (user's encoder, adaptation)."""
+        adapted = None if self.adaptation is None else self.adaptation.similarities(texts)
+        return self.score(embeddings, self.transcript_embeddings(texts, sentences), head_probs, adapted)
 
     def transcript_embeddings(self, texts: Sequence[str], sentences: np.ndarray) -> np.ndarray:
         """What the set scores transcripts on: the engine's `sentence` output (N, D), or the
@@ -307,11 +336,20 @@ class IntentAnchors:
         return scope_of(self.background, fit, fit_bound(self.negatives))
 
     def score(
-        self, embeddings: np.ndarray, sentences: np.ndarray, head_probs: np.ndarray | None = None
+        self,
+        embeddings: np.ndarray,
+        sentences: np.ndarray,
+        head_probs: np.ndarray | None = None,
+        adapted: np.ndarray | None = None,
     ) -> IntentScores:
         """Scores of utterances from the model's `embedding` and `sentence` outputs (N, D) and, for
-        the trained set, its calibrated head probabilities (N, C)."""
+        the trained set, its calibrated head probabilities (N, C); with an adaptation, its
+        similarities (N, K) (`Adaptation.similarities`: `score_transcripts` computes them)."""
         sims = self.similarities(embeddings if self.trained else sentences)
+        if self.adaptation is not None:
+            if adapted is None:
+                raise ValueError("an adapted intent set is scored with its transcripts (score_transcripts)")
+            sims = 0.5 * (sims + adapted)
         z = sims / self.similarity_temperature
         z -= z.max(axis=1, keepdims=True)
         probs = np.exp(z)
@@ -336,14 +374,20 @@ def build_anchors(
     intent_set: IntentSet,
     reject_below: float | None = None,
     encoder: Callable[[Sequence[str]], np.ndarray] | None = None,
+    adaptation: Adaptation | None = None,
 ) -> IntentAnchors:
     """Embed an intent set's descriptions and examples and its off-topic background. The threshold
     is, first found: `reject_below` given here, the set file's, the checkpoint's learnt one.
     `encoder` (texts -> unit-norm rows, e.g. a `SentenceEncoder`) stands in for the frozen semantic
     encoder on a set the model was not trained on; the anchors keep it, and score transcripts
     re-embedded by it (`IntentAnchors.transcript_embeddings`). The trained labels refuse it: they
-    are scored in the model's own space."""
+    are scored in the model's own space. `adaptation` (`model.adapt.load_adaptation`) is kept for
+    classification; it belongs to the frozen encoder's space, so not with another `encoder`."""
     require_semantic_space(model)
+    if adaptation is not None and encoder is not None:
+        raise ConfigError(
+            "--adapted", "no --sentence-encoder with it (it adapts the model's own encoder)", str(adaptation.folder)
+        )
     cfg = model.config
     texts: list[str] = []
     owner: list[int] = []
@@ -418,6 +462,7 @@ def build_anchors(
         head_mix=cfg.head_mix,
         negatives=negatives,
         encoder=None if trained else encoder,
+        adaptation=None if trained else adaptation,
     )
 
 

@@ -25,6 +25,10 @@ SENTENCE_ENCODER_HELP = (
     "the model was not trained on, in place of the bundled all-MiniLM-L6-v2 (the set needs 8+ examples or a "
     "reject_below)"
 )
+ADAPTED_HELP = (
+    "with --intents: the folder `dfmq adapt` wrote for that set (its intents classified on the mean of the frozen "
+    "and the adapted encoder's cosines; scored without it, with a warning, if the set changed since)"
+)
 
 
 def _add_train(sub: Any) -> None:
@@ -112,6 +116,7 @@ def _add_eval(sub: Any) -> None:
     p.add_argument(
         "--sentence-encoder", type=Path, metavar="DIR", help="with --tsv and --intents: " + SENTENCE_ENCODER_HELP
     )
+    p.add_argument("--adapted", type=Path, metavar="DIR", help="with --tsv: " + ADAPTED_HELP)
     p.add_argument(
         "--noise",
         type=float,
@@ -143,6 +148,7 @@ def _add_classify(sub: Any) -> None:
     p.add_argument("--intents", type=Path, help="intent set YAML (default: the checkpoint's own)")
     p.add_argument("--reject-below", type=float, help="out-of-scope threshold in [0, 1] for this run")
     p.add_argument("--sentence-encoder", type=Path, metavar="DIR", help="with --intents: " + SENTENCE_ENCODER_HELP)
+    p.add_argument("--adapted", type=Path, metavar="DIR", help=ADAPTED_HELP)
     p.add_argument("--json", action="store_true", help="one JSON object per sentence instead of text")
 
 
@@ -340,6 +346,7 @@ def _add_run(sub: Any) -> None:
         "starter); a new set needs no training, a restart picks up an edited file",
     )
     p.add_argument("--sentence-encoder", type=Path, metavar="DIR", help="with --intents: " + SENTENCE_ENCODER_HELP)
+    p.add_argument("--adapted", type=Path, metavar="DIR", help=ADAPTED_HELP)
     _add_source_flags(p)
     p.add_argument(
         "--streams",
@@ -457,7 +464,24 @@ def _add_worker(sub: Any) -> None:
     p.add_argument("--worker-id", help="this worker's name in results and logs (default HOST-PID)")
     p.add_argument("--intents", type=Path, help="intent set YAML (default: the checkpoint's own)")
     p.add_argument("--sentence-encoder", type=Path, metavar="DIR", help="with --intents: " + SENTENCE_ENCODER_HELP)
+    p.add_argument("--adapted", type=Path, metavar="DIR", help=ADAPTED_HELP)
     _add_decider_flags(p)
+
+
+def _add_adapt(sub: Any) -> None:
+    p = sub.add_parser(
+        "adapt",
+        help="adapt a copy of the sentence encoder to an intent set's descriptions and examples (seconds to a minute)",
+        description="Fine-tunes a copy of the checkpoint's frozen sentence encoder on contrastive pairs of the set's "
+        "own descriptions and examples (same intent / another intent) and writes it to --out; give that folder to "
+        "`dfmq run/eval/classify/worker --intents FILE --adapted DIR`. Classification uses the mean of the frozen "
+        "and adapted cosines; the out-of-scope decision stays the frozen encoder's. Needs 8+ examples in the set.",
+    )
+    p.add_argument("--ckpt", default="default", help="checkpoint folder, or 'default' (the starter model)")
+    p.add_argument("--intents", required=True, type=Path, help="intent set YAML with examples")
+    p.add_argument("--out", required=True, type=Path, help="folder to write (an encoder and dfmq_adaptation.json)")
+    p.add_argument("--pairs", type=int, default=20, help="pairs of each kind per description or example (default 20)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device (default cpu)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -466,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_eval(sub)
     _add_classify(sub)
+    _add_adapt(sub)
     _add_calibrate(sub)
     _add_demo(sub)
     _add_report(sub)
@@ -534,6 +559,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         "--descriptions-only": args.descriptions_only or None,
         "--reject-below": args.reject_below,
         "--sentence-encoder": None if args.sentence_encoder is None else str(args.sentence_encoder),
+        "--adapted": None if args.adapted is None else str(args.adapted),
     }
     for flag, value in tsv_only.items():
         if value is not None:
@@ -574,6 +600,7 @@ def _eval_intent_tsv(args: argparse.Namespace) -> int:
         args.descriptions_only,
         args.device,
         args.sentence_encoder,
+        args.adapted,
     )
     metrics = evaluate_intent_tsv(model, tokenizer, anchors, intent_set, args.tsv, args.json)
     keys = ("n", "in_scope_acc", "coverage", "oos_recall", "f1_is", "f1_oos", "auroc", "reject_below")
@@ -587,7 +614,11 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     from model.openset import classify_texts, load_intent_scoring
 
     model, tokenizer, _, anchors = load_intent_scoring(
-        resolve_ckpt(args.ckpt), args.intents, args.reject_below, sentence_encoder=args.sentence_encoder
+        resolve_ckpt(args.ckpt),
+        args.intents,
+        args.reject_below,
+        sentence_encoder=args.sentence_encoder,
+        adapted=args.adapted,
     )
     if not args.json:
         print(
@@ -604,6 +635,20 @@ def _cmd_classify(args: argparse.Namespace) -> int:
             f"{verdict}\tp {decision.probability:.2f}\tscope {decision.scope:.2f} (reject below "
             f"{anchors.reject_below:.2f})\ttop: {scores}\t{decision.text!r}"
         )
+    return 0
+
+
+def _cmd_adapt(args: argparse.Namespace) -> int:
+    from model.adapt import AdaptOptions, adapt
+    from model.checkpoint import load_checkpoint, resolve_ckpt
+    from model.intents import load_intent_set
+
+    options = AdaptOptions(pairs_per_sentence=args.pairs)
+    intent_set = load_intent_set(args.intents)
+    model, tokenizer = load_checkpoint(resolve_ckpt(args.ckpt), args.device)
+    seconds = adapt(model, tokenizer, intent_set, args.out, options)
+    print(f"adapted to {intent_set.source} ({len(intent_set)} intents) in {seconds:.0f} s: {args.out}")
+    print(f"use it: dfmq run --intents {args.intents} --adapted {args.out}")
     return 0
 
 
@@ -778,6 +823,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         embedded_port=args.embedded_port,
         intents=load_intent_set(args.intents) if args.intents is not None else None,
         sentence_encoder=args.sentence_encoder,
+        adapted=args.adapted,
         homeassistant=homeassistant,
         metrics=metrics,
     )
@@ -912,6 +958,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         decision=live.decision,
         intents=load_intent_set(args.intents) if args.intents is not None else None,
         sentence_encoder=args.sentence_encoder,
+        adapted=args.adapted,
     )
     worker_id = args.worker_id or default_worker_id()
     stats = asyncio.run(run_worker(req, broker, scale, worker_id))
@@ -961,6 +1008,7 @@ def _cmd_devices(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
+    "adapt": _cmd_adapt,
     "train": _cmd_train,
     "eval": _cmd_eval,
     "classify": _cmd_classify,

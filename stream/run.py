@@ -26,6 +26,7 @@ from model.dfmq import DFMQMC
 from model.errors import ConfigError, DfmqError
 from model.features import FaceTracker
 from model.intents import IntentSet
+from model.adapt import load_adaptation
 from model.semantic import IntentAnchors, SentenceEncoder, build_anchors, require_semantic_space
 from stream.asr import load_whisper
 from stream.broker import EmbeddedBroker
@@ -76,6 +77,7 @@ class RunRequest:
     embedded_port: int = 1883
     intents: IntentSet | None = None  # None: the checkpoint's own (trained) intent set
     sentence_encoder: Path | None = None  # embeds `intents` and transcripts (model.semantic.SentenceEncoder)
+    adapted: Path | None = None  # `dfmq adapt`'s folder for `intents` (model.adapt)
     homeassistant: HomeAssistantOptions = field(default_factory=HomeAssistantOptions)
     metrics: MetricsOptions = field(default_factory=MetricsOptions)
 
@@ -417,7 +419,7 @@ def _run_started(req: RunRequest, pipeline: Pipeline, seg_opts: SegmenterOptions
 
 def _intent_anchors(model: DFMQMC, tokenizer: Any, ckpt_dir: Path, req: RunRequest) -> IntentAnchors | None:
     if not model.config.semantic_space:
-        if req.intents is not None or req.sentence_encoder is not None:
+        if req.intents is not None or req.sentence_encoder is not None or req.adapted is not None:
             require_semantic_space(model)  # raises: a new intent set needs the semantic space
         log.warning("checkpoint %s has no semantic space: its trained labels only, nothing out of scope", ckpt_dir)
         return None
@@ -425,10 +427,13 @@ def _intent_anchors(model: DFMQMC, tokenizer: Any, ckpt_dir: Path, req: RunReque
     encoder = None
     if req.sentence_encoder is not None:
         encoder = SentenceEncoder(req.sentence_encoder, req.device or "cpu")
-    anchors = build_anchors(model, tokenizer, intent_set, encoder=encoder)
+    adaptation = None if req.adapted is None else load_adaptation(req.adapted, model, intent_set, req.device or "cpu")
+    anchors = build_anchors(model, tokenizer, intent_set, encoder=encoder, adaptation=adaptation)
     kind = "trained head + descriptions" if anchors.trained else "descriptions and examples (no training)"
     if encoder is not None:
         kind += f", embedded by {req.sentence_encoder}"
+    if adaptation is not None:
+        kind += f", classified with the adaptation in {req.adapted}"
     log.info(
         "intent set %s: %d intents, %s; out of scope below scope %.2f (from %s)",
         intent_set.source,

@@ -382,10 +382,12 @@ class Deciding:
         probs = output.probs[0]
         in_scope, scope = True, None
         if self.anchors is not None:
-            sentences = output.sentence
-            if self.anchors.encoder is not None:  # the user's encoder: a forward pass, off the loop
-                sentences = await asyncio.to_thread(self.anchors.transcript_embeddings, [text or ""], output.sentence)
-            scores = self.anchors.score(output.embedding, sentences, output.probs)
+            if self.anchors.needs_transcripts:  # another encoder's forward pass, off the loop
+                scores = await asyncio.to_thread(
+                    self.anchors.score_transcripts, [text or ""], output.embedding, output.sentence, output.probs
+                )
+            else:
+                scores = self.anchors.score(output.embedding, output.sentence, output.probs)
             labels, probs = self.anchors.names, scores.probs[0]
             in_scope, scope = bool(scores.in_scope[0]), float(scores.scope[0])
         order = np.argsort(-probs)[: self.options.top_k]
