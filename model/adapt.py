@@ -92,7 +92,9 @@ def encoder_digest(encoder: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def contrastive_pairs(owner: Sequence[int], pairs_per_sentence: int, rng: random.Random) -> list[tuple[int, int, float]]:
+def contrastive_pairs(
+    owner: Sequence[int], pairs_per_sentence: int, rng: random.Random
+) -> list[tuple[int, int, float]]:
     """(i, j, target cosine): for each text, pairs with a text of its own intent (1) and of another (0).
     An intent with its description alone has no pair of its own kind."""
     by_intent: dict[int, list[int]] = {}
@@ -109,7 +111,7 @@ def contrastive_pairs(owner: Sequence[int], pairs_per_sentence: int, rng: random
     return pairs
 
 
-def _encode(encoder: nn.Module, tokenizer: Any, texts: list[str]) -> torch.Tensor:
+def encode_texts(encoder: nn.Module, tokenizer: Any, texts: list[str]) -> torch.Tensor:
     tokens = tokenizer(texts, padding="longest", truncation=True, max_length=ANCHOR_MAX_TOKENS, return_tensors="pt")
     device = next(encoder.parameters()).device
     return F.normalize(mean_pool(encoder, tokens["input_ids"].to(device), tokens["attention_mask"].to(device)), dim=-1)
@@ -122,13 +124,17 @@ def adapt_encoder(
     require_semantic_space(model)
     if list(intent_set.names) == list(model.config.labels):
         raise ConfigError(
-            "--intents", "an intent set the model was not trained on (its trained labels have their head)", intent_set.source
+            "--intents",
+            "an intent set the model was not trained on (its trained labels have their head)",
+            intent_set.source,
         )
     texts, owner = set_texts(intent_set)
     n_examples = len(texts) - len(intent_set)
     if n_examples < MIN_EXAMPLES:
         raise ConfigError(
-            "--intents", f"a set with at least {MIN_EXAMPLES} examples to adapt to", f"{intent_set.source}: {n_examples}"
+            "--intents",
+            f"a set with at least {MIN_EXAMPLES} examples to adapt to",
+            f"{intent_set.source}: {n_examples}",
         )
     from tqdm import tqdm
 
@@ -148,8 +154,8 @@ def adapt_encoder(
     steps = range(0, len(pairs), options.batch_pairs)
     for start in tqdm(steps, desc="adapt", unit="step", disable=None if progress else True):
         batch = pairs[start : start + options.batch_pairs]
-        left = _encode(encoder, tokenizer, [texts[i] for i, _, _ in batch])
-        right = _encode(encoder, tokenizer, [texts[j] for _, j, _ in batch])
+        left = encode_texts(encoder, tokenizer, [texts[i] for i, _, _ in batch])
+        right = encode_texts(encoder, tokenizer, [texts[j] for _, j, _ in batch])
         target = torch.tensor([t for _, _, t in batch], device=left.device)
         loss = F.mse_loss((left * right).sum(dim=-1), target)
         optimiser.zero_grad()
@@ -212,7 +218,9 @@ def load_adaptation(folder: Path, model: DFMQMC, intent_set: IntentSet, device: 
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError("--adapted", f"{expected}; {record_file.name} unreadable ({exc})", str(folder)) from exc
     if format_version != ADAPTATION_FORMAT:
-        raise ConfigError("--adapted", f"{expected} of format {ADAPTATION_FORMAT}", f"{folder}: format {format_version}")
+        raise ConfigError(
+            "--adapted", f"{expected} of format {ADAPTATION_FORMAT}", f"{folder}: format {format_version}"
+        )
     require_semantic_space(model)
     assert model.semantic_encoder is not None
     if list(intent_set.names) == list(model.config.labels):
@@ -235,4 +243,6 @@ def load_adaptation(folder: Path, model: DFMQMC, intent_set: IntentSet, device: 
     prototypes = encoder(texts)
     membership = (np.asarray(owner)[None, :] == np.arange(len(intent_set))[:, None]).astype(prototypes.dtype)
     sums = membership @ prototypes
-    return Adaptation(encoder=encoder, centroids=sums / np.linalg.norm(sums, axis=1, keepdims=True), folder=Path(folder))
+    return Adaptation(
+        encoder=encoder, centroids=sums / np.linalg.norm(sums, axis=1, keepdims=True), folder=Path(folder)
+    )

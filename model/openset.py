@@ -199,7 +199,9 @@ def load_intent_scoring(
         bare = tuple(Intent(i.name, i.description) for i in intent_set.intents)
         intent_set = IntentSet(bare, intent_set.source, intent_set.reject_below)
     if adapted is not None and descriptions_only:
-        raise ConfigError("--adapted", "no --descriptions-only with it (it was adapted to the examples too)", str(adapted))
+        raise ConfigError(
+            "--adapted", "no --descriptions-only with it (it was adapted to the examples too)", str(adapted)
+        )
     adaptation = None if adapted is None else load_adaptation(adapted, model, intent_set, device)
     anchors = build_anchors(model, tokenizer, intent_set, reject_below, encoder, adaptation)
     return model, tokenizer, intent_set, anchors

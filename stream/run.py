@@ -21,12 +21,12 @@ from typing import Any
 
 from engines.batcher import BatcherOptions, MicroBatcher
 from engines.select import choose_engine, int8_gate, load_engine
+from model.adapt import load_adaptation
 from model.checkpoint import checkpoint_intent_set, load_checkpoint, read_checkpoint_config, resolve_ckpt
 from model.dfmq import DFMQMC
 from model.errors import ConfigError, DfmqError
 from model.features import FaceTracker
 from model.intents import IntentSet
-from model.adapt import load_adaptation
 from model.semantic import IntentAnchors, SentenceEncoder, build_anchors, require_semantic_space
 from stream.asr import load_whisper
 from stream.broker import EmbeddedBroker

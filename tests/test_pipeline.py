@@ -618,6 +618,39 @@ def test_run_with_a_users_sentence_encoder_scores_transcripts_in_its_space(tmp_p
     assert [round(d.scope, 3) for d in classify_texts(model, tokenizer, bundled, texts)] != expected
 
 
+def test_run_with_an_adapted_set_classifies_as_classify_does_with_it(tmp_path: Path) -> None:
+    """`dfmq run --intents FILE --adapted DIR` (DIR from `dfmq adapt`): each event's probabilities are
+    what `dfmq classify` with the same folder gives its transcript (the mean of the frozen and adapted
+    cosines), not the frozen encoder's alone; the scope stays the frozen one."""
+    require_binary("espeak-ng", "espeak-ng")
+    from model.adapt import AdaptOptions, adapt
+    from model.checkpoint import STARTER_DIR, load_checkpoint
+    from model.intents import load_intent_set
+    from model.openset import classify_texts, load_intent_scoring
+
+    lines = HOME_WITH_EXAMPLES.splitlines()
+    for name, examples in HOME_EXAMPLES.items():
+        at = lines.index(f"  - name: {name}") + 2
+        lines[at:at] = ["    examples:", *(f"      - {example}" for example in examples)]
+    intents = tmp_path / "home.yaml"
+    intents.write_text("\n".join(lines) + "\n")
+    folder = tmp_path / "adapted"
+    adapt(*load_checkpoint(STARTER_DIR), load_intent_set(intents), folder, AdaptOptions(pairs_per_sentence=2), False)
+    sentences = ["please turn off the kitchen lights", "my grandmother was born in spring"]
+    events = _run_spoken(tmp_path, sentences, "--intents", str(intents), "--adapted", str(folder)).events()
+    assert [e["intent"] for e in events] == ["Lights", None], events
+    texts = [str(e["text"]) for e in events]
+    model, tokenizer, _, adapted = load_intent_scoring(STARTER_DIR, intents, adapted=folder)
+    _, _, _, frozen = load_intent_scoring(STARTER_DIR, intents)
+    for anchors, same in ((adapted, True), (frozen, False)):
+        decisions = classify_texts(model, tokenizer, anchors, texts)
+        for event, decision in zip(events, decisions):
+            top = event["top_k"][0]  # type: ignore[index]
+            assert top["intent"] == decision.best  # type: ignore[index]
+            assert (top["confidence"] == pytest.approx(decision.probability, abs=2e-3)) is same  # type: ignore[index]
+            assert event["scope"] == pytest.approx(decision.scope, abs=2e-3)
+
+
 def test_run_with_a_new_intent_set_publishes_its_names_and_rejects_off_topic(tmp_path: Path) -> None:
     """`dfmq run --intents FILE` on the shipped model: a set it has never seen, from descriptions
     alone (no training, a restart is all a new set takes); off-topic speech is out of scope, and
