@@ -32,6 +32,11 @@ MIN_INTENTS = 2
 TOP_KEYS = ("intents", "reject_below")
 INTENT_KEYS = ("name", "description", "examples")
 
+# Names are published and become MQTT topic levels (Hermes `hermes/intent/<Name>`): no topic
+# separators or wildcards, and none of the names that mean "no intent" in eval files and events.
+TOPIC_CHARACTERS = "/#+"
+RESERVED_NAMES = ("oos", "out of scope", "out_of_scope")
+
 _NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
 _FORMAT_HINT = "a mapping with the key 'intents' (and optionally 'reject_below')"
 
@@ -59,6 +64,11 @@ class IntentSet:
 
     def __len__(self) -> int:
         return len(self.intents)
+
+
+def topic_name(intent: str) -> str:
+    """An intent's name as one MQTT topic level: "Check in" -> "CheckIn" (Hermes' convention)."""
+    return intent.title().replace(" ", "")
 
 
 def load_intent_set(path: Path | str) -> IntentSet:
@@ -111,14 +121,20 @@ class _Checker(NodeChecker):
                 raise self.fail(item, f"{key}.{required}", "missing key", expected, got)
         name_node = fields["name"][1]
         name = self.text(name_node, f"{key}.name", "name")
-        folded = name.casefold()
+        if any(c in name for c in TOPIC_CHARACTERS):
+            expected = f"a name without {', '.join(repr(c) for c in TOPIC_CHARACTERS)} (it becomes an MQTT topic level)"
+            raise self.fail(name_node, f"{key}.name", "bad name", expected, repr(name))
+        if name.casefold() in RESERVED_NAMES:
+            expected = "a name other than OOS or 'out of scope' (they mark off-topic speech)"
+            raise self.fail(name_node, f"{key}.name", "reserved name", expected, repr(name))
+        folded = topic_name(name).casefold()
         if folded in seen_names:
             first, first_line = seen_names[folded]
             raise self.fail(
                 name_node,
                 f"{key}.name",
                 f"duplicate name, already on line {first_line} as {first!r}",
-                "names that differ ignoring case",
+                "names that differ ignoring case and spaces (each is published as its own topic)",
                 repr(name),
             )
         seen_names[folded] = (name, line_of(name_node))

@@ -57,10 +57,13 @@ def read_labelled_tsv(path: Path, intent_set: IntentSet) -> tuple[list[str], lis
         raise DataError("tsv file is missing", path=path, expected="a file with header label<TAB>text")
     names = set(intent_set.names)
     labels, texts = [], []
-    with path.open(newline="", encoding="utf-8") as handle:
+    # utf-8-sig: spreadsheet programs start their UTF-8 exports with a byte-order mark.
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         header = next(rows, None)
-        if header is None or [h.strip().lower() for h in header[:2]] != ["label", "text"]:
+        if header is None:
+            raise DataError("file is empty", path=path, line=1, expected="a header label<TAB>text", got="nothing")
+        if [h.strip().lower() for h in header[:2]] != ["label", "text"]:
             raise DataError("bad header", path=path, line=1, expected="label<TAB>text", got=repr(header))
         for line, row in enumerate(rows, start=2):
             if not row or not any(cell.strip() for cell in row):

@@ -95,8 +95,8 @@ def _add_eval(sub: Any) -> None:
         "eval",
         help="evaluate a checkpoint on a split",
         description="Write metrics (percent; ece: expected calibration error of the model's calibrated "
-        "confidence, 15 bins) as JSON, with a confusion-matrix PNG and a reliability diagram "
-        "(<json>.reliability.png) beside it.",
+        "confidence, 15 bins) as JSON, with a confusion-matrix PNG beside it, and with --dataset a reliability "
+        "diagram (<json>.reliability.png); with --tsv, per-sentence predictions (<json>.predictions.tsv).",
     )
     p.add_argument("--ckpt", required=True, help="checkpoint folder written by `dfmq train`, or 'default'")
     p.add_argument("--dataset", choices=["mintrec", "meld-da", "intents"], help=DATASET_HELP)
@@ -351,8 +351,8 @@ def _add_run(sub: Any) -> None:
     p.add_argument(
         "--streams",
         type=Path,
-        help="YAML list of streams (id, and input or audio/video) run in this one process, sharing Whisper and "
-        "the model; instead of --input/--audio/--video/--stream-id",
+        help="YAML file with the key 'streams': a list of streams (each an id, and input or audio/video) run in "
+        "this one process, sharing Whisper and the model; instead of --input/--audio/--video/--stream-id",
     )
     p.add_argument(
         "--config",
@@ -544,13 +544,40 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# What `dfmq eval --json OUT` writes beside OUT.
+EVAL_OUTPUTS = (".png", ".predictions.tsv", ".reliability.png")
+
+
+def _check_json_out(out: Path, inputs: Sequence[Path | None]) -> None:
+    """`--json OUT`: a file that can be written, whose companions are other files, none of them an input."""
+    written = [out, *(out.with_suffix(suffix) for suffix in EVAL_OUTPUTS)]
+    resolved = [path.resolve() for path in written]
+    if out.is_dir():
+        raise ConfigError("--json", "a file to write, not a folder", str(out))
+    if len(set(resolved)) < len(resolved):
+        expected = f"a path whose {', '.join(EVAL_OUTPUTS)} beside it are other files (for example out.json)"
+        raise ConfigError("--json", expected, str(out))
+    for given in inputs:
+        if given is not None and given.resolve() in resolved:
+            raise ConfigError("--json", f"a new file, not an input it would overwrite ({given})", str(out))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError("--json", f"a path in a folder that can be made ({exc.strerror})", str(out)) from exc
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from model.checkpoint import resolve_ckpt
     from model.train import evaluate
 
+    _check_json_out(args.json, [args.tsv, args.intents, args.data])
     if args.tsv is not None:
         if args.dataset or args.data:
-            raise ConfigError("--tsv", "either --tsv (with --intents) or --dataset with --data, not both", args.tsv)
+            raise ConfigError("--tsv", "either --tsv (with --intents) or --dataset with --data, not both", str(args.tsv))
+        dataset_only = {"--noise": args.noise or None, "--engine": None if args.engine == "torch" else args.engine}
+        for flag, value in dataset_only.items():
+            if value is not None:
+                raise ConfigError(flag, "only with --dataset (--tsv scores transcripts with the torch model)", value)
         return _eval_intent_tsv(args)
     if not (args.dataset and args.data):
         raise ConfigError("--dataset/--data", "both, or --tsv with --intents", args.dataset or args.data)
@@ -729,9 +756,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from engines.bench import BenchShape, format_report, run_bench, write_report
     from model.checkpoint import load_checkpoint, resolve_ckpt
 
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    known = [name for name in ENGINE_CHOICES if name != "auto"]
+    for engine in engines:
+        name, _, precision = engine.partition(":")
+        if name not in known or precision not in ("", "fp16"):
+            raise ConfigError("--engines", f"comma-separated names of {', '.join(known)}, each optionally :fp16", engine)
+    if not engines:
+        raise ConfigError("--engines", f"comma-separated names of {', '.join(known)}", args.engines)
     model, tokenizer = load_checkpoint(resolve_ckpt(args.ckpt))
     shape = BenchShape(args.text_len, args.audio_frames, args.video_frames, iters=args.iters)
-    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     report = run_bench(model, engines, args.batch_sizes, shape, args.device, tokenizer)
     write_report(report, args.json)
     print(format_report(report, args.batch_sizes))
@@ -757,9 +791,31 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+# Option fields whose flag is not `--` + the field's name with dashes.
+FLAG_OF_FIELD = {
+    "prefix": "--homeassistant",
+    "port": "--metrics-port",
+    "host": "--metrics-host",
+    "url": "--broker",
+    "model": "--asr-model",
+    "device": "--asr-device",
+    "compute_type": "--asr-compute-type",
+    "cpu_threads": "--asr-threads",
+    "encoder_min_window_s": "--asr-min-window-s",
+}
+
+
 def _overridden(options: T, **flags: Any) -> T:
-    """`options` with the flags the user gave (not None) in place of its values."""
-    return dataclasses.replace(options, **{k: v for k, v in flags.items() if v is not None})  # type: ignore[type-var]
+    """`options` with the flags the user gave (not None) in place of its values; a bad value is
+    named by the flag it came in with."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    try:
+        return dataclasses.replace(options, **given)  # type: ignore[type-var]
+    except ConfigError as exc:
+        if exc.key not in given:
+            raise
+        flag = FLAG_OF_FIELD.get(exc.key, "--" + exc.key.replace("_", "-"))
+        raise ConfigError(flag, exc.expected, exc.got) from exc
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -1037,6 +1093,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"dfmq {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the machine, not the input: a full disk, a file that cannot be written
+        print(f"dfmq {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import json
 from dataclasses import asdict
 from typing import Any, Protocol
 
+from model.intents import topic_name
 from stream.messages import IntentEvent, PartialIntent, QualityReport, SinkMessage
 from stream.publisher import Publisher
 
@@ -88,11 +89,6 @@ class HermesSink:
         return None
 
 
-def hermes_name(intent: str) -> str:
-    """`Check in` -> `CheckIn`: Hermes intent names are one word (they end the topic)."""
-    return intent.title().replace(" ", "")
-
-
 def hermes_messages(event: IntentEvent) -> list[tuple[str, dict[str, Any]]]:
     """The Hermes (topic, payload) pairs of one intent event."""
     session = f"{event.stream_id}-{event.utterance_id}"
@@ -134,7 +130,7 @@ def hermes_messages(event: IntentEvent) -> list[tuple[str, dict[str, Any]]]:
             )
         )
         return messages
-    name = hermes_name(event.intent)
+    name = topic_name(event.intent)  # Hermes intent names are one word (they end the topic)
     messages.append(
         (
             f"hermes/intent/{name}",

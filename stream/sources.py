@@ -171,7 +171,10 @@ class MicSource:
         self.sd = sd
         self.device = int(device) if isinstance(device, str) and device.isdigit() else device
         try:
-            info = sd.query_devices(self.device, "input") if self.device not in (None, "default") else None
+            if self.device in (None, "default"):
+                info = sd.query_devices(kind="input")  # a machine with no microphone fails here, not mid-run
+            else:
+                info = sd.query_devices(self.device, "input")
         except (ValueError, sd.PortAudioError) as exc:
             raise ConfigError("--audio", f"a microphone name or index from `dfmq devices` ({exc})", device) from exc
         self.info = info

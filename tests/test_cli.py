@@ -191,12 +191,31 @@ def test_ablation_switches_reach_the_saved_config(tmp_path: Path, tiny_mintrec: 
             ["train", "--dataset", "mintrec", "--data", "{tmp}", "--out", "{tmp}/o", "--config", "{tmp}/bad.yaml"],
             "option 'epochz' expected one of",
         ),
+        # A bad flag is named as typed, not by the option field it sets.
+        (["run", "--asr-threads", "-1", "--input", "{tmp}/e.tsv"], "option '--asr-threads' expected a whole number"),
+        (["run", "--metrics-port", "99999", "--input", "{tmp}/e.tsv"], "option '--metrics-port' expected a port"),
+        # The metrics file would overwrite the sentences it scores, or its own confusion matrix.
+        (
+            ["eval", "--ckpt", "default", "--tsv", "{tmp}/e.tsv", "--json", "{tmp}/e.tsv"],
+            "a new file, not an input it would overwrite",
+        ),
+        (["eval", "--ckpt", "default", "--tsv", "{tmp}/e.tsv", "--json", "{tmp}/m.png"], "beside it are other files"),
+        (["eval", "--ckpt", "default", "--tsv", "{tmp}/e.tsv", "--json", "{tmp}"], "a file to write, not a folder"),
+        (
+            ["eval", "--ckpt", "default", "--tsv", "{tmp}/e.tsv", "--json", "{tmp}/m.json", "--noise", "0.5"],
+            "only with --dataset",
+        ),
+        (
+            ["bench", "--ckpt", "default", "--engines", "torch,foo", "--json", "{tmp}/b.json"],
+            "option '--engines' expected comma-separated",
+        ),
     ],
 )
 def test_bad_inputs_exit_2_with_a_clear_message(
     tmp_path: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "bad.yaml").write_text("train:\n  epochz: 3\n")
+    (tmp_path / "e.tsv").write_text("label\ttext\nPay\tcard please\n")
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
     assert message in capsys.readouterr().err
 

@@ -98,6 +98,54 @@ BAD = {
         "intents[2].name",
         "already on line 2",
     ),
+    "name differing in spaces only": (
+        """
+        intents:
+          - name: Check in
+            description: Arrived.
+          - name: Checkin
+            description: Arrived too.
+        """,
+        4,
+        "intents[1].name",
+        "differ ignoring case and spaces",
+    ),
+    "topic wildcard in a name": (
+        """
+        intents:
+          - name: "Rent #1"
+            description: Wants bike one.
+          - name: Pay
+            description: Wants to pay.
+        """,
+        2,
+        "intents[0].name: bad name",
+        "it becomes an MQTT topic level",
+    ),
+    "topic separator in a name": (
+        """
+        intents:
+          - name: Pay
+            description: Wants to pay.
+          - name: Rent/Unlock
+            description: Wants a bike.
+        """,
+        4,
+        "intents[1].name: bad name",
+        "got 'Rent/Unlock'",
+    ),
+    "reserved name": (
+        """
+        intents:
+          - name: Pay
+            description: Wants to pay.
+          - name: OOS
+            description: Anything else.
+        """,
+        4,
+        "intents[1].name: reserved name",
+        "they mark off-topic speech",
+    ),
     "empty description": (
         """
         intents:

@@ -404,6 +404,10 @@ class FakeMicrophone:
     def InputStream(**kwargs: Any) -> FakeMicrophone:  # sounddevice's name
         return FakeMicrophone(**kwargs)
 
+    @staticmethod
+    def query_devices(device: object = None, kind: str | None = None) -> dict[str, object]:
+        return {"name": "fake microphone", "max_input_channels": 1}
+
     def _run(self) -> None:
         position, started = 0, time.monotonic()
         while not self._stop.is_set():
@@ -452,6 +456,24 @@ def test_microphone_path_end_to_end_until_ctrl_c(
     # One clock from the device's sample count: the second sentence starts after the first ends.
     assert 0.8 < float(events[0]["start"]) < float(events[0]["end"]) < float(events[1]["start"])
     assert all(e["quality"]["video"] == 0.0 for e in events)  # type: ignore[index]
+
+
+def test_a_machine_without_a_microphone_is_told_so_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """PortAudio with no input device (injected: a machine with a microphone cannot produce it)."""
+    import stream.sources
+    from stream.cli import main
+
+    class NoMicrophone(FakeMicrophone):
+        @staticmethod
+        def query_devices(device: object = None, kind: str | None = None) -> dict[str, object]:
+            raise FakeMicrophone.PortAudioError("Error querying device -1")
+
+    monkeypatch.setattr(stream.sources, "_sounddevice", lambda: NoMicrophone)
+    assert main(["run", "--audio", "default", "--video", "none", "--broker", "mqtt://127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'--audio' expected a microphone name or index from `dfmq devices`" in err[0], err
 
 
 def test_microphone_and_camera_share_one_clock(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -302,6 +302,7 @@ def test_a_request_like_the_negatives_fits_the_set_worse() -> None:
         ("label\ttext\nCheck out\tbye\nCheckout\tbye now\n", "kiosk_bad.tsv:3: label is not in the intent set"),
         ("intent\ttext\nPay\tcard\n", "kiosk_bad.tsv:1: bad header"),
         ("label\ttext\nPay\n", "kiosk_bad.tsv:2: bad row"),
+        ("", "kiosk_bad.tsv:1: file is empty"),
     ],
 )
 def test_eval_tsv_errors_name_file_and_line(
@@ -312,6 +313,18 @@ def test_eval_tsv_errors_name_file_and_line(
     argv = ["eval", "--ckpt", "default", "--intents", str(KIOSK), "--tsv", str(bad), "--json", str(tmp_path / "x")]
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_tsv_saved_with_a_byte_order_mark_reads(tmp_path: Path) -> None:
+    from model.openset import read_labelled_tsv
+
+    exported = tmp_path / "from_a_spreadsheet.tsv"
+    exported.write_text("label\ttext\nPay\tCan I pay by card?\nOOS\tNice weather.\n", encoding="utf-8-sig")
+    assert exported.read_bytes().startswith(b"\xef\xbb\xbf")
+    assert read_labelled_tsv(exported, load_intent_set(KIOSK)) == (
+        ["Pay", "OOS"],
+        ["Can I pay by card?", "Nice weather."],
+    )
 
 
 def test_reject_below_override_must_be_a_fraction(capsys: pytest.CaptureFixture[str]) -> None:
