@@ -573,7 +573,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     _check_json_out(args.json, [args.tsv, args.intents, args.data])
     if args.tsv is not None:
         if args.dataset or args.data:
-            raise ConfigError("--tsv", "either --tsv (with --intents) or --dataset with --data, not both", str(args.tsv))
+            raise ConfigError(
+                "--tsv", "either --tsv (with --intents) or --dataset with --data, not both", str(args.tsv)
+            )
         dataset_only = {"--noise": args.noise or None, "--engine": None if args.engine == "torch" else args.engine}
         for flag, value in dataset_only.items():
             if value is not None:
@@ -761,7 +763,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for engine in engines:
         name, _, precision = engine.partition(":")
         if name not in known or precision not in ("", "fp16"):
-            raise ConfigError("--engines", f"comma-separated names of {', '.join(known)}, each optionally :fp16", engine)
+            raise ConfigError(
+                "--engines", f"comma-separated names of {', '.join(known)}, each optionally :fp16", engine
+            )
     if not engines:
         raise ConfigError("--engines", f"comma-separated names of {', '.join(known)}", args.engines)
     model, tokenizer = load_checkpoint(resolve_ckpt(args.ckpt))
