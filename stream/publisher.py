@@ -374,6 +374,9 @@ class Publisher:
         is handed to the client, so time spent waiting for the broker shows in the event."""
         if handover_stamp and not isinstance(payload, dict):
             raise TypeError("handover_stamp needs a dict payload")
+        if not topic or "#" in topic or "+" in topic:
+            # Refused here, in the stage that sent it: in the client's drain task it would end that task.
+            raise ValueError(f"not a topic to publish to: {topic!r}")
         if len(self.outbox) >= self.options.outbox_max and not self._drop_one():
             self._count_dropped(_Message(topic, payload, qos, retain, handover_stamp))
             return

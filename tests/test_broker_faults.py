@@ -439,3 +439,11 @@ def test_embedded_broker_credentials_and_anonymous_rules(capsys: pytest.CaptureF
     assert cli_main(["broker", "--password", "x"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 2 and "--allow-anonymous" in err[0] and "--username and --password" in err[1]
+
+
+@pytest.mark.parametrize("topic", ["hermes/intent/Rent#1", "dfmq/+/intent", ""])
+def test_a_topic_no_broker_accepts_is_refused_where_it_is_sent(topic: str) -> None:
+    publisher = Publisher(BrokerOptions(), "cam0", HOST, 1, False)
+    with pytest.raises(ValueError, match="not a topic to publish to"):
+        publisher.send(topic, {"intent": "x"})
+    assert not publisher.outbox
