@@ -31,7 +31,10 @@ def load_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError("--config", f"valid YAML ({exc})", str(path)) from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError("--config", f"valid YAML ({where}{problem})", str(path)) from exc
     if not isinstance(data, dict):
         raise ConfigError("--config", "a mapping of sections at the top level", type(data).__name__, str(path))
     return data

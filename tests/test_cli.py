@@ -191,6 +191,7 @@ def test_ablation_switches_reach_the_saved_config(tmp_path: Path, tiny_mintrec: 
             ["train", "--dataset", "mintrec", "--data", "{tmp}", "--out", "{tmp}/o", "--config", "{tmp}/bad.yaml"],
             "option 'epochz' expected one of",
         ),
+        (["run", "--config", "{tmp}/broken.yaml", "--input", "{tmp}/e.tsv"], "valid YAML (line 2, column 4: expected"),
         # A bad flag is named as typed, not by the option field it sets.
         (["run", "--asr-threads", "-1", "--input", "{tmp}/e.tsv"], "option '--asr-threads' expected a whole number"),
         (["run", "--metrics-port", "99999", "--input", "{tmp}/e.tsv"], "option '--metrics-port' expected a port"),
@@ -215,9 +216,11 @@ def test_bad_inputs_exit_2_with_a_clear_message(
     tmp_path: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     (tmp_path / "bad.yaml").write_text("train:\n  epochz: 3\n")
+    (tmp_path / "broken.yaml").write_text("asr: [1, 2\nfoo: {\n")
     (tmp_path / "e.tsv").write_text("label\ttext\nPay\tcard please\n")
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
 
 
 def test_live_yaml_lists_exactly_the_built_in_defaults() -> None:
