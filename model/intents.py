@@ -98,8 +98,9 @@ class _Checker(NodeChecker):
         intents: list[Intent] = []
         seen_names: dict[str, tuple[str, int]] = {}  # folded name -> (name, line)
         seen_examples: dict[str, tuple[str, int]] = {}  # folded example -> (intent name, line)
+        seen_descriptions: dict[str, tuple[str, int]] = {}  # folded description -> (intent name, line)
         for index, item in enumerate(list_node.value):
-            intent = self.intent(item, f"intents[{index}]", seen_names, seen_examples)
+            intent = self.intent(item, f"intents[{index}]", seen_names, seen_examples, seen_descriptions)
             intents.append(intent)
         return IntentSet(intents=tuple(intents), source=str(self.path), reject_below=reject_below)
 
@@ -109,6 +110,7 @@ class _Checker(NodeChecker):
         key: str,
         seen_names: dict[str, tuple[str, int]],
         seen_examples: dict[str, tuple[str, int]],
+        seen_descriptions: dict[str, tuple[str, int]],
     ) -> Intent:
         if not isinstance(item, MappingNode):
             expected = "a mapping with name, description and optional examples"
@@ -138,7 +140,18 @@ class _Checker(NodeChecker):
                 repr(name),
             )
         seen_names[folded] = (name, line_of(name_node))
-        description = self.text(fields["description"][1], f"{key}.description", "description")
+        description_node = fields["description"][1]
+        description = self.text(description_node, f"{key}.description", "description")
+        if description.casefold() in seen_descriptions:
+            owner, first_line = seen_descriptions[description.casefold()]
+            raise self.fail(
+                description_node,
+                f"{key}.description",
+                f"description already given on line {first_line}, under {owner!r}",
+                "a description of its own for each intent (the intents could not be told apart)",
+                repr(description),
+            )
+        seen_descriptions[description.casefold()] = (name, line_of(description_node))
         examples = (
             self.examples(*fields["examples"], f"{key}.examples", name, seen_examples) if "examples" in fields else ()
         )

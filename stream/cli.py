@@ -9,7 +9,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from model.errors import ConfigError, DfmqError
 from model.paths import config_file
@@ -484,8 +484,15 @@ def _add_adapt(sub: Any) -> None:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device (default cpu)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, as every other bad input (argparse prints the whole usage first)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dfmq", description="Live multimodal intent recognition (DFMQ-MC).")
+    parser = _Parser(prog="dfmq", description="Live multimodal intent recognition (DFMQ-MC).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_train(sub)
     _add_eval(sub)
@@ -530,6 +537,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         model_section["text_encoder"] = args.text_encoder
     if args.no_semantic_sync:
         model_section["lambda_ss"] = 0.0
+    flagged: dict[str, str] = {}  # option key -> the flag that set it
     for flag, key in (
         ("epochs", "epochs"),
         ("seed", "seed"),
@@ -538,8 +546,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     ):
         if getattr(args, flag) is not None:
             train_section[key] = getattr(args, flag)
+            flagged[key] = "--" + flag.replace("_", "-")
     config = DFMQConfig.from_dict(model_section, source=f"{args.config} [model]")
-    opts = from_mapping(TrainOptions, train_section, f"{args.config} [train]")
+    try:
+        opts = from_mapping(TrainOptions, train_section, f"{args.config} [train]")
+    except ConfigError as exc:
+        if exc.key not in flagged:
+            raise
+        raise ConfigError(flagged[exc.key], exc.expected, exc.got) from exc
     train(args.dataset, args.data, args.out, config, opts, args.device, args.augment, intent_set)
     return 0
 

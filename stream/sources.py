@@ -221,6 +221,8 @@ class CameraSource:
     def __init__(self, device: str, options: SourceOptions, clock: StreamClock) -> None:
         import cv2
 
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)  # its probing warnings: above our error
+
         index: int | str = int(device) if device.isdigit() else device
         self.capture = cv2.VideoCapture(index)
         if not self.capture.isOpened():

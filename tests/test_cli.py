@@ -192,6 +192,11 @@ def test_ablation_switches_reach_the_saved_config(tmp_path: Path, tiny_mintrec: 
             "option 'epochz' expected one of",
         ),
         (["run", "--config", "{tmp}/broken.yaml", "--input", "{tmp}/e.tsv"], "valid YAML (line 2, column 4: expected"),
+        (["run", "--video", "7", "--audio", "none", "--broker", "mqtt://127.0.0.1:1"], "option '--video' expected a"),
+        (
+            ["train", "--dataset", "mintrec", "--data", "{tmp}", "--out", "{tmp}/o", "--epochs", "-1"],
+            "'--epochs' expected",
+        ),
         # A bad flag is named as typed, not by the option field it sets.
         (["run", "--asr-threads", "-1", "--input", "{tmp}/e.tsv"], "option '--asr-threads' expected a whole number"),
         (["run", "--metrics-port", "99999", "--input", "{tmp}/e.tsv"], "option '--metrics-port' expected a port"),

@@ -297,7 +297,7 @@ def test_capture_and_worker_refuse_the_embedded_broker_and_a_bad_group(capsys: p
     assert err.count("\n") == 0 and "--broker" in err and "MQTT 5" in err
     assert main(["worker", "--broker", "mqtt://127.0.0.1:1883", "--group", "a/b"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "'group'" in err
+    assert err.count("\n") == 0 and "'--group'" in err
     with pytest.raises(ConfigError, match="work_timeout_s"):
         ScaleOutOptions(work_timeout_s=0.0)
 

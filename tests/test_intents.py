@@ -146,6 +146,18 @@ BAD = {
         "intents[1].name: reserved name",
         "they mark off-topic speech",
     ),
+    "same description twice": (
+        """
+        intents:
+          - name: Check in
+            description: The guest wants their room.
+          - name: Key
+            description: The guest wants their room.
+        """,
+        5,
+        "intents[1].description",
+        "already given on line 3, under 'Check in'",
+    ),
     "empty description": (
         """
         intents:

@@ -207,17 +207,20 @@ def test_known_bad_configs_exit_2_with_one_clear_line(
 @pytest.mark.parametrize(
     ("flags", "message"),
     [
-        (["--min-silence-ms", "nan"], "option 'min_silence_ms' expected milliseconds, finite and >= 0, got nan"),
-        (["--max-utterance-s", "-1"], "option 'max_utterance_s' expected seconds, finite and > 0, got -1.0"),
-        (["--asr-threads", "-1"], "option 'cpu_threads' expected a whole number >= 0"),
-        (["--asr-compute-type", "int4"], "option 'compute_type' expected one of default, auto, int8,"),
-        (["--asr-min-window-s", "inf"], "option 'encoder_min_window_s' expected seconds in [1, 30]"),
-        (["--stream-id", "a/b"], "option 'stream_id' expected 1 to 64 characters of A-Z a-z 0-9 _ . -"),
-        (["--broker", "http://host"], "option 'url' expected 'embedded', mqtt://HOST[:PORT]"),
-        (["--ca-file", "no/such/ca.pem"], "option 'ca_file' expected an existing file or null, got 'no/such/ca.pem'"),
-        (["--metrics-port", "0"], "option 'port' expected a port number in 1..65535, or null (off), got 0"),
+        (["--min-silence-ms", "nan"], "option '--min-silence-ms' expected milliseconds, finite and >= 0, got nan"),
+        (["--max-utterance-s", "-1"], "option '--max-utterance-s' expected seconds, finite and > 0, got -1.0"),
+        (["--asr-threads", "-1"], "option '--asr-threads' expected a whole number >= 0"),
+        (["--asr-compute-type", "int4"], "option '--asr-compute-type' expected one of default, auto, int8,"),
+        (["--asr-min-window-s", "inf"], "option '--asr-min-window-s' expected seconds in [1, 30]"),
+        (["--stream-id", "a/b"], "option '--stream-id' expected 1 to 64 characters of A-Z a-z 0-9 _ . -"),
+        (["--broker", "http://host"], "option '--broker' expected 'embedded', mqtt://HOST[:PORT]"),
+        (["--ca-file", "no/such/ca.pem"], "option '--ca-file' expected an existing file or null, got 'no/such/ca.pem'"),
+        (["--metrics-port", "0"], "option '--metrics-port' expected a port number in 1..65535, or null (off), got 0"),
         (["--metrics-host", "::1"], "option '--metrics-host' expected --metrics-port (or metrics.port in the config)"),
-        (["--homeassistant", "ha/+"], "option 'prefix' expected topic levels of A-Z a-z 0-9 _ . - separated by '/'"),
+        (
+            ["--homeassistant", "ha/+"],
+            "option '--homeassistant' expected topic levels of A-Z a-z 0-9 _ . - separated by '/'",
+        ),
     ],
 )
 def test_command_line_overrides_are_checked_too(
