@@ -15,6 +15,18 @@ the threshold in use rise in number and the mean in-scope accuracy (rejections c
 falls by at most 1 point; then on a batch written blind after this rule (cinema, garage, school;
 B), scored once: the number meeting both does not fall and the mean in-scope accuracy falls by at
 most 1 point.
+
+Result: rejected (docs/results/zero_shot.md, update 5).
+
+Second probe, a clamp, fixed before its run (2026-11-30): threshold = the weakest example's, moved
+into [learnt rule - 0.1, learnt rule + 0.1] (the margin the lax-threshold warning uses): an odd
+example no longer sets it far below the rule, nor a tight set of examples far above it (vet 0.91,
+hotel room 0.94 kept 82-83 % of their in-scope sentences). Over the twenty-two never-seen sets
+(`--sets all`), adopt only if the sets meeting both coverage >= 90 % and OOS recall >= 80 % at the
+threshold in use rise in number and the mean in-scope accuracy falls by at most 0.5 points; then
+on a seventh batch written blind after this rule (dental practice, charging station, ski resort),
+scored once: the number meeting both does not fall and the mean in-scope accuracy falls by at
+most 0.5 points.
 """
 
 from __future__ import annotations
@@ -34,7 +46,9 @@ from benchkit import NEVER_SEEN_SETS, chosen_sets, embedded_eval_set, intent_set
 
 from model.checkpoint import load_checkpoint, resolve_ckpt  # noqa: E402
 
-SETS = intent_set_files(NEVER_SEEN_SETS[:13])  # the sets the rule above names
+SETS = intent_set_files(NEVER_SEEN_SETS[:13])  # the sets the first rule names
+CLAMP_MARGIN = 0.1  # model.semantic.LAX_THRESHOLD_MARGIN, the second rule's
+RULES = ("shipped", "floored", "clamped")
 
 
 def score(model: Any, tokenizer: Any, yaml: Path, tsv: Path) -> dict[str, Any]:
@@ -42,9 +56,11 @@ def score(model: Any, tokenizer: Any, yaml: Path, tsv: Path) -> dict[str, Any]:
     anchors, scores, known = scored.anchors, scored.scores, scored.known
     right = (scores.probs.argmax(axis=1) == scored.truth) & known
     out: dict[str, Any] = {"shipped_threshold": anchors.reject_below, "floor": model.config.reject_below}
+    learnt = model.config.reject_below
     for rule, threshold in (
         ("shipped", anchors.reject_below),
-        ("floored", max(anchors.reject_below, model.config.reject_below)),
+        ("floored", max(anchors.reject_below, learnt)),
+        ("clamped", min(max(anchors.reject_below, learnt - CLAMP_MARGIN), learnt + CLAMP_MARGIN)),
     ):
         accepted = scores.scope >= threshold
         out[rule] = {
@@ -59,15 +75,21 @@ def score(model: Any, tokenizer: Any, yaml: Path, tsv: Path) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sets", default=",".join(SETS), help="comma-separated names of SETS, or PATH.yaml:PATH.tsv")
+    parser.add_argument(
+        "--sets",
+        default=",".join(SETS),
+        help="comma-separated set names, 'all' (every never-seen set), or PATH.yaml:PATH.tsv",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     model, tokenizer = load_checkpoint(resolve_ckpt("default"))
     results: dict[str, Any] = {}
-    for name, (yaml, tsv) in chosen_sets(args.sets, SETS).items():
+    every = intent_set_files()
+    sets = every if args.sets == "all" else chosen_sets(args.sets, every)
+    for name, (yaml, tsv) in sets.items():
         results[name] = score(model, tokenizer, yaml, tsv)
-        print(name, {rule: results[name][rule] for rule in ("shipped", "floored")})
-    for rule in ("shipped", "floored"):
+        print(name, {rule: results[name][rule] for rule in RULES})
+    for rule in RULES:
         rows = [r[rule] for r in results.values()]
         print(
             f"{rule}: meets both {sum(r['meets_both'] for r in rows)} of {len(rows)}; mean in-scope acc "
