@@ -100,6 +100,7 @@ NEVER_SEEN_SETS = (
     *("car", "restaurant", "clinic", "museum", "bank", "airport", "helpdesk"),
     *("pharmacy", "gym", "library", "cinema", "garage", "school"),
     *("postoffice", "supermarket", "townhall", "trainstation", "vet", "hotelroom"),
+    *("dentist", "charging", "skiresort"),
 )
 
 
