@@ -593,6 +593,17 @@ HOME_EXAMPLES = {
 }
 
 
+def _home_set_with_examples(tmp_path: Path) -> Path:
+    """HOME_WITH_EXAMPLES with HOME_EXAMPLES under each intent: 9 examples, enough for a threshold of its own."""
+    lines = HOME_WITH_EXAMPLES.splitlines()
+    for name, examples in HOME_EXAMPLES.items():
+        at = lines.index(f"  - name: {name}") + 2
+        lines[at:at] = ["    examples:", *(f"      - {example}" for example in examples)]
+    intents = tmp_path / "home.yaml"
+    intents.write_text("\n".join(lines) + "\n")
+    return intents
+
+
 def _run_spoken(tmp_path: Path, sentences: list[str], *flags: str) -> Subscriber:
     """`dfmq run FLAGS` on espeak-ng saying `sentences` a second apart, into a real Mosquitto; the
     subscriber that heard it, once it has an event per sentence."""
@@ -622,12 +633,7 @@ def test_run_with_a_users_sentence_encoder_scores_transcripts_in_its_space(tmp_p
     from model.checkpoint import STARTER_DIR
     from model.openset import classify_texts, load_intent_scoring
 
-    lines = HOME_WITH_EXAMPLES.splitlines()
-    for name, examples in HOME_EXAMPLES.items():
-        at = lines.index(f"  - name: {name}") + 2
-        lines[at:at] = ["    examples:", *(f"      - {example}" for example in examples)]
-    intents = tmp_path / "home.yaml"
-    intents.write_text("\n".join(lines) + "\n")
+    intents = _home_set_with_examples(tmp_path)
     encoder = cls_pooled_minilm(tmp_path)
     sentences = ["please turn off the kitchen lights", "my grandmother was born in spring"]
     events = _run_spoken(tmp_path, sentences, "--intents", str(intents), "--sentence-encoder", str(encoder)).events()
@@ -650,12 +656,7 @@ def test_run_with_an_adapted_set_classifies_as_classify_does_with_it(tmp_path: P
     from model.intents import load_intent_set
     from model.openset import classify_texts, load_intent_scoring
 
-    lines = HOME_WITH_EXAMPLES.splitlines()
-    for name, examples in HOME_EXAMPLES.items():
-        at = lines.index(f"  - name: {name}") + 2
-        lines[at:at] = ["    examples:", *(f"      - {example}" for example in examples)]
-    intents = tmp_path / "home.yaml"
-    intents.write_text("\n".join(lines) + "\n")
+    intents = _home_set_with_examples(tmp_path)
     folder = tmp_path / "adapted"
     adapt(*load_checkpoint(STARTER_DIR), load_intent_set(intents), folder, AdaptOptions(pairs_per_sentence=2), False)
     sentences = ["please turn off the kitchen lights", "my grandmother was born in spring"]
