@@ -174,8 +174,6 @@ def write_adaptation(
     seconds: float,
 ) -> None:
     assert model.semantic_encoder is not None
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError("--out", "a folder to write the adapted encoder to", str(out_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
     encoder.save_pretrained(str(out_dir))  # type: ignore[operator]
     tokenizer.save_pretrained(str(out_dir))
@@ -197,6 +195,8 @@ def adapt(
     model: DFMQMC, tokenizer: Any, intent_set: IntentSet, out_dir: Path, options: AdaptOptions, progress: bool = True
 ) -> float:
     """`dfmq adapt`: fine-tune, write the folder; returns the seconds the fine-tuning took."""
+    if out_dir.exists() and not out_dir.is_dir():  # before the training, not after it
+        raise ConfigError("--out", "a folder to write the adapted encoder to", str(out_dir))
     started = time.perf_counter()
     encoder = adapt_encoder(model, tokenizer, intent_set, options, progress)
     seconds = time.perf_counter() - started

@@ -137,8 +137,9 @@ def test_adapt_command_writes_a_folder_classify_reads(tmp_path: Path, capsys: py
         ),
         (["adapt", "--intents", "{home}", "--out", "{tmp}/out"], "at least 8 examples"),
         (["adapt", "--intents", str(KIOSK), "--out", "{tmp}/out", "--pairs", "0"], "'--pairs' expected an integer"),
+        (["adapt", "--intents", str(KIOSK), "--out", "{home}"], "'--out' expected a folder"),
     ],
-    ids=["not-an-adaptation", "trained-set", "with-sentence-encoder", "too-few-examples", "no-pairs"],
+    ids=["not-an-adaptation", "trained-set", "with-sentence-encoder", "too-few-examples", "no-pairs", "out-a-file"],
 )
 def test_adapt_errors_exit_2_with_one_line(
     argv: list[str], expected: str, adapted_kiosk: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
