@@ -231,11 +231,12 @@ def load_adaptation(folder: Path, model: DFMQMC, intent_set: IntentSet, device: 
         )
     if digest != set_digest(intent_set):
         log.warning(
-            "%s has changed since %s was adapted to it (%s): scored without the adaptation; run `dfmq adapt` "
-            "again to bring it back",
+            "%s: its intents are not those %s was adapted to (from %s, edited since or another set), so it is "
+            "scored without the adaptation; `dfmq adapt --intents %s --out DIR` adapts to it",
             intent_set.source,
             folder,
             record.get("intents_file", "?"),
+            intent_set.source,
         )
         return None
     encoder = SentenceEncoder(Path(folder), device)

@@ -36,7 +36,7 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from model.config import DFMQConfig
@@ -297,6 +297,8 @@ class CaptureNode(CaptureFront):
         self.scoring = scoring
         self.scale = scale
         self.features_id = features_id
+        self.intents_id: str | None = None  # the intent set of the stream's first answer, and who sent it
+        self.intents_worker = ""
         self.run_id = secrets.token_hex(6)
         self.link: MqttLink | None = None
         self.pending: dict[int, _Pending] = {}  # sent and not yet published, in utterance order
@@ -410,6 +412,18 @@ class CaptureNode(CaptureFront):
         if result.error is not None or result.event is None:
             self._on_error(pending, result)
             return
+        if result.intents_id is not None:
+            # Workers of one group deciding over different intent sets would publish a stream whose
+            # events change meaning from one utterance to the next: the first set to answer is the stream's.
+            if self.intents_id is None:
+                self.intents_id, self.intents_worker = result.intents_id, result.worker_id
+            elif result.intents_id != self.intents_id:
+                error = (
+                    f"its intent set ({result.intents_id}) is not the one this stream's first answer came with "
+                    f"({self.intents_id}, from worker {self.intents_worker}): one worker group per intent set"
+                )
+                self._on_error(pending, replace(result, event=None, error=error))
+                return
         try:
             event = self._event(pending, result)
         except TypeError as exc:  # fields of another event schema: a worker of another version
@@ -446,6 +460,9 @@ class CaptureNode(CaptureFront):
             # broker, both ways, and waiting for a worker: all the split adds (capture clock only)
             "dispatch": max(0.0, round_trip_ms - result.worker_ms),
             "asr": result.asr_ms,
+            "asr_in_pause": 0.0,  # a capture node has no Whisper to hear the pause with
+            # the worker's own queueing: its time on the item outside Whisper, the engine and the batch
+            "worker_wait": max(0.0, result.worker_ms - result.asr_ms - result.engine_ms - result.batch_wait_ms),
             "engine": result.engine_ms,
             "batch_wait": result.batch_wait_ms,
             "total": (time.time() - item.speech_end_wall_s) * 1000,
@@ -588,12 +605,14 @@ class WorkerModels:
     engine_name: str
     asr: AsrOptions
     decision: DecisionOptions
+    intents_id: str | None = None  # digest of the intent set decided over (model.adapt.set_digest)
 
 
 def load_worker_models(req: RunRequest) -> WorkerModels:
     """The request's ckpt, engine, device, asr, decision and intents are used."""
     from engines.select import choose_engine, load_engine
-    from model.checkpoint import load_checkpoint, resolve_ckpt
+    from model.adapt import set_digest
+    from model.checkpoint import checkpoint_intent_set, load_checkpoint, resolve_ckpt
     from stream.asr import load_whisper
     from stream.run import _intent_anchors
 
@@ -604,7 +623,10 @@ def load_worker_models(req: RunRequest) -> WorkerModels:
     engine = load_engine(model, choice)
     log.info("engine %s (%s)", engine.name, choice.reason)
     load_whisper(req.asr)
-    return WorkerModels(model.config, tokenizer, anchors, engine, engine.name, req.asr, req.decision)
+    intent_set = req.intents if req.intents is not None else checkpoint_intent_set(ckpt_dir, model.config.labels)
+    return WorkerModels(
+        model.config, tokenizer, anchors, engine, engine.name, req.asr, req.decision, set_digest(intent_set)
+    )
 
 
 @dataclass
@@ -676,6 +698,7 @@ class Worker:
             engine_ms=round(event.latency_ms["engine"], 1),
             batch_wait_ms=round(event.latency_ms["batch_wait"], 1),
             worker_ms=round((time.monotonic() - received_mono) * 1000, 1),
+            intents_id=m.intents_id,
         )
 
     def _error(self, item: WorkItem, received_mono: float, error: str) -> WorkResult:

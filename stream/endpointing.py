@@ -128,15 +128,23 @@ class Provisional:
                         await (self._endpoint(snapshot) if kind == "endpoint" else self._partial(snapshot))
         finally:
             finished.cancel()
-            log.info(
-                "stream %s: %d partial intents; speculative endpoints: %d heard, %d ended the utterance, "
-                "%d read as finished but held by the pitch",
-                self.deciding.options.stream_id,
-                self.partials_sent,
-                self.endpoints_tried,
-                self.endpoints_closed,
-                self.endpoints_held_by_pitch,
-            )
+            if self.segmenter.options.endpointing == "speculative":
+                log.info(
+                    "stream %s: %d partial intents; speculative endpoints: %d heard, %d ended the utterance, "
+                    "%d read as finished but held by the pitch",
+                    self.deciding.options.stream_id,
+                    self.partials_sent,
+                    self.endpoints_tried,
+                    self.endpoints_closed,
+                    self.endpoints_held_by_pitch,
+                )
+            else:  # silence endpointing: the endpoint snapshots are Whisper's look in the pause
+                log.info(
+                    "stream %s: %d partial intents; Whisper heard %d pauses ahead of the hang-over",
+                    self.deciding.options.stream_id,
+                    self.partials_sent,
+                    self.endpoints_tried,
+                )
 
     async def _transcript(self, snapshot: Snapshot) -> Transcript | None:
         dequeued = time.time()

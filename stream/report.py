@@ -65,7 +65,12 @@ def read_session(path: Path, stream_id: str | None = None) -> Session:
     """Read FILE.jsonl and its rotated parts; DataError (exit 2) for a missing or malformed record."""
     parts = record_parts(path)
     if not parts:
-        raise DataError("no such session record", path=path, expected="a file written by `dfmq run --record`")
+        # `dfmq run --streams --record FILE.jsonl` writes FILE.<stream_id>.jsonl, one per stream.
+        per_stream = sorted(p.name for p in Path(path).parent.glob(f"{Path(path).stem}.*{Path(path).suffix}"))
+        expected = "a file written by `dfmq run --record`"
+        if per_stream:
+            expected += f"; the streams' records beside it: {', '.join(per_stream)}"
+        raise DataError("no such session record", path=path, expected=expected)
     lines: list[dict[str, Any]] = []
     for part in parts:
         try:
@@ -97,7 +102,7 @@ def read_session(path: Path, stream_id: str | None = None) -> Session:
     streams = sorted({str(line.get("stream_id")) for line in lines if line["kind"] in ("intent", "quality")})
     if stream_id is None:
         if len(streams) > 1:
-            raise ConfigError("--stream-id", f"one of the record's streams ({', '.join(streams)})", None)
+            raise ConfigError("--stream-id", f"one of the record's streams ({', '.join(streams)})", "none given")
         stream_id = streams[0] if streams else str(headers[0].get("stream_id"))
     elif stream_id not in streams:
         raise ConfigError("--stream-id", f"one of the record's streams ({', '.join(streams) or 'none'})", stream_id)

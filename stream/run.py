@@ -227,6 +227,12 @@ async def _run_streams(
 ) -> list[StreamOutcome]:
     if pipe_opts.show and len(specs) > 1:
         raise ConfigError("--show", "one stream (the viewer shows one picture)", f"{len(specs)} streams")
+    if req.pace == "fast" and (pipe_opts.partials or seg_opts.endpointing == "speculative"):
+        # Provisional work waits for an idle pipeline, which a file read faster than real time never leaves.
+        log.warning(
+            "--pace fast: partial intents and speculative endpoints are seldom taken when the file is read "
+            "faster than real time; use --pace realtime to see them"
+        )
     # Cheap checks first: every stream's media opens (a missing track or a bad file fails here),
     # the broker answers and accepts each stream, then the model and Whisper load.
     streams: list[_Stream] = []

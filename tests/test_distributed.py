@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -170,7 +171,10 @@ def test_two_workers_share_the_work_and_every_utterance_is_published_once_in_ord
     assert "thank" in str(events[0]["text"]).lower() and events[0]["intent"] == "Thank"
     assert events[1]["intent"] == "Greet"
     assert events[0]["quality"]["video"] > 0.5  # the face was scored on the capture side and travelled
-    assert set(events[0]["latency_ms"]) >= {"vad", "features", "dispatch", "asr", "engine", "total"}
+    # The keys of `dfmq run`'s events, and the split's own.
+    assert set(events[0]["latency_ms"]) >= {
+        *("vad", "features", "dispatch", "asr", "asr_in_pause", "worker_wait", "engine", "batch_wait", "total")
+    }
     # The shared subscription spread the work: both workers served some, and the counts agree.
     served = [r["worker_id"] for r in sub.results()]
     assert sorted(served) == sorted(w for w, n in stats.served_by.items() for _ in range(n))
@@ -230,6 +234,35 @@ def test_a_worker_dying_with_an_item_loses_nothing_and_duplicate_results_publish
     # --no-transcripts: neither the events nor the results on the broker carry one
     assert all("text" not in e for e in sub.events())
     assert all(r["event"]["text"] is None for r in sub.results())
+
+
+@pytest.mark.broker
+def test_workers_of_two_intent_sets_never_mix_in_one_stream(
+    clip: Path, models: WorkerModels, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Worker B decides over another intent set (injected: its models' set id): the stream keeps the
+    set of its first answer; the other worker's answers are refused and the utterance is sent again."""
+    import dataclasses
+
+    broker = Mosquitto(tmp_path).start()
+    sub = Subscriber(broker.port)
+    scale = ScaleOutOptions(work_timeout_s=4.0, max_in_flight=1)
+
+    async def run(workers: list[Worker], tasks: list[asyncio.Task[Any]]) -> CaptureStats:
+        workers[1].models = dataclasses.replace(models, intents_id="another-set")
+        return await _capture(clip, broker.port, scale)
+
+    try:
+        with caplog.at_level(logging.ERROR, logger="dfmq.distributed"):
+            stats = asyncio.run(_with_workers(models, broker.port, scale, run))
+        wait_until(lambda: len(sub.events()) >= len(SENTENCES), 5, "every intent event")
+    finally:
+        sub.stop()
+        broker.stop()
+    _check_once_in_order(sub.events(), stats)
+    assert len(stats.served_by) == 1, stats.served_by  # one worker, one intent set, decided them all
+    assert "one worker group per intent set" in caplog.text
+    assert {r["intents_id"] for r in sub.results() if r["event"] is not None} == {models.intents_id, "another-set"}
 
 
 @pytest.mark.broker

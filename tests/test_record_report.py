@@ -329,6 +329,15 @@ def test_report_on_bad_input_exits_2_with_one_line(
     assert not (tmp_path / out).exists()
 
 
+def test_a_streams_run_record_names_its_per_stream_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`dfmq run --streams --record s.jsonl` writes s.<stream_id>.jsonl: asked for s.jsonl, say so."""
+    for stream_id in ("lobby", "desk"):
+        (tmp_path / f"s.{stream_id}.jsonl").write_text("")
+    assert main(["report", str(tmp_path / "s.jsonl"), "--out", str(tmp_path / "r.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no such session record" in err and "s.desk.jsonl, s.lobby.jsonl" in err and "\n" not in err
+
+
 def test_an_empty_session_still_draws(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     record = tmp_path / "session.jsonl"
     record.write_text('{"kind": "header", "schema": "dfmq.record/1", "stream_id": "a", "wall": 1000.0}\n')
@@ -410,6 +419,8 @@ def test_a_record_of_several_streams_is_drawn_one_stream_at_a_time(
     record.write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert main(["report", str(record), "--out", str(tmp_path / "r.png")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "dfmq report: error: option '--stream-id' expected one of the record's streams (a, b), got None"
+    assert (
+        err == "dfmq report: error: option '--stream-id' expected one of the record's streams (a, b), got 'none given'"
+    )
     assert main(["report", str(record), "--out", str(tmp_path / "r.png"), "--stream-id", "b"]) == 0
     assert "stream 'b'" in capsys.readouterr().out
