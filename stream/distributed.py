@@ -257,6 +257,9 @@ class MqttLink:
 
 
 # ---- the capture node --------------------------------------------------------------------------
+UNSENT_POLL_S = 0.25  # how often a capture node looks whether the broker is back for its unsent items
+
+
 @dataclass
 class CaptureStats(PipelineStats):
     resent: int = 0  # sends after the first, when a deadline passed or a worker answered with an error
@@ -272,6 +275,7 @@ class _Pending:
     sent_mono: dict[int, float] = field(default_factory=dict)  # per attempt
     deadline_mono: float = 0.0
     event: IntentEvent | None = None
+    unsent: bool = False  # the broker did not take the last send: sent again once it is connected
 
 
 class CaptureNode(CaptureFront):
@@ -356,9 +360,12 @@ class CaptureNode(CaptureFront):
         pending.deadline_mono = now + self.scale.work_timeout_s
         self._changed.set()
         sent = await self.link.publish(work_topic(item.stream_id), item.encode(), self.scale.work_timeout_s)
+        pending.unsent = not sent
         if not sent:
             log.warning(
-                "utterance %d not sent (attempt %d): sent again at its deadline", item.utterance_id, item.attempt
+                "utterance %d not sent (attempt %d): sent again once the broker is back",
+                item.utterance_id,
+                item.attempt,
             )
 
     async def _watch_deadlines(self) -> None:
@@ -366,10 +373,18 @@ class CaptureNode(CaptureFront):
         the run once the input has ended and every utterance is published."""
         while not (self._input_done and not self.pending):
             now = time.monotonic()
+            connected = self.link is not None and self.link.client is not None
             for pending in list(self.pending.values()):
-                if pending.event is not None or pending.deadline_mono > now:
+                if pending.event is not None:
                     continue
                 item = pending.item
+                if pending.unsent and connected and item.attempt < self.scale.max_attempts:
+                    # Not the workers' fault: no need to wait out the deadline (a broker outage).
+                    log.info("utterance %d: the broker is back, sending it now", item.utterance_id)
+                    await self._send(pending)
+                    continue
+                if pending.deadline_mono > now:
+                    continue
                 if item.attempt < self.scale.max_attempts:
                     self.stats.resent += 1
                     log.warning(
@@ -390,6 +405,8 @@ class CaptureNode(CaptureFront):
             waiting = [p.deadline_mono for p in self.pending.values() if p.event is None]
             self._changed.clear()
             wait_s = min(waiting) - time.monotonic() if waiting else 1.0
+            if any(p.unsent and p.event is None for p in self.pending.values()):
+                wait_s = min(wait_s, UNSENT_POLL_S)  # the link does not say when it is back: look again soon
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), max(0.01, wait_s))
         self.finished.set()

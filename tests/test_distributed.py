@@ -237,6 +237,37 @@ def test_a_worker_dying_with_an_item_loses_nothing_and_duplicate_results_publish
 
 
 @pytest.mark.broker
+def test_an_item_the_broker_did_not_take_is_sent_again_when_it_is_back_not_at_its_deadline(
+    clip: Path, models: WorkerModels, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first work item's publish fails (injected: what a broker outage does to it); it goes
+    again once the link is connected, well before its 30 s deadline."""
+    broker = Mosquitto(tmp_path).start()
+    sub = Subscriber(broker.port)
+    scale = ScaleOutOptions(work_timeout_s=30.0)
+    publish = MqttLink.publish
+    sends: list[float] = []
+
+    async def first_lost(self: MqttLink, topic: str, payload: bytes, expiry_s: float | None = None) -> bool:
+        if topic.startswith("dfmq-internal/work/"):
+            sends.append(time.monotonic())
+            if len(sends) == 1:
+                return False
+        return await publish(self, topic, payload, expiry_s)
+
+    monkeypatch.setattr(MqttLink, "publish", first_lost)
+    try:
+        stats = asyncio.run(_with_workers(models, broker.port, scale, lambda w, t: _capture(clip, broker.port, scale)))
+        wait_until(lambda: len(sub.events()) >= len(SENTENCES), 5, "every intent event")
+    finally:
+        sub.stop()
+        broker.stop()
+    _check_once_in_order(sub.events(), stats)
+    assert stats.given_up == 0 and len(sends) == len(SENTENCES) + 1
+    assert sends[1] - sends[0] < scale.work_timeout_s / 2  # sent again on the next look, not at the deadline
+
+
+@pytest.mark.broker
 def test_workers_of_two_intent_sets_never_mix_in_one_stream(
     clip: Path, models: WorkerModels, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
