@@ -53,7 +53,7 @@ from stream.options import (
     SegmenterOptions,
 )
 from stream.pipeline import END, CaptureFront, PipelineStats
-from stream.publisher import BrokerConnectError, Failure, describe_failure, parse_broker_url
+from stream.publisher import BrokerConnectError, BrokerTimeoutError, Failure, describe_failure, parse_broker_url
 from stream.sinks import Sink
 from stream.sources import Source
 from stream.stages import AsrBatcher, Deciding, QualityTicker, Scoring, Segmenting, Transcribing
@@ -790,12 +790,28 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+async def _reachable(host: str, port: int, timeout_s: float) -> None:
+    """Something listens at the broker's address: told in a second, not after the models load
+    (a login or TLS problem still shows when the worker connects)."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
+    except TimeoutError:
+        raise BrokerTimeoutError(host, port, timeout_s) from None
+    except OSError as exc:
+        failure = describe_failure(exc, False, None)
+        raise BrokerConnectError(host, port, failure.reason, failure.kind) from None
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+
+
 async def run_worker(req: RunRequest, broker: BrokerOptions, scale: ScaleOutOptions, worker_id: str) -> WorkerStats:
     """`dfmq worker` until SIGINT or SIGTERM."""
     from engines.batcher import BatcherOptions, MicroBatcher
     from stream.run import _quiet_thread_pools
 
-    external_broker(broker.url)
+    host, port, _ = external_broker(broker.url)
+    await _reachable(host, port, broker.connect_timeout_s)
     with _quiet_thread_pools():
         # Models first, then the subscription: a worker takes items only once it can decide them.
         models = load_worker_models(req)

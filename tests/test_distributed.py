@@ -366,6 +366,22 @@ def test_capture_and_worker_refuse_the_embedded_broker_and_a_bad_group(capsys: p
         ScaleOutOptions(work_timeout_s=0.0)
 
 
+def test_a_worker_says_the_broker_is_not_there_before_it_loads_its_models(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import stream.distributed
+    from stream.broker import free_port
+    from stream.cli import main
+
+    def never(req: RunRequest) -> WorkerModels:
+        raise AssertionError("models loaded before the broker was found")
+
+    monkeypatch.setattr(stream.distributed, "load_worker_models", never)
+    assert main(["worker", "--broker", f"mqtt://127.0.0.1:{free_port()}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "connection refused" in err[0], err
+
+
 @pytest.mark.broker
 def test_a_killed_worker_process_loses_nothing(clip: Path, models: WorkerModels, tmp_path: Path) -> None:
     """The real command lines: `dfmq capture` with a `dfmq worker` process, A, killed (SIGKILL) as
