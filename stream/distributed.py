@@ -627,7 +627,7 @@ class WorkerModels:
 
 def load_worker_models(req: RunRequest) -> WorkerModels:
     """The request's ckpt, engine, device, asr, decision and intents are used."""
-    from engines.select import choose_engine, load_engine
+    from engines.select import choose_engine, int8_gate, load_engine
     from model.adapt import set_digest
     from model.checkpoint import checkpoint_intent_set, load_checkpoint, resolve_ckpt
     from stream.asr import load_whisper
@@ -636,8 +636,8 @@ def load_worker_models(req: RunRequest) -> WorkerModels:
     ckpt_dir = resolve_ckpt(req.ckpt)
     model, tokenizer = load_checkpoint(ckpt_dir)
     anchors = _intent_anchors(model, tokenizer, ckpt_dir, req)
-    choice = choose_engine(req.engine, req.device)
-    engine = load_engine(model, choice)
+    choice = choose_engine(req.engine, req.device, int8_gate(model))  # as `dfmq run` picks
+    engine = load_engine(model, choice, tokenizer=tokenizer)
     log.info("engine %s (%s)", engine.name, choice.reason)
     load_whisper(req.asr)
     intent_set = req.intents if req.intents is not None else checkpoint_intent_set(ckpt_dir, model.config.labels)

@@ -366,6 +366,23 @@ def test_capture_and_worker_refuse_the_embedded_broker_and_a_bad_group(capsys: p
         ScaleOutOptions(work_timeout_s=0.0)
 
 
+def test_a_worker_picks_its_engine_as_dfmq_run_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--engine auto` on a worker weighs the int8 export as `dfmq run` does (it was not offered it)."""
+    import engines.select
+
+    choose = engines.select.choose_engine
+    gates: list[object] = []
+
+    def recording(preference: str = "auto", device: str | None = None, int8_gate: Any = None) -> Any:
+        gates.append(int8_gate)
+        return choose(preference, device, int8_gate)
+
+    monkeypatch.setattr(engines.select, "choose_engine", recording)
+    chosen = load_worker_models(RunRequest(ckpt="default", engine="auto"))
+    assert gates and gates[0] is not None
+    assert chosen.engine_name in ("onnxruntime-int8-cpu", "onnxruntime-cpu", "torch-cpu")
+
+
 def test_a_worker_says_the_broker_is_not_there_before_it_loads_its_models(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
