@@ -26,6 +26,8 @@ Semantic Synchronization for Multimodal Intent Recognition"), so this is our rea
   was measured against the nearest prototype on three never-seen sets (tools/zero_shot_bench.py,
   docs/results/zero_shot.md): closed-set accuracy up on each (kiosk 85.0 -> 92.5 %, lab 77.8 ->
   83.3 %, home 87.5 -> 94.4 %): one example sharing a word with an utterance no longer decides.
+  With `dfmq adapt` (`Adaptation`, model/adapt.py) the centroid cosine is averaged with the one in
+  a copy of the encoder fine-tuned on the set's own descriptions and examples.
 - Out of scope. How well an utterance fits the set (`IntentAnchors.fit`) is, for a set the model
   was not trained on, the best over intents of the mean of the description's cosine and the best
   example's cosine (the description alone where an intent has no examples): a short generic
