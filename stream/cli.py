@@ -149,7 +149,9 @@ def _add_classify(sub: Any) -> None:
     p.add_argument("--reject-below", type=float, help="out-of-scope threshold in [0, 1] for this run")
     p.add_argument("--sentence-encoder", type=Path, metavar="DIR", help="with --intents: " + SENTENCE_ENCODER_HELP)
     p.add_argument("--adapted", type=Path, metavar="DIR", help=ADAPTED_HELP)
-    p.add_argument("--json", action="store_true", help="one JSON object per sentence instead of text")
+    p.add_argument(
+        "--json", action="store_true", help="one JSON object per sentence instead of text (every intent's probability)"
+    )
 
 
 def _add_calibrate(sub: Any) -> None:
@@ -668,9 +670,10 @@ def _cmd_classify(args: argparse.Namespace) -> int:
             f"out of scope below scope {anchors.reject_below:.2f}, from {anchors.reject_below_source}", file=sys.stderr
         )
     for decision in classify_texts(model, tokenizer, anchors, args.text):
-        top = sorted(decision.probs.items(), key=lambda kv: -kv[1])[:3]
-        if args.json:
-            print(json.dumps({**dataclasses.asdict(decision), "probs": dict(top)}))
+        ranked = sorted(decision.probs.items(), key=lambda kv: -kv[1])
+        top = ranked[:3]
+        if args.json:  # every intent's probability, best first: a program reading it may want them all
+            print(json.dumps({**dataclasses.asdict(decision), "probs": dict(ranked)}))
             continue
         verdict = decision.intent if decision.intent is not None else "out of scope"
         scores = ", ".join(f"{name} {p:.2f}" for name, p in top)

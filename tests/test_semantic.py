@@ -160,7 +160,9 @@ def test_classify_prints_the_decision_and_scores(capsys: pytest.CaptureFixture[s
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["intent"] for line in lines] == ["Pay", None]
     assert lines[0]["probability"] > 0.5 and lines[0]["scope"] > lines[1]["scope"]
-    assert next(iter(lines[0]["probs"])) == "Pay"  # top scores, best first
+    assert next(iter(lines[0]["probs"])) == "Pay"  # best first
+    kiosk = load_intent_set(KIOSK)
+    assert set(lines[0]["probs"]) == set(kiosk.names) and sum(lines[0]["probs"].values()) == pytest.approx(1.0)
 
 
 def test_eval_intents_tsv_writes_the_open_set_figures(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
