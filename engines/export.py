@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engines.base import INPUT_NAMES, OUTPUT_NAMES, WindowBatch
+from model.checkpoint import hash_state
 from model.dfmq import DFMQMC
 from model.errors import ConfigError
 
@@ -147,9 +148,7 @@ def _same_outputs(whole: Any, shared: Any, batch: WindowBatch) -> bool:
 def model_fingerprint(model: DFMQMC) -> str:
     """Hash of the configuration and every weight: engine caches are keyed by it."""
     digest = hashlib.sha256(json.dumps(model.config.to_dict(), sort_keys=True).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    hash_state(digest, model)
     return digest.hexdigest()[:16]
 
 

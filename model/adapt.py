@@ -38,10 +38,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from model.checkpoint import hash_state
 from model.dfmq import DFMQMC, mean_pool
 from model.errors import ConfigError
 from model.intents import IntentSet
-from model.semantic import ANCHOR_MAX_TOKENS, MIN_EXAMPLES, Adaptation, SentenceEncoder, require_semantic_space
+from model.semantic import (
+    ANCHOR_MAX_TOKENS,
+    MIN_EXAMPLES,
+    Adaptation,
+    SentenceEncoder,
+    membership,
+    require_semantic_space,
+)
 
 log = logging.getLogger("dfmq.intents")
 
@@ -67,28 +75,9 @@ class AdaptOptions:
             raise ConfigError("--learning-rate", "a number in (0, 0.01]", self.learning_rate)
 
 
-def set_texts(intent_set: IntentSet) -> tuple[list[str], list[int]]:
-    """Every description and example of the set, and the index of the intent each belongs to."""
-    texts, owner = [], []
-    for k, intent in enumerate(intent_set.intents):
-        for text in (intent.description, *intent.examples):
-            texts.append(text)
-            owner.append(k)
-    return texts, owner
-
-
-def set_digest(intent_set: IntentSet) -> str:
-    """What the adaptation learnt from: names, descriptions and examples (comments and layout of the
-    file do not count)."""
-    content = [[i.name, i.description, list(i.examples)] for i in intent_set.intents]
-    return hashlib.sha256(json.dumps(content).encode()).hexdigest()[:16]
-
-
 def encoder_digest(encoder: nn.Module) -> str:
     digest = hashlib.sha256()
-    for name, tensor in sorted(encoder.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    hash_state(digest, encoder)
     return digest.hexdigest()[:16]
 
 
@@ -128,7 +117,7 @@ def adapt_encoder(
             "an intent set the model was not trained on (its trained labels have their head)",
             intent_set.source,
         )
-    texts, owner = set_texts(intent_set)
+    texts, owner = intent_set.texts()
     n_examples = len(texts) - len(intent_set)
     if n_examples < MIN_EXAMPLES:
         raise ConfigError(
@@ -183,7 +172,7 @@ def write_adaptation(
         "format": ADAPTATION_FORMAT,
         "intents_file": intent_set.source,
         "intents": list(intent_set.names),
-        "intent_set_digest": set_digest(intent_set),
+        "intent_set_digest": intent_set.digest(),
         "frozen_encoder_digest": encoder_digest(model.semantic_encoder),
         "options": asdict(options),
         "seconds": round(seconds, 1),
@@ -229,7 +218,7 @@ def load_adaptation(folder: Path, model: DFMQMC, intent_set: IntentSet, device: 
         raise ConfigError(
             "--adapted", "an adaptation of this checkpoint's sentence encoder (run `dfmq adapt` with it)", str(folder)
         )
-    if digest != set_digest(intent_set):
+    if digest != intent_set.digest():
         log.warning(
             "%s: its intents are not those %s was adapted to (from %s, edited since or another set), so it is "
             "scored without the adaptation; `dfmq adapt --intents %s --out DIR` adapts to it",
@@ -240,10 +229,9 @@ def load_adaptation(folder: Path, model: DFMQMC, intent_set: IntentSet, device: 
         )
         return None
     encoder = SentenceEncoder(Path(folder), device)
-    texts, owner = set_texts(intent_set)
+    texts, owner = intent_set.texts()
     prototypes = encoder(texts)
-    membership = (np.asarray(owner)[None, :] == np.arange(len(intent_set))[:, None]).astype(prototypes.dtype)
-    sums = membership @ prototypes
+    sums = membership(np.asarray(owner), len(intent_set)) @ prototypes
     return Adaptation(
         encoder=encoder, centroids=sums / np.linalg.norm(sums, axis=1, keepdims=True), folder=Path(folder)
     )

@@ -58,6 +58,13 @@ def new_model(config: DFMQConfig) -> tuple[DFMQMC, Any]:
     return model, load_tokenizer(folder)
 
 
+def hash_state(digest: Any, module: Any) -> None:
+    """Feed every tensor of `module`'s state, by name, into a hashlib digest (what fingerprints a model)."""
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+
+
 def _base_digest(folder: Path) -> str:
     digest = hashlib.sha256()
     for weights in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")):

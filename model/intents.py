@@ -17,6 +17,8 @@ string, got '')``. Text values are taken as written and their whitespace is coll
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +63,21 @@ class IntentSet:
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(intent.name for intent in self.intents)
+
+    def texts(self) -> tuple[list[str], list[int]]:
+        """Every description and example, each intent's description first, and the index of the
+        intent each belongs to."""
+        texts, owner = [], []
+        for k, intent in enumerate(self.intents):
+            for text in (intent.description, *intent.examples):
+                texts.append(text)
+                owner.append(k)
+        return texts, owner
+
+    def digest(self) -> str:
+        """What the set says: names, descriptions and examples (not the file's comments or layout)."""
+        content = [[i.name, i.description, list(i.examples)] for i in self.intents]
+        return hashlib.sha256(json.dumps(content).encode()).hexdigest()[:16]
 
     def __len__(self) -> int:
         return len(self.intents)

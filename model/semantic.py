@@ -325,7 +325,7 @@ class IntentAnchors:
 
     def membership(self) -> np.ndarray:
         """(K, P): 1 where prototype p belongs to intent k (a product with it sums each intent's)."""
-        return (self.owner[None, :] == np.arange(len(self.names))[:, None]).astype(self.prototypes.dtype)
+        return membership(self.owner, len(self.names)).astype(self.prototypes.dtype)
 
     def fit(self, embeddings: np.ndarray) -> np.ndarray:
         """(N, D) -> (N,): how well each utterance fits the set, the score `scope` ranks."""
@@ -391,14 +391,9 @@ def build_anchors(
             "--adapted", "no --sentence-encoder with it (it adapts the model's own encoder)", str(adaptation.folder)
         )
     cfg = model.config
-    texts: list[str] = []
-    owner: list[int] = []
-    is_example: list[bool] = []
-    for k, intent in enumerate(intent_set.intents):
-        for i, text in enumerate((intent.description, *intent.examples)):
-            texts.append(text)
-            owner.append(k)
-            is_example.append(i > 0)
+    texts, owner = intent_set.texts()
+    # Each intent's description comes first: an example is a text whose intent has appeared before.
+    is_example = [i > 0 and owner[i - 1] == k for i, k in enumerate(owner)]
     trained = list(intent_set.names) == list(cfg.labels)
     if trained and encoder is not None:
         raise ConfigError(
@@ -466,6 +461,11 @@ def build_anchors(
         encoder=None if trained else encoder,
         adaptation=None if trained else adaptation,
     )
+
+
+def membership(owner: np.ndarray, n_intents: int) -> np.ndarray:
+    """(K, P): 1 where prototype p belongs to intent k, from each prototype's intent index `owner`."""
+    return (owner[None, :] == np.arange(n_intents)[:, None]).astype(np.float32)
 
 
 def nearest_prototype(cos: np.ndarray, owner: np.ndarray, n_intents: int) -> np.ndarray:

@@ -622,13 +622,12 @@ class WorkerModels:
     engine_name: str
     asr: AsrOptions
     decision: DecisionOptions
-    intents_id: str | None = None  # digest of the intent set decided over (model.adapt.set_digest)
+    intents_id: str | None = None  # digest of the intent set decided over (IntentSet.digest)
 
 
 def load_worker_models(req: RunRequest) -> WorkerModels:
     """The request's ckpt, engine, device, asr, decision and intents are used."""
     from engines.select import choose_engine, int8_gate, load_engine
-    from model.adapt import set_digest
     from model.checkpoint import checkpoint_intent_set, load_checkpoint, resolve_ckpt
     from stream.asr import load_whisper
     from stream.run import _intent_anchors
@@ -642,7 +641,7 @@ def load_worker_models(req: RunRequest) -> WorkerModels:
     load_whisper(req.asr)
     intent_set = req.intents if req.intents is not None else checkpoint_intent_set(ckpt_dir, model.config.labels)
     return WorkerModels(
-        model.config, tokenizer, anchors, engine, engine.name, req.asr, req.decision, set_digest(intent_set)
+        model.config, tokenizer, anchors, engine, engine.name, req.asr, req.decision, intent_set.digest()
     )
 
 

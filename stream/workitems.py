@@ -155,7 +155,7 @@ class WorkResult:
     engine_ms: float = 0.0
     batch_wait_ms: float = 0.0
     worker_ms: float = 0.0  # from the item's arrival at the worker to its result handed to the client
-    intents_id: str | None = None  # the worker's intent set (model.adapt.set_digest): one per stream
+    intents_id: str | None = None  # the worker's intent set (IntentSet.digest): one per stream
     schema: str = RESULT_SCHEMA
 
     def encode(self) -> bytes:

@@ -19,7 +19,6 @@ from model.adapt import (
     contrastive_pairs,
     encode_texts,
     load_adaptation,
-    set_texts,
 )
 from model.checkpoint import STARTER_DIR, load_checkpoint
 from model.dfmq import DFMQMC
@@ -66,7 +65,7 @@ def test_pairs_join_each_text_to_its_own_intent_and_to_another() -> None:
 def test_adaptation_pulls_each_intents_texts_together(starter: tuple[DFMQMC, object]) -> None:
     model, tokenizer = starter
     intent_set = load_intent_set(KIOSK)
-    texts, owner = set_texts(intent_set)
+    texts, owner = intent_set.texts()
     same = np.equal.outer(owner, owner) & ~np.eye(len(owner), dtype=bool)
     before = embed_sentences(model, tokenizer, texts)
     encoder = adapt_encoder(model, tokenizer, intent_set, AdaptOptions(pairs_per_sentence=3), progress=False)

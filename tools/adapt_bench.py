@@ -24,10 +24,11 @@ sys.path.insert(0, str(ROOT))
 
 from benchkit import chosen_sets, intent_set_files, write_report  # noqa: E402
 
-from model.adapt import AdaptOptions, adapt  # noqa: E402
+from model.adapt import AdaptOptions, adapt, load_adaptation  # noqa: E402
 from model.checkpoint import load_checkpoint, resolve_ckpt  # noqa: E402
 from model.intents import load_intent_set  # noqa: E402
-from model.openset import evaluate_intent_tsv, load_intent_scoring  # noqa: E402
+from model.openset import evaluate_intent_tsv  # noqa: E402
+from model.semantic import build_anchors  # noqa: E402
 
 KEPT = ("in_scope_acc", "closed_acc", "coverage", "oos_recall", "auroc", "oos_recall_at_90_coverage")
 
@@ -40,8 +41,7 @@ def main() -> int:
     args = parser.parse_args()
     options = AdaptOptions(pairs_per_sentence=args.pairs)
     sets = intent_set_files() if args.sets is None else chosen_sets(args.sets, intent_set_files())
-    ckpt = resolve_ckpt("default")
-    model, tokenizer = load_checkpoint(ckpt)
+    model, tokenizer = load_checkpoint(resolve_ckpt("default"))
     outputs = args.json.with_suffix("")
     rows: dict[str, dict[str, Any]] = {}
     report: dict[str, Any] = {
@@ -54,12 +54,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name, (yaml, tsv) in sets.items():
             folder = Path(tmp) / name
+            intent_set = load_intent_set(yaml)
             started = time.perf_counter()
-            adapt(model, tokenizer, load_intent_set(yaml), folder, options, progress=False)
+            adapt(model, tokenizer, intent_set, folder, options, progress=False)
             seconds = time.perf_counter() - started
             row: dict[str, Any] = {"adapt_seconds": round(seconds, 1)}
-            for variant, adapted in (("shipped", None), ("adapted", folder)):
-                _, _, intent_set, anchors = load_intent_scoring(ckpt, yaml, adapted=adapted)
+            # What `dfmq eval --intents SET --tsv ... [--adapted DIR]` builds, on the model loaded once.
+            adaptation = load_adaptation(folder, model, intent_set)
+            for variant, adapted in (("shipped", None), ("adapted", adaptation)):
+                anchors = build_anchors(model, tokenizer, intent_set, adaptation=adapted)
                 out = outputs / f"{name}_{variant}.json"
                 out.parent.mkdir(parents=True, exist_ok=True)
                 metrics = evaluate_intent_tsv(model, tokenizer, anchors, intent_set, tsv, out)

@@ -42,68 +42,23 @@ station +9, veterinary practice +6, hotel room 0): **adopted** as `dfmq adapt` (
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import random
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchkit import chosen_sets, embedded_eval_set, intent_set_files  # noqa: E402
 
+from model.adapt import AdaptOptions, adapt_encoder, encode_texts  # noqa: E402
 from model.checkpoint import load_checkpoint, resolve_ckpt  # noqa: E402
-from model.dfmq import mean_pool  # noqa: E402
 from model.intents import load_intent_set  # noqa: E402
 from model.openset import read_labelled_tsv  # noqa: E402
-from model.semantic import ANCHOR_MAX_TOKENS  # noqa: E402
-
-PAIRS_PER_SENTENCE = 20
-BATCH_PAIRS = 16
-LEARNING_RATE = 2e-5
-
-
-def encode(encoder: torch.nn.Module, tokenizer: object, texts: list[str]) -> torch.Tensor:
-    tokens = tokenizer(texts, padding="longest", truncation=True, max_length=ANCHOR_MAX_TOKENS, return_tensors="pt")  # type: ignore[operator]
-    return F.normalize(mean_pool(encoder, tokens["input_ids"], tokens["attention_mask"]), dim=-1)
-
-
-def adapted_encoder(base: torch.nn.Module, tokenizer: object, texts: list[str], owner: list[int]) -> torch.nn.Module:
-    rng = random.Random(0)
-    torch.manual_seed(0)
-    by_intent: dict[int, list[int]] = {}
-    for i, k in enumerate(owner):
-        by_intent.setdefault(k, []).append(i)
-    pairs: list[tuple[int, int, float]] = []
-    for _ in range(PAIRS_PER_SENTENCE):
-        for i, k in enumerate(owner):
-            pairs.append((i, rng.choice([j for j in by_intent[k] if j != i]), 1.0))
-            pairs.append((i, rng.choice([j for j in range(len(owner)) if owner[j] != k]), 0.0))
-    rng.shuffle(pairs)
-    encoder = copy.deepcopy(base)
-    trainable = [p for name, p in encoder.named_parameters() if not name.startswith("embeddings.word_embeddings")]
-    for p in encoder.parameters():
-        p.requires_grad_(False)
-    for p in trainable:
-        p.requires_grad_(True)
-    optimiser = torch.optim.AdamW(trainable, lr=LEARNING_RATE)
-    encoder.train()
-    for start in range(0, len(pairs), BATCH_PAIRS):
-        batch = pairs[start : start + BATCH_PAIRS]
-        left = encode(encoder, tokenizer, [texts[i] for i, _, _ in batch])
-        right = encode(encoder, tokenizer, [texts[j] for _, j, _ in batch])
-        target = torch.tensor([t for _, _, t in batch])
-        loss = F.mse_loss((left * right).sum(dim=-1), target)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    return encoder.eval()
 
 
 def main() -> int:
@@ -112,22 +67,24 @@ def main() -> int:
     parser.add_argument("--sets", help="comma-separated never-seen set names or PATH.yaml:PATH.tsv pairs")
     args = parser.parse_args()
     model, tokenizer = load_checkpoint(resolve_ckpt("default"))
-    assert model.semantic_encoder is not None
     results: dict[str, dict[str, float]] = {}
     sets = intent_set_files() if args.sets is None else chosen_sets(args.sets, intent_set_files())
     for name, (yaml, tsv) in sets.items():
         scored = embedded_eval_set(model, tokenizer, yaml, tsv)
         intent_set = load_intent_set(yaml)
-        texts = [t for intent in intent_set.intents for t in (intent.description, *intent.examples)]
-        owner = [k for k, intent in enumerate(intent_set.intents) for _ in (intent.description, *intent.examples)]
+        texts, _ = intent_set.texts()
         started = time.perf_counter()
-        encoder = adapted_encoder(model.semantic_encoder, tokenizer, texts, owner)
+        # The shipped adaptation (model/adapt.py), whose defaults are this probe's settings.
+        encoder = adapt_encoder(model, tokenizer, intent_set, AdaptOptions(), progress=False)
         seconds = time.perf_counter() - started
         _, eval_texts = read_labelled_tsv(tsv, intent_set)
         with torch.no_grad():
-            prototypes = encode(encoder, tokenizer, texts).numpy()
+            prototypes = encode_texts(encoder, tokenizer, texts).numpy()
             utterances = np.concatenate(
-                [encode(encoder, tokenizer, eval_texts[i : i + 64]).numpy() for i in range(0, len(eval_texts), 64)]
+                [
+                    encode_texts(encoder, tokenizer, eval_texts[i : i + 64]).numpy()
+                    for i in range(0, len(eval_texts), 64)
+                ]
             )
         centroids = scored.anchors.membership() @ prototypes
         centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
