@@ -31,6 +31,7 @@ from model.semantic import IntentAnchors, SentenceEncoder, build_anchors, requir
 from stream.asr import load_whisper
 from stream.broker import EmbeddedBroker
 from stream.endpointing import SPECULATIVE_BLOCK_MS, Provisional
+from stream.media import MediaError
 from stream.messages import RunStarted
 from stream.options import (
     AsrOptions,
@@ -238,9 +239,13 @@ async def _run_streams(
     streams: list[_Stream] = []
     for spec in specs:
         blocks = {"chunk_ms": SPECULATIVE_BLOCK_MS} if seg_opts.endpointing == "speculative" else {}
-        sources, files = _sources(
-            replace(req, input=spec.input, audio=spec.audio, video=spec.video), SourceOptions(pace=req.pace, **blocks)
-        )
+        try:
+            sources, files = _sources(
+                replace(req, input=spec.input, audio=spec.audio, video=spec.video),
+                SourceOptions(pace=req.pace, **blocks),
+            )
+        except MediaError as exc:
+            raise spec.located(exc.source, exc) from exc
         streams.append(_Stream(spec, sources, not files, [], _stream_options(pipe_opts, spec.id, len(specs))))
     embedded = None
     if broker.url == "embedded":

@@ -15,12 +15,12 @@ Errors name the file, the line and the key, as intent sets do.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from model.errors import DataError
+from model.errors import DataError, DfmqError
 from model.yamlcheck import NULL_TAG, NodeChecker, compose_file, describe
 from stream.options import STREAM_ID
 
@@ -36,6 +36,18 @@ class StreamSpec:
     input: str | None = None
     audio: str | None = None
     video: str | None = None
+    # Where a streams file gave it, for errors found only when its sources open (a missing file).
+    file: Path | None = field(default=None, compare=False)
+    line: int | None = field(default=None, compare=False)
+    key: str | None = field(default=None, compare=False)
+
+    def located(self, source: str, problem: DfmqError) -> DfmqError:
+        """`problem` with this stream's file, line and key, when a streams file gave the stream."""
+        if self.file is None:
+            return problem
+        name = next((n for n in ("input", "audio", "video") if getattr(self, n) == source), None)
+        key = f"{self.key}.{name}" if name else self.key
+        return DataError(f"{key}: {problem}", path=self.file, line=self.line)
 
 
 def load_streams(path: Path | str) -> list[StreamSpec]:
@@ -92,7 +104,7 @@ class _StreamsChecker(NodeChecker):
             raise self.fail(node, key, "both input and audio/video", "either input, or audio and/or video")
         if not values:
             raise self.fail(node, key, "no source", "input: FILE|URL, or audio: and/or video:")
-        return StreamSpec(id=stream_id, **values)
+        return StreamSpec(id=stream_id, **values, file=self.path, line=node.start_mark.line + 1, key=key)
 
     def source(self, node: Node, key: str) -> str:
         # `video: 0` is a camera index: numbers are taken as written, not as numbers.

@@ -73,6 +73,17 @@ def test_streams_exclude_the_single_stream_flags(tmp_path: Path, capsys: pytest.
     assert "streams file is missing" in capsys.readouterr().err
 
 
+def test_a_stream_whose_file_is_missing_is_named_by_the_streams_file_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    present = tmp_path / "present.mp3"
+    present.write_bytes((Path(__file__).parent / "data" / "hotwords.mp3").read_bytes())
+    path = _write(tmp_path, f"streams:\n  - id: a\n    input: {present}\n  - id: b\n    audio: {tmp_path}/gone.wav\n")
+    assert main(["run", "--streams", str(path), "--broker", "embedded"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"dfmq run: error: {path}:4: streams[1].audio: cannot read media '{tmp_path}/gone.wav': no such file"]
+
+
 @pytest.mark.broker
 def test_three_streams_in_one_process_each_its_own_events_and_a_broken_one_leaves_the_others_running(
     live_ckpt: Path, degraded_clip: tuple[Path, float], tmp_path: Path, capsys: pytest.CaptureFixture[str]
