@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -182,6 +182,12 @@ class RunStarted:
     reject_below: float | None  # out-of-scope threshold on `scope`; None: no semantic space
     options: dict[str, dict[str, object]]  # option sections of the run (asr, segmenter, pipeline, decision)
     schema: str = "dfmq.run/1"
+
+    def payload(self) -> dict[str, object]:
+        """The session record's `run` line: `wall` as on every other line of the record."""
+        line = asdict(self)
+        line["wall"] = line.pop("wall_s")
+        return line
 
 
 # What every sink receives; each takes the kinds it shows and ignores the rest.

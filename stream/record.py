@@ -103,7 +103,7 @@ class RecordSink:
             self._watch_devices(message)
             self._put({"kind": "quality", **message.payload()})
         elif isinstance(message, RunStarted):
-            self._put({"kind": "run", **asdict(message)})
+            self._put({"kind": "run", **message.payload()})
         else:
             return  # video frames: never recorded
         self._watch_broker()

@@ -160,6 +160,8 @@ def test_the_record_holds_every_event_quality_message_and_status_and_no_media(re
     assert all(line["stream_id"] == "lab" for line in lines)
     header, run = lines[0], next(line for line in lines if line["kind"] == "run")
     assert header["kind"] == "header" and header["schema"] == "dfmq.record/1"
+    # One name for wall-clock time on every kind of line that carries one.
+    assert all("wall" in line and "wall_s" not in line for line in lines if line["kind"] != "intent")
     assert run["checkpoint"].endswith("starter") and "Thank" in run["intents"] and run["reject_below"] is not None
     assert run["options"]["pipeline"]["record"] == str(recorded.record)
     assert run["options"]["decision"]["min_confidence"] == 0.2 and "broker" not in run["options"]  # no password
