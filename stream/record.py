@@ -8,7 +8,9 @@ Every line has a `kind` and the `stream_id` it belongs to:
 - `intent`: one per utterance, the payload of dfmq/<stream_id>/intent (`text` absent when
   transcripts are switched off);
 - `quality`: the running quality, the payload of dfmq/<stream_id>/quality;
-- `status`: `online` and `offline` of the run, `broker_unreachable` / `broker_connected`,
+- `status`: `online` and `offline` of the run (`offline` counts the lines the disk could not take,
+  `lines_dropped`, and the intent events the broker never acknowledged, `events_undelivered`),
+  `broker_unreachable` / `broker_connected`,
   `camera_lost` / `camera_found`, `microphone_lost` / `microphone_found`.
 
 Never media: video frames are ignored and no sample or pixel is written. The file is bounded:
@@ -111,7 +113,9 @@ class RecordSink:
     async def close(self) -> None:
         if self._thread is None:
             return
-        self._status("offline", lines_dropped=self.dropped)
+        # Closed after the MQTT sink (stream/run.py): its drain is over, its count final.
+        undelivered = self.publisher.stats.undelivered if self.publisher is not None else 0
+        self._status("offline", lines_dropped=self.dropped, events_undelivered=undelivered)
         self.queue.put(_STOP)  # waits for room: the last lines and the stop always get in
         await asyncio.to_thread(self._thread.join)
         self._thread = None

@@ -38,6 +38,7 @@ REASON_SHORT = {
     "low_confidence": "unsure",
 }
 NOT_RECOGNIZED = "not recognized"
+STATUS_KEYS = {"kind", "stream_id", "wall", "status", "time"}  # the rest of a status line is its detail
 
 
 @dataclass
@@ -328,7 +329,12 @@ def render_html(session: Session, png: bytes) -> str:
         ]
         event_rows.append([*row, e.get("text", "")] if with_text else row)
     status_rows = [
-        [time.strftime("%H:%M:%S", time.localtime(s.get("wall", 0))), s.get("status"), s.get("time", "")]
+        [
+            time.strftime("%H:%M:%S", time.localtime(s.get("wall", 0))),
+            s.get("status"),
+            s.get("time", ""),
+            ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in s.items() if k not in STATUS_KEYS),
+        ]
         for s in session.status
     ]
     image = base64.b64encode(png).decode("ascii")
@@ -357,7 +363,7 @@ img {{ max-width: 100%; }}
 <h2>Events</h2>
 {_table(event_header, event_rows)}
 <h2>Status</h2>
-{_table(["time", "status", "stream s"], status_rows)}
+{_table(["time", "status", "stream s", "detail"], status_rows)}
 </body>
 </html>
 """

@@ -457,10 +457,12 @@ def _intent_anchors(model: DFMQMC, tokenizer: Any, ckpt_dir: Path, req: RunReque
 
 
 async def _close_sinks(sinks: list[Sink], raise_failure: bool) -> None:
-    """Close every sink, the MQTT one last (the others may still hand it messages); the first
+    """Close every sink, the MQTT one after those that may still hand it messages, and the record
+    after it, so that the record's last line can count the events the broker never took; the first
     failure is raised once all are closed, unless the run is already failing with its own."""
     error: BaseException | None = None
-    for sink in reversed(sinks):
+    records = [sink for sink in sinks if isinstance(sink, RecordSink)]
+    for sink in [sink for sink in reversed(sinks) if not isinstance(sink, RecordSink)] + records:
         try:
             await sink.close()
         except DfmqError as exc:

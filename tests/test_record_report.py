@@ -17,10 +17,12 @@ import pytest
 from stream.cli import main
 from stream.messages import IntentEvent, QualityReport, RunStarted
 from stream.options import BrokerOptions, PipelineOptions
-from stream.publisher import Publisher
+from stream.publisher import Publisher, UndeliveredError
 from stream.record import RecordError, RecordSink, part_path
 from stream.render import FaceStyle, render_face, speak, write_clip
 from stream.report import read_session
+from stream.run import _close_sinks
+from stream.sinks import MqttSink
 from tests.conftest import Mosquitto, require_binary, until, wait_until
 from tests.test_pipeline import Subscriber
 
@@ -395,6 +397,38 @@ def test_broker_outages_and_lost_devices_are_status_lines(tmp_path: Path) -> Non
         ("broker_connected", None),
         ("offline", None),
     ]
+
+
+@pytest.mark.broker
+def test_the_records_last_line_counts_the_events_the_broker_never_took(tmp_path: Path) -> None:
+    """The broker goes away for good with two intent events queued: the run fails naming them, and
+    the record (closed after the MQTT sink) says so too, as does its report."""
+    broker = Mosquitto(tmp_path / "broker").start()
+    path = tmp_path / "session.jsonl"
+    try:
+
+        async def body() -> None:
+            options = BrokerOptions(url=f"mqtt://127.0.0.1:{broker.port}", backoff_min_s=0.05, drain_timeout_s=0.5)
+            publisher = Publisher(options, "st", "127.0.0.1", broker.port, False)
+            await publisher.start()
+            record = RecordSink(PipelineOptions(stream_id="st", record=str(path)), publisher)
+            await record.start()
+            broker.stop()
+            await until(lambda: not publisher.stats.connected, 5.0, "the publisher to see the broker gone")
+            for i in range(2):
+                stamp = {"utterance_id": i, "speech_end_wall": time.time(), "latency_ms": {}}
+                publisher.send(publisher.topic("intent"), stamp, handover_stamp=True)
+            with pytest.raises(UndeliveredError, match="2 intent events not delivered"):
+                await _close_sinks([MqttSink(publisher), record], raise_failure=True)
+
+        asyncio.run(body())
+    finally:
+        broker.stop()
+    last = json.loads(path.read_text().splitlines()[-1])
+    assert (last["status"], last["events_undelivered"], last["lines_dropped"]) == ("offline", 2, 0)
+    html_path = tmp_path / "session.html"
+    assert main(["report", str(path), "--out", str(html_path)]) == 0
+    assert "events undelivered 2" in html_path.read_text()
 
 
 def test_a_record_that_cannot_be_written_fails_the_close_naming_the_file(tmp_path: Path) -> None:

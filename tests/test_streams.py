@@ -81,7 +81,8 @@ def test_a_stream_whose_file_is_missing_is_named_by_the_streams_file_line(
     path = _write(tmp_path, f"streams:\n  - id: a\n    input: {present}\n  - id: b\n    audio: {tmp_path}/gone.wav\n")
     assert main(["run", "--streams", str(path), "--broker", "embedded"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"dfmq run: error: {path}:4: streams[1].audio: cannot read media '{tmp_path}/gone.wav': no such file"]
+    gone = f"cannot read media '{tmp_path}/gone.wav': no such file"
+    assert err == [f"dfmq run: error: {path}:4: streams[1].audio: {gone}"]
 
 
 @pytest.mark.broker
