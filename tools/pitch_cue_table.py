@@ -84,7 +84,7 @@ def ratio(samples: np.ndarray) -> float | None:
 
 def measure() -> dict[str, Any]:
     threshold = SegmenterOptions().final_pitch_ratio
-    rows = []
+    rows: list[dict[str, Any]] = []
     for voice in VOICES:
         rows.append(
             {
@@ -101,7 +101,7 @@ def measure() -> dict[str, Any]:
     def released(kind: str) -> list[int]:
         return [sum(v is not None and v < threshold for v in row[kind]) for row in rows]
 
-    summary = {
+    summary: dict[str, Any] = {
         kind: {"released_early": sum(released(kind)), "of": sum(len(row[kind]) for row in rows)}
         for kind in ("questions", "statements", "breaks")
     }
