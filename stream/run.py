@@ -46,7 +46,7 @@ from stream.pipeline import Pipeline, PipelineStats
 from stream.publisher import Publisher, parse_broker_url
 from stream.record import RecordSink
 from stream.sinks import HermesSink, MqttSink, Sink
-from stream.sources import CameraSource, FileSource, MicSource, Source, SourceOptions, StreamClock
+from stream.sources import CameraSource, FileSource, Lockstep, MicSource, Source, SourceOptions, StreamClock
 from stream.stages import (
     AsrBatcher,
     Deciding,
@@ -95,18 +95,19 @@ def _sources(req: RunRequest, options: SourceOptions) -> tuple[list[Source], boo
     sources: list[Source] = []
     files = True
     clock = StreamClock()
+    lockstep = Lockstep() if options.pace == "fast" else None  # two files read fast keep together
     if audio != "none":
         if audio == "default" or audio.isdigit() or not _looks_like_media(audio):
             sources.append(MicSource(audio, options, clock))
             files = False
         else:
-            sources.append(FileSource(audio, options, video=False))
+            sources.append(FileSource(audio, options, video=False, lockstep=lockstep))
     if video != "none":
         if video.isdigit() or video.startswith("/dev/video"):
             sources.append(CameraSource(video, options, clock))
             files = False
         else:
-            sources.append(FileSource(video, options, audio=False))
+            sources.append(FileSource(video, options, audio=False, lockstep=lockstep))
     return sources, files
 
 

@@ -60,12 +60,63 @@ def _requirement(audio: bool, video: bool) -> tuple[str | None, str | None]:
     return None, None
 
 
-class FileSource:
-    """A media file or URL decoded by PyAV on a thread; paced to real time unless `fast`."""
+class Lockstep:
+    """Files read side by side faster than real time (`--audio FILE --video FILE --pace fast`).
 
-    def __init__(self, location: str, options: SourceOptions, audio: bool = True, video: bool = True) -> None:
+    One file's tracks come interleaved by their time stamps, so an utterance's frames are in before
+    its end is heard. Two files read each on its own thread are not: the audio, quicker to decode,
+    ran seconds ahead and utterances were decided before their frames arrived (video quality 0, a
+    silent loss). Here no file runs more than `LEAD_S` of stream time ahead of the slowest; a file
+    that has ended holds no one back."""
+
+    # An utterance is decided a hang-over (400 ms) after its speech ends: its frames are in by then.
+    LEAD_S = 0.2
+
+    def __init__(self) -> None:
+        self._at_s: dict[int, float] = {}
+        self._changed = threading.Condition()
+
+    def join(self) -> int:
+        with self._changed:
+            member = len(self._at_s)
+            self._at_s[member] = 0.0
+            return member
+
+    def advance(self, member: int, stream_s: float, stop: threading.Event) -> None:
+        """Wait until `stream_s` is within LEAD_S of every other file, then take it. The file that
+        is furthest behind never waits, whatever its step (a frame of a 2 fps video): no deadlock."""
+        with self._changed:
+            while not stop.is_set():
+                others = [at for m, at in self._at_s.items() if m != member]
+                slowest = min(others, default=float("inf"))
+                if stream_s <= slowest + self.LEAD_S or self._at_s[member] <= slowest:
+                    break
+                self._changed.wait(timeout=0.2)
+            self._at_s[member] = max(self._at_s[member], stream_s)
+            self._changed.notify_all()
+
+    def leave(self, member: int) -> None:
+        with self._changed:
+            self._at_s[member] = float("inf")
+            self._changed.notify_all()
+
+
+class FileSource:
+    """A media file or URL decoded by PyAV on a thread; paced to real time unless `fast` (then in
+    `lockstep` with the other files of the stream, if it has any)."""
+
+    def __init__(
+        self,
+        location: str,
+        options: SourceOptions,
+        audio: bool = True,
+        video: bool = True,
+        lockstep: Lockstep | None = None,
+    ) -> None:
         self.location = location
         self.options = options
+        self.lockstep = lockstep
+        self._member = lockstep.join() if lockstep is not None else 0
         # Utterances come from speech, so a file that is to give the audio must have it; a file
         # given for the picture alone (--video FILE) must have a picture. --input's video is optional.
         required, hint = _requirement(audio, video)
@@ -100,6 +151,8 @@ class FileSource:
                 delay = started_wall + stream_s - time.time()
                 if delay > 0:
                     time.sleep(delay)
+            elif self.lockstep is not None:
+                self.lockstep.advance(self._member, stream_s, self._stop)
 
         def emit_audio(samples: np.ndarray) -> None:
             nonlocal audio_pos
@@ -132,6 +185,8 @@ class FileSource:
             log.error("%s", exc)
         finally:
             items.close()
+            if self.lockstep is not None:
+                self.lockstep.leave(self._member)
             # The end marker goes out on errors too, so the pipeline flushes what it has.
             sink(None)
 

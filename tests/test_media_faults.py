@@ -17,7 +17,7 @@ from stream.cli import main
 from stream.media import SAMPLE_RATE_HZ, MediaError, decode_clip, open_media
 from stream.messages import AudioChunk, VideoFrame
 from stream.render import write_clip
-from stream.sources import FileSource, SourceOptions
+from stream.sources import FileSource, Lockstep, SourceOptions
 from tests.conftest import require_binary
 
 FPS = 15
@@ -191,6 +191,61 @@ def test_a_good_file_still_plays_through(media: dict[str, Path]) -> None:
     assert any(isinstance(i, VideoFrame) for i in items)
     audio_s = sum(len(i.samples) for i in items if isinstance(i, AudioChunk)) / SAMPLE_RATE_HZ
     assert 1.9 < audio_s < 2.2
+
+
+def test_separate_audio_and_video_files_read_fast_keep_together() -> None:
+    """`--audio FILE --video FILE --pace fast`: each file on its own thread, read as fast as it
+    decodes. In lockstep the audio never runs more than Lockstep.LEAD_S ahead of the frames (as one
+    file's interleaved tracks do), so an utterance's frames are in before its end is heard; without
+    it the quicker audio was through before the frames (2.3 s ahead on this clip: the check fails)."""
+    face = str(Path(__file__).parent / "data" / "faces" / "bbaf2n.mpg")  # real GRID speaker, 3 s
+    lockstep = Lockstep()
+    audio = FileSource(face, SourceOptions(pace="fast"), video=False, lockstep=lockstep)
+    video = FileSource(face, SourceOptions(pace="fast"), audio=False, lockstep=lockstep)
+    arrived: list[AudioChunk | VideoFrame] = []
+    ends = threading.Semaphore(0)
+    lock = threading.Lock()
+
+    def sink(item: AudioChunk | VideoFrame | None) -> None:
+        if item is None:
+            ends.release()
+            return
+        with lock:
+            arrived.append(item)
+
+    audio.start(sink)
+    video.start(sink)
+    assert ends.acquire(timeout=20) and ends.acquire(timeout=20), "the sources did not end"
+    frames_at = [i.pts_s for i in arrived if isinstance(i, VideoFrame)]
+    assert frames_at and frames_at[-1] > 2.5
+    lead = 0.0  # how far the audio was ahead of the newest frame when each chunk arrived
+    newest_frame_s = 0.0
+    for item in arrived:
+        if isinstance(item, VideoFrame):
+            newest_frame_s = item.pts_s
+        elif newest_frame_s < frames_at[-1]:
+            lead = max(lead, item.start_s + len(item.samples) / SAMPLE_RATE_HZ - newest_frame_s)
+    assert lead <= Lockstep.LEAD_S + 0.1
+
+
+def test_lockstep_never_stalls_on_steps_longer_than_its_lead() -> None:
+    """A 2 fps video beside audio: steps longer than LEAD_S; the file furthest behind always goes on."""
+    lockstep, stop = Lockstep(), threading.Event()
+
+    def walk(member: int, step_s: float) -> None:
+        at_s = 0.0
+        while at_s < 5.0:
+            at_s += step_s
+            lockstep.advance(member, at_s, stop)
+        lockstep.leave(member)
+
+    walkers = [threading.Thread(target=walk, args=(lockstep.join(), step), daemon=True) for step in (0.5, 0.7)]
+    for walker in walkers:
+        walker.start()
+    for walker in walkers:
+        walker.join(timeout=10)
+    stop.set()  # frees a stalled walker, so that a failure ends the test instead of hanging it
+    assert not any(walker.is_alive() for walker in walkers)
 
 
 @pytest.mark.parametrize(
