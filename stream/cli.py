@@ -721,6 +721,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from stream.report import write_report
 
     session = write_report(args.record, args.out, args.stream_id)
+    for warning in session.warnings:
+        print(f"dfmq report: warning: {warning}", file=sys.stderr)
     print(
         f"dfmq report: {len(session.intents)} utterances of stream '{session.stream_id}' from "
         f"{len(session.parts)} file(s): {args.out}"

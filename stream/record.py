@@ -23,11 +23,13 @@ from a bounded queue: `handle` only builds a small dict and queues it.
 from __future__ import annotations
 
 import asyncio
+import glob
 import json
 import logging
 import queue
 import threading
 import time
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
@@ -85,8 +87,11 @@ class RecordSink:
         self._error: BaseException | None = None
         self._broker: bool | None = None
         self._devices: dict[str, bool] = {}
+        # In every part's header: `dfmq report` reads the parts of one session only.
+        self.session = uuid.uuid4().hex[:12]
 
     async def start(self) -> None:
+        self._replace_earlier_session()
         try:
             self._open()
         except OSError as exc:
@@ -124,6 +129,22 @@ class RecordSink:
         if self._error is not None:
             raise RecordError(self.path, f"writing failed ({self._error})") from self._error
         log.info("session record %s: %d lines, %d rotations", self.path, self.written, self.rotations)
+
+    def _replace_earlier_session(self) -> None:
+        """FILE.jsonl is this run's: an earlier session's record there is replaced, its rotated parts
+        removed with it (left behind, `dfmq report` would read them as this session's), and said so."""
+        earlier = record_parts(self.path)
+        if not earlier:
+            return
+        try:
+            for part in earlier:
+                if part != self.path:
+                    part.unlink()
+        except OSError as exc:
+            raise RecordError(self.path, f"an earlier session's part cannot be removed ({exc})") from exc
+        log.warning(
+            "session record %s: replacing an earlier session's record (%d file(s))", self.path, len(earlier)
+        )
 
     # ---- on the event loop ---------------------------------------------------------------------
     def _put(self, line: dict[str, Any]) -> None:
@@ -204,6 +225,7 @@ class RecordSink:
             "schema": RECORD_SCHEMA,
             "stream_id": self.stream_id,
             "wall": round(time.time(), 3),
+            "session": self.session,
             "part": self._part,
             "record_max_mb": self.max_bytes / 2**20,
             "record_keep_files": self.keep_files,
@@ -229,10 +251,10 @@ class RecordSink:
 
 
 def record_parts(path: Path) -> list[Path]:
-    """The files of a record, oldest first: FILE.jsonl.N ... FILE.jsonl.1, FILE.jsonl."""
-    parts = [path] if path.exists() else []
-    index = 1
-    while part_path(path, index).exists():
-        parts.insert(0, part_path(path, index))
-        index += 1
-    return parts
+    """The files of a record, oldest first: FILE.jsonl.N ... FILE.jsonl.1, FILE.jsonl (all of
+    them, also past a missing one: the report says what is missing)."""
+    rotated = [
+        p for p in path.parent.glob(f"{glob.escape(path.name)}.*") if p.name[len(path.name) + 1 :].isdigit()
+    ]
+    rotated.sort(key=lambda p: int(p.name[len(path.name) + 1 :]), reverse=True)
+    return rotated + ([path] if path.exists() else [])

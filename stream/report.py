@@ -52,6 +52,7 @@ class Session:
     intents: list[dict[str, Any]] = field(default_factory=list)
     quality: list[dict[str, Any]] = field(default_factory=list)
     status: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # what of the record could not be read, and why
 
     def stream_time(self, wall: float) -> float:
         """A wall-clock time on the stream clock of the events (the offset seen in the record)."""
@@ -72,26 +73,9 @@ def read_session(path: Path, stream_id: str | None = None) -> Session:
         if per_stream:
             expected += f"; the streams' records beside it: {', '.join(per_stream)}"
         raise DataError("no such session record", path=path, expected=expected)
-    lines: list[dict[str, Any]] = []
-    for part in parts:
-        try:
-            text = part.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DataError(f"cannot be read ({exc})", path=part) from None
-        for number, raw in enumerate(text.splitlines(), start=1):
-            if not raw.strip():
-                continue
-            try:
-                line = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise DataError(
-                    f"not JSON Lines ({exc.msg})", path=part, line=number, expected="one JSON object per line"
-                ) from None
-            if not isinstance(line, dict) or not isinstance(line.get("kind"), str):
-                raise DataError(
-                    "not a session record line", path=part, line=number, expected='a JSON object with a "kind"'
-                )
-            lines.append(line)
+    warnings: list[str] = []
+    read = [_read_part(part, part == parts[-1], warnings) for part in parts]
+    lines = [line for part_lines in _one_session(parts, read, warnings) for line in part_lines]
     headers = [line for line in lines if line["kind"] == "header"]
     if not headers or headers[0].get("schema") != RECORD_SCHEMA:
         raise DataError(
@@ -109,7 +93,7 @@ def read_session(path: Path, stream_id: str | None = None) -> Session:
         raise ConfigError("--stream-id", f"one of the record's streams ({', '.join(streams) or 'none'})", stream_id)
     mine = [line for line in lines if line.get("stream_id") == stream_id]
     header = next((h for h in headers if h.get("stream_id") == stream_id), headers[0])
-    session = Session(parts=parts, stream_id=stream_id, header=header)
+    session = Session(parts=parts, stream_id=stream_id, header=header, warnings=warnings)
     seen_utterances: set[int] = set()
     for line in mine:
         kind = line["kind"]
@@ -123,6 +107,59 @@ def read_session(path: Path, stream_id: str | None = None) -> Session:
         elif kind == "status":
             session.status.append(line)
     return session
+
+
+def _read_part(part: Path, newest: bool, warnings: list[str]) -> list[dict[str, Any]]:
+    """A part's lines. The newest part's last line may have been cut off by a crash or a full
+    disk: skipped with a warning; anything else malformed is an error naming the line."""
+    try:
+        text = part.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot be read ({exc})", path=part) from None
+    rows = [(number, raw) for number, raw in enumerate(text.splitlines(), start=1) if raw.strip()]
+    lines: list[dict[str, Any]] = []
+    for number, raw in rows:
+        try:
+            line = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            if newest and number == rows[-1][0] and not text.endswith("\n") and lines:
+                warnings.append(f"{part}:{number}: the last line is cut off (the run did not end cleanly): skipped")
+                break
+            raise DataError(
+                f"not JSON Lines ({exc.msg})", path=part, line=number, expected="one JSON object per line"
+            ) from None
+        if not isinstance(line, dict) or not isinstance(line.get("kind"), str):
+            raise DataError("not a session record line", path=part, line=number, expected='a JSON object with a "kind"')
+        lines.append(line)
+    return lines
+
+
+def _one_session(
+    parts: list[Path], read: list[list[dict[str, Any]]], warnings: list[str]
+) -> list[list[dict[str, Any]]]:
+    """The parts of the newest part's session, with a warning for each part of another session (a
+    record written before session ids were, has none: read as one) and for missing parts."""
+    headers = [next((line for line in lines if line["kind"] == "header"), {}) for lines in read]
+    session = headers[-1].get("session")
+    kept: list[list[dict[str, Any]]] = []
+    numbers: list[int] = []
+    for part, header, lines in zip(parts, headers, read):
+        if header.get("session") != session:
+            warnings.append(f"{part} belongs to another session (an earlier run with the same file name): not read")
+            continue
+        kept.append(lines)
+        if isinstance(header.get("part"), int):
+            numbers.append(header["part"])
+    if numbers and numbers[0] > 1:
+        warnings.append(
+            f"the record begins at part {numbers[0]}: parts 1-{numbers[0] - 1} were rotated away (record_keep_files)"
+        )
+    missing = sorted(set(range(numbers[0], numbers[-1] + 1)) - set(numbers)) if numbers else []
+    if missing:
+        warnings.append(
+            f"part(s) {', '.join(map(str, missing))} of {numbers[-1]} are missing: their lines are not read"
+        )
+    return kept
 
 
 def decision(event: dict[str, Any]) -> str:
@@ -304,8 +341,8 @@ def render_html(session: Session, png: bytes) -> str:
         ["out of scope below scope", run.get("reject_below")],
     ]
     for section, values in (run.get("options") or {}).items():
-        if section in ("decision", "segmenter"):
-            about += [[f"{section}.{k}", v] for k, v in values.items()]
+        about += [[f"{section}.{k}", v] for k, v in values.items()]
+    about += [["warning", warning] for warning in session.warnings]
     counts = Counter(decision(e) for e in events)
     reasons = Counter(str(e.get("reason")) for e in events if not e.get("recognized"))
     count_rows = [[n, c] for n, c in counts.most_common() if n != NOT_RECOGNIZED]

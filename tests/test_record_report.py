@@ -260,6 +260,58 @@ def test_the_record_rotates_within_its_size_bound_and_the_parts_read_back_in_ord
     assert read.run is not None and read.run["intents"] == ["Thank"]
 
 
+def _record(path: Path, events: range, max_mb: float = 0.004, keep: int = 4) -> RecordSink:
+    """A session of `events` (five quality lines each) written by the real RecordSink."""
+    sink = RecordSink(PipelineOptions(stream_id="rot", record=str(path), record_max_mb=max_mb, record_keep_files=keep))
+
+    async def session() -> None:
+        await sink.start()
+        sink.handle(RunStarted("rot", 1000.0, "ckpt", "onnxruntime-cpu", ["Thank"], 0.8, {}))
+        for i in events:
+            for k in range(5):
+                sink.handle(QualityReport("rot", i + k / 5, 1000.0 + i + k / 5, 0.7, 0.9, True, True))
+            sink.handle(_event(i))
+        await sink.close()
+
+    asyncio.run(session())
+    return sink
+
+
+def test_a_record_file_used_again_holds_the_new_session_only(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "same.jsonl"
+    _record(path, range(0, 40))
+    assert part_path(path, 2).exists()  # the first session rotated
+    _record(path, range(100, 103))
+    assert [p.name for p in tmp_path.iterdir()] == ["same.jsonl"]  # the earlier session's parts went with it
+    assert "replacing an earlier session's record" in caplog.text
+    read = read_session(path)
+    assert [e["utterance_id"] for e in read.intents] == [100, 101, 102] and read.warnings == []
+
+
+def test_the_report_says_which_parts_it_could_not_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "gap.jsonl"
+    _record(path, range(0, 60), keep=3)
+    whole = read_session(path)
+    assert whole.warnings == [
+        f"the record begins at part {whole.header['part']}: parts 1-{whole.header['part'] - 1} "
+        "were rotated away (record_keep_files)"
+    ]
+    part_path(path, 2).unlink()  # a middle part deleted by hand
+    stranger = tmp_path / "stranger.jsonl"
+    _record(stranger, range(200, 230))
+    part_path(stranger, 1).replace(part_path(path, 4))  # another session's part beside them
+    with path.open("a") as newest:
+        newest.write('{"kind": "quality", "stream_id": "rot", "ti')  # cut off by a crash
+    gap = read_session(path)
+    assert len(gap.intents) < len(whole.intents) and all(e["utterance_id"] < 60 for e in gap.intents)
+    assert any(f"{part_path(path, 4)} belongs to another session" in w for w in gap.warnings)
+    assert any(w.startswith("part(s) ") and "are missing" in w for w in gap.warnings)
+    assert any("the last line is cut off" in w for w in gap.warnings)
+    assert main(["report", str(path), "--out", str(tmp_path / "gap.png")]) == 0
+    err = capsys.readouterr().err
+    assert err.count("dfmq report: warning:") == len(gap.warnings) == 4
+
+
 class _Page(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
