@@ -111,6 +111,9 @@ class DFMQConfig:
     # FeatureOptions of the media features the model was trained on (None: benchmark features,
     # quality from the features themselves). Live extraction must use the same options.
     feature_options: dict[str, Any] | None = None
+    # Trained on transcripts alone (a data folder without feature files): its audio and video
+    # encoders never learnt anything, so live runs give it the transcript only.
+    text_only: bool = False
     # Temperature scaling of the fused logits: probabilities are softmax(logits / temperature),
     # T fitted on a held-out split (`dfmq train` at its end, `dfmq calibrate` on any checkpoint).
     # 1.0: uncalibrated (checkpoints from before calibration load with it).

@@ -322,6 +322,7 @@ def train(
     features = FeatureStore(Path(data_dir), config.audio_dim, config.video_dim)
     # The options that made the features travel with the checkpoint, so live extraction matches.
     config.feature_options = features.feature_options
+    config.text_only = features.text_only
     train_samples = load_split(dataset, data_dir, "train", features, config.labels)
     dev_samples = load_split(dataset, data_dir, "dev", features, config.labels)
     augment: list[Sample] = []

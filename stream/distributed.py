@@ -631,9 +631,11 @@ def load_worker_models(req: RunRequest) -> WorkerModels:
     from model.checkpoint import checkpoint_intent_set, load_checkpoint, resolve_ckpt
     from stream.asr import load_whisper
     from stream.run import _intent_anchors
+    from stream.stages import check_live_compatible
 
     ckpt_dir = resolve_ckpt(req.ckpt)
     model, tokenizer = load_checkpoint(ckpt_dir)
+    check_live_compatible(model.config)  # refused here, as `dfmq run` does, not item after item
     anchors = _intent_anchors(model, tokenizer, ckpt_dir, req)
     choice = choose_engine(req.engine, req.device, int8_gate(model))  # as `dfmq run` picks
     engine = load_engine(model, choice, tokenizer=tokenizer)

@@ -142,9 +142,7 @@ class RecordSink:
                     part.unlink()
         except OSError as exc:
             raise RecordError(self.path, f"an earlier session's part cannot be removed ({exc})") from exc
-        log.warning(
-            "session record %s: replacing an earlier session's record (%d file(s))", self.path, len(earlier)
-        )
+        log.warning("session record %s: replacing an earlier session's record (%d file(s))", self.path, len(earlier))
 
     # ---- on the event loop ---------------------------------------------------------------------
     def _put(self, line: dict[str, Any]) -> None:
@@ -253,8 +251,6 @@ class RecordSink:
 def record_parts(path: Path) -> list[Path]:
     """The files of a record, oldest first: FILE.jsonl.N ... FILE.jsonl.1, FILE.jsonl (all of
     them, also past a missing one: the report says what is missing)."""
-    rotated = [
-        p for p in path.parent.glob(f"{glob.escape(path.name)}.*") if p.name[len(path.name) + 1 :].isdigit()
-    ]
+    rotated = [p for p in path.parent.glob(f"{glob.escape(path.name)}.*") if p.name[len(path.name) + 1 :].isdigit()]
     rotated.sort(key=lambda p: int(p.name[len(path.name) + 1 :]), reverse=True)
     return rotated + ([path] if path.exists() else [])

@@ -44,7 +44,11 @@ T = TypeVar("T")
 
 
 def check_live_compatible(config: DFMQConfig) -> FeatureOptions:
-    """The feature options live extraction must use: those the checkpoint was trained on."""
+    """The feature options live extraction must use: those the checkpoint was trained on (a
+    text-only checkpoint: the defaults, for the running quality only; `Deciding` gives it no
+    audio or video)."""
+    if config.text_only:
+        return FeatureOptions()
     if config.feature_options is None:
         raise ConfigError(
             "--ckpt",
@@ -356,8 +360,11 @@ class Deciding:
             values = values[:max_len]
             return values[None].astype(np.float32), np.ones((1, len(values)), bool)
 
-        audio, audio_mask = seq(scored.features.audio, cfg.audio_dim, cfg.audio_max_len)
-        video, video_mask = seq(scored.features.video, cfg.video_dim, cfg.video_max_len)
+        # A text-only checkpoint sees windows as it was trained: no audio, no video.
+        heard = None if cfg.text_only else scored.features
+        audio, audio_mask = seq(None if heard is None else heard.audio, cfg.audio_dim, cfg.audio_max_len)
+        video, video_mask = seq(None if heard is None else heard.video, cfg.video_dim, cfg.video_max_len)
+        q_audio, q_video = (0.0, 0.0) if heard is None else (scored.quality_audio, scored.quality_video)
         return WindowBatch(
             input_ids=tokens["input_ids"].astype(np.int64),
             attention_mask=tokens["attention_mask"].astype(np.int64),
@@ -365,7 +372,7 @@ class Deciding:
             audio_mask=audio_mask,
             video=video,
             video_mask=video_mask,
-            quality=np.array([[q_text, scored.quality_audio, scored.quality_video]], dtype=np.float32),
+            quality=np.array([[q_text, q_audio, q_video]], dtype=np.float32),
         )
 
     async def process(self, scored: ScoredWindow) -> IntentEvent:

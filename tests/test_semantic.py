@@ -16,7 +16,8 @@ from model.dfmq import DFMQMC
 from model.intents import load_intent_set
 from model.semantic import IntentAnchors, build_anchors, fit_reject_below, triplet_loss
 from stream.cli import main
-from tests.conftest import cls_pooled_minilm, tiny_text_encoder
+from tests.conftest import Mosquitto, cls_pooled_minilm, render_clip, tiny_text_encoder, wait_until
+from tests.test_pipeline import Subscriber
 
 REPO = Path(__file__).resolve().parent.parent
 KIOSK = REPO / "configs" / "intents" / "kiosk.yaml"
@@ -341,6 +342,7 @@ def test_reject_below_override_must_be_a_fraction(capsys: pytest.CaptureFixture[
     assert "option '--reject-below' expected a fraction in [0, 1], got 1.5" in capsys.readouterr().err
 
 
+@pytest.mark.broker
 def test_train_on_a_users_intent_set_then_score_it_as_the_trained_set(
     tmp_path: Path, tiny_config_yaml: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -364,6 +366,21 @@ def test_train_on_a_users_intent_set_then_score_it_as_the_trained_set(
     bad = ["train", "--dataset", "intents", "--data", str(data), "--out", str(tmp_path / "x")]
     assert main(bad) == 2
     assert "the intents layout needs an intent set" in capsys.readouterr().err
+    # Trained on transcripts alone, it runs live on them alone: a real run into a real Mosquitto.
+    assert model.config.text_only
+    clip = render_clip(tmp_path / "pay.mp4", "can i pay by card please")
+    broker = Mosquitto(tmp_path / "broker").start()
+    sub = Subscriber(broker.port)
+    try:
+        argv = ["run", "--ckpt", str(ckpt), "--input", str(clip), "--pace", "fast", "--engine", "torch"]
+        assert main([*argv, "--broker", f"mqtt://127.0.0.1:{broker.port}", "--stream-id", "kiosk"]) == 0
+        wait_until(lambda: len(sub.events()) == 1, 5.0, "the event")
+    finally:
+        sub.stop()
+        broker.stop()
+    event = sub.events()[0]
+    assert event["intent"] in (*kiosk.names, None) and "card" in str(event["text"]).lower()
+    assert event["weights"] == {"audio": 0.0, "video": 0.0}  # no audio or video reached the model
 
 
 def test_a_set_with_examples_sets_its_threshold_from_them_leaving_each_out() -> None:
