@@ -7,11 +7,11 @@ import dataclasses
 import json
 import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
-from model.errors import ConfigError, DfmqError
+from model.errors import ConfigError, DataError, DfmqError
 from model.paths import config_file
 
 T = TypeVar("T")
@@ -212,6 +212,37 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{low}, {high}], got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer in [{low}, {high}], got {text!r}")
+        return value
+
+    return parse
+
+
+def _output_file(flag: str, path: Path, suffixes: Sequence[str] = ()) -> None:
+    """A file the command will write, checked before any work: its suffix, not a folder, and a
+    folder it can be created in (made if missing), so that a long run does not end in an errno."""
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ConfigError(flag, f"a file ending in {' or '.join(suffixes)}", str(path))
+    if path.is_dir():
+        raise ConfigError(flag, "a file to write, not a folder", str(path))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        existed = path.exists()
+        with path.open("a"):
+            pass
+        if not existed:
+            path.unlink()
+    except OSError as exc:
+        raise ConfigError(flag, f"a file that can be written ({exc.strerror or exc})", str(path)) from exc
+
+
 def _add_export(sub: Any) -> None:
     p = sub.add_parser(
         "export",
@@ -245,10 +276,16 @@ def _add_bench(sub: Any) -> None:
     )
     p.add_argument("--batch-sizes", type=_int_list, default=[1, 8, 32], help="comma-separated (default 1,8,32)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present, else cpu")
-    p.add_argument("--iters", type=int, default=30, help="timed calls per batch size (default 30)")
-    p.add_argument("--text-len", type=int, default=30, help="tokens per window (default 30)")
-    p.add_argument("--audio-frames", type=int, default=480, help="audio frames per window (default 480)")
-    p.add_argument("--video-frames", type=int, default=230, help="video frames per window (default 230)")
+    p.add_argument("--iters", type=_int_in(1, 100_000), default=30, help="timed calls per batch size (default 30)")
+    p.add_argument(
+        "--text-len", type=_int_in(1, 512), default=30, help="tokens per window, at most the encoder's (default 30)"
+    )
+    p.add_argument(
+        "--audio-frames", type=_int_in(1, 100_000), default=480, help="audio frames per window (default 480)"
+    )
+    p.add_argument(
+        "--video-frames", type=_int_in(1, 100_000), default=230, help="video frames per window (default 230)"
+    )
     p.add_argument("--json", required=True, type=Path, help="report file to write")
 
 
@@ -556,7 +593,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if exc.key not in flagged:
             raise
         raise ConfigError(flagged[exc.key], exc.expected, exc.got) from exc
-    train(args.dataset, args.data, args.out, config, opts, args.device, args.augment, intent_set)
+    if args.augment is not None and not Path(args.augment).is_file():
+        raise DataError("augmentation file is missing", path=args.augment, expected="a tsv of label<TAB>text rows")
+    if args.augment is not None and opts.augment_rows_per_epoch == 0:
+        raise ConfigError(
+            "--augment-rows", "rows drawn per epoch > 0 with --augment (or train.augment_rows_per_epoch)", 0
+        )
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError("--out", "a folder for the checkpoint, not an existing file", str(out))
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError("--out", f"a folder that can be made ({exc.strerror or exc})", str(out)) from exc
+    try:
+        train(args.dataset, args.data, args.out, config, opts, args.device, args.augment, intent_set)
+    except BaseException:
+        if created and not any(out.iterdir()):  # made only to check it could be: not left behind empty
+            out.rmdir()
+        raise
     return 0
 
 
@@ -734,6 +790,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from engines.export import export_onnx
     from model.checkpoint import load_checkpoint, resolve_ckpt
 
+    out = Path(args.out)
+    _output_file("--out", out, (".onnx",) if args.format == "onnx" else (".plan",))
+    sidecar = out.with_suffix(".json")
+    if sidecar.exists() and not _is_export_sidecar(sidecar):
+        raise ConfigError(
+            "--out",
+            f"a path whose .json beside it is free or an earlier export's ({sidecar} is another file)",
+            str(out),
+        )
     model, tokenizer = load_checkpoint(resolve_ckpt(args.ckpt))
     if args.format == "onnx" and args.precision == "int8":
         # Built in the engine cache, where `--engine auto` looks for it, and copied to --out.
@@ -757,6 +822,15 @@ def _cmd_export(args: argparse.Namespace) -> int:
     plan, key, _ = ensure_plan(model, args.precision, plan_path=args.out)
     print(f"wrote {plan} (TensorRT {key.tensorrt_version}, {key.gpu_name}, {key.precision}) and its .json")
     return 0
+
+
+def _is_export_sidecar(path: Path) -> bool:
+    """Whether `path` is the .json `dfmq export` writes beside its graph (then it may be replaced)."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "precision" in meta and ("fingerprint" in meta or "model_fingerprint" in meta)
 
 
 def _int8_summary(path: Path) -> str:
@@ -787,7 +861,16 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             )
     if not engines:
         raise ConfigError("--engines", f"comma-separated names of {', '.join(known)}", args.engines)
+    _output_file("--json", args.json)
+    if args.device == "cuda":
+        from engines.select import torch_cuda_available
+
+        if not torch_cuda_available():
+            raise ConfigError("--device", "'cpu' on a machine without CUDA", "cuda")
     model, tokenizer = load_checkpoint(resolve_ckpt(args.ckpt))
+    positions = int(getattr(model.text_encoder.config, "max_position_embeddings", 512))
+    if args.text_len > positions:
+        raise ConfigError("--text-len", f"at most the text encoder's {positions} positions", args.text_len)
     shape = BenchShape(args.text_len, args.audio_frames, args.video_frames, iters=args.iters)
     report = run_bench(model, engines, args.batch_sizes, shape, args.device, tokenizer)
     write_report(report, args.json)

@@ -215,6 +215,26 @@ def test_ablation_switches_reach_the_saved_config(tmp_path: Path, tiny_mintrec: 
             ["bench", "--ckpt", "default", "--engines", "torch,foo", "--json", "{tmp}/b.json"],
             "option '--engines' expected comma-separated",
         ),
+        # Outputs and sizes are checked before any work (a bench or an export runs for a while).
+        (
+            ["bench", "--ckpt", "default", "--iters", "0", "--json", "{tmp}/b.json"],
+            "expected an integer in [1, 100000]",
+        ),
+        (["bench", "--ckpt", "default", "--json", "{tmp}"], "option '--json' expected a file to write, not a folder"),
+        (
+            ["bench", "--ckpt", "default", "--json", "/proc/b.json"],
+            "option '--json' expected a file that can be written",
+        ),
+        (["export", "--ckpt", "default", "--out", "{tmp}/x.txt"], "option '--out' expected a file ending in .onnx"),
+        (["export", "--ckpt", "default", "--out", "{tmp}/e.onnx"], "e.json is another file"),
+        (
+            ["train", "--dataset", "mintrec", "--data", "{tmp}", "--out", "{tmp}/e.tsv"],
+            "option '--out' expected a folder for the checkpoint, not an existing file",
+        ),
+        (
+            ["train", "--dataset", "mintrec", "--data", "{tmp}", "--out", "{tmp}/o", "--augment", "{tmp}/no.tsv"],
+            "no.tsv: augmentation file is missing",
+        ),
     ],
 )
 def test_bad_inputs_exit_2_with_a_clear_message(
@@ -223,7 +243,13 @@ def test_bad_inputs_exit_2_with_a_clear_message(
     (tmp_path / "bad.yaml").write_text("train:\n  epochz: 3\n")
     (tmp_path / "broken.yaml").write_text("asr: [1, 2\nfoo: {\n")
     (tmp_path / "e.tsv").write_text("label\ttext\nPay\tcard please\n")
-    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    (tmp_path / "e.json").write_text('{"my": "results"}')  # a user's file where an export's sidecar would go
+    try:
+        code = main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    except SystemExit as exc:  # argparse's own checks (a flag's type)
+        code = int(exc.code or 0)
+    assert code == 2
+    assert not (tmp_path / "o").exists()  # a failed train leaves no empty checkpoint folder
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
 
