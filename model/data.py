@@ -142,6 +142,8 @@ def read_tsv(dataset: str, path: Path, intent_names: Sequence[str] | None = None
     out = []
     if dataset == "intents":
         for line, row in _read_rows(path, ("label", "text")):
+            if not row["text"].strip():
+                raise DataError("a row without text", path=path, line=line, expected="label<TAB>a sentence")
             out.append((f"{path.stem}_{line}", row["text"], _label_index(row["label"], labels, {}, path, line)))
     elif dataset == "mintrec":
         for line, row in _read_rows(path, ("season", "episode", "clip", "text", "label")):

@@ -12,6 +12,9 @@ ECE_BINS = 15
 # The fitted temperature is kept inside these bounds: a held-out set the model gets entirely right
 # drives the NLL optimum toward T -> 0 (and one it gets entirely wrong toward T -> inf).
 TEMPERATURE_BOUNDS = (0.01, 100.0)
+# Fewer held-out samples than this cannot tell a temperature: on 4 sentences the fit gave 0.09 and
+# doubled the ECE, on 2 it ran to the bound (100) and flattened every probability to chance.
+MIN_CALIBRATION_SAMPLES = 10
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, Any]:
@@ -158,9 +161,17 @@ def choose_temperature(logits: np.ndarray, labels: np.ndarray, current: float) -
     prediction certain (the live pipeline could then never abstain for low confidence)."""
     if len(labels) == 0:
         return current, "the split is empty"
+    if len(labels) < MIN_CALIBRATION_SAMPLES:
+        return (
+            current,
+            f"{len(labels)} samples are too few to fit a temperature on (at least {MIN_CALIBRATION_SAMPLES}); kept",
+        )
     if bool((np.asarray(logits).argmax(axis=-1) == np.asarray(labels)).all()):
         return current, "no errors on the split to fit a temperature on; kept"
-    return fit_temperature(logits, labels), None
+    fitted = fit_temperature(logits, labels)
+    if not TEMPERATURE_BOUNDS[0] * 1.01 < fitted < TEMPERATURE_BOUNDS[1] / 1.01:
+        return current, f"the fit ran to its bound ({fitted:.3g}): the split cannot tell; kept"
+    return fitted, None
 
 
 def calibration_summary(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict[str, float]:

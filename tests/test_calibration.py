@@ -108,13 +108,18 @@ def test_temperature_stays_inside_its_bounds_on_degenerate_sets() -> None:
     assert fit_temperature(np.zeros((0, 3)), np.zeros(0, dtype=int)) == 1.0
 
 
-def test_a_split_without_errors_keeps_the_temperature() -> None:
-    logits = np.array([[3.0, 0.0], [0.0, 3.0], [2.0, 1.0]])
-    temperature, note = choose_temperature(logits, np.array([0, 1, 0]), 1.7)  # all right: the NLL has no minimum
+def test_a_split_that_cannot_tell_keeps_the_temperature() -> None:
+    logits = np.tile([[3.0, 0.0], [0.0, 3.0], [2.0, 1.0]], (4, 1))  # 12 samples
+    right, one_wrong = np.tile([0, 1, 0], 4), np.tile([0, 1, 1], 4)
+    temperature, note = choose_temperature(logits, right, 1.7)  # all right: the NLL has no minimum
     assert temperature == 1.7 and note is not None and "no errors" in note
-    temperature, note = choose_temperature(logits, np.array([0, 1, 1]), 1.7)
-    assert note is None and temperature == fit_temperature(logits, np.array([0, 1, 1]))
+    temperature, note = choose_temperature(logits, one_wrong, 1.7)
+    assert note is None and temperature == fit_temperature(logits, one_wrong)
     assert choose_temperature(np.zeros((0, 2)), np.zeros(0, dtype=int), 1.7)[0] == 1.7
+    temperature, note = choose_temperature(logits[:4], one_wrong[:4], 1.7)  # a 4-sentence dev split
+    assert temperature == 1.7 and note is not None and "too few" in note
+    temperature, note = choose_temperature(logits, 1 - right, 1.7)  # all wrong: the fit runs to its bound
+    assert temperature == 1.7 and note is not None and "ran to its bound" in note
 
 
 def test_reliability_diagram_is_written(tmp_path: Path) -> None:
