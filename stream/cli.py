@@ -968,7 +968,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.metrics_host is not None and metrics.port is None:
         raise ConfigError("--metrics-host", "--metrics-port (or metrics.port in the config)", args.metrics_host)
     if args.homeassistant_remove:
-        return _remove_homeassistant(broker, pipe.stream_id, homeassistant.prefix)
+        for flag, value in {"--input": args.input, "--audio": args.audio, "--video": args.video}.items():
+            if value is not None:
+                raise ConfigError(
+                    flag, "nothing with --homeassistant-remove (it removes entities, runs no stream)", value
+                )
+        ids = [spec.id for spec in streams] if streams is not None else [pipe.stream_id]
+        return _remove_homeassistant(broker, ids, homeassistant.prefix)
     # Imported once every option is checked: a bad value fails before torch loads.
     from stream.run import RunRequest, run_pipeline, run_streams
 
@@ -1011,7 +1017,7 @@ def _summary(stats: Any) -> str:
     )
 
 
-def _remove_homeassistant(broker: Any, stream_id: str, prefix: str) -> int:
+def _remove_homeassistant(broker: Any, stream_ids: list[str], prefix: str) -> int:
     import asyncio
 
     from stream.homeassistant import remove_entities
@@ -1024,8 +1030,14 @@ def _remove_homeassistant(broker: Any, stream_id: str, prefix: str) -> int:
             "embedded",
         )
     host, port, tls = parse_broker_url(broker.url)
-    topics = asyncio.run(remove_entities(Publisher(broker, stream_id, host, port, tls), prefix))
-    print(f"dfmq run: removed the {len(topics)} Home Assistant entities of stream {stream_id} under {prefix}/")
+    for stream_id in stream_ids:
+        topics = asyncio.run(remove_entities(Publisher(broker, stream_id, host, port, tls), prefix))
+        # An empty retained config removes the entity in Home Assistant; for a stream never
+        # announced there was nothing to remove, which the broker cannot tell us.
+        print(
+            f"dfmq run: cleared the retained discovery configs of the {len(topics)} Home Assistant entities of "
+            f"stream {stream_id} under {prefix}/ (Home Assistant removes the entities it had)"
+        )
     return 0
 
 

@@ -269,3 +269,32 @@ def test_remove_needs_an_external_broker(capsys: pytest.CaptureFixture[str]) -> 
     err = capsys.readouterr().err
     assert err.startswith("dfmq run: error: option '--homeassistant-remove' expected --broker mqtt://HOST:PORT")
     assert err.count("\n") == 1
+
+
+@pytest.mark.broker
+def test_remove_with_a_streams_file_removes_every_stream_it_names(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broker = Mosquitto(tmp_path).start()
+    url = f"mqtt://127.0.0.1:{broker.port}"
+    streams = tmp_path / "streams.yaml"
+    streams.write_text("streams:\n  - id: lobby\n    input: a.mp4\n  - id: desk\n    input: b.mp4\n")
+    try:
+
+        async def announce() -> None:
+            for stream_id in ("lobby", "desk"):
+                publisher = Publisher(BrokerOptions(url=url), stream_id, "127.0.0.1", broker.port, False)
+                await publisher.publish_retained([(t, b"{}") for t in config_topics("homeassistant", stream_id)])
+
+        asyncio.run(announce())
+        announced = retained_configs(broker.port)
+        assert main(["run", "--homeassistant-remove", "--broker", url, "--streams", str(streams)]) == 0
+        left = retained_configs(broker.port)
+        assert main(["run", "--homeassistant-remove", "--broker", url, "--input", "a.mp4"]) == 2
+    finally:
+        broker.stop()
+    assert {t.split("/")[2] for t in announced} == {"dfmq_lobby", "dfmq_desk"}
+    assert left == {}
+    out, err = capsys.readouterr()
+    assert "of stream lobby" in out and "of stream desk" in out
+    assert "option '--input' expected nothing with --homeassistant-remove" in err
