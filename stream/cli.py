@@ -20,6 +20,10 @@ T = TypeVar("T")
 # engines.select.ENGINE_NAMES, spelt out so that `dfmq --help` does not import torch.
 ENGINE_CHOICES = ["auto", "torch", "onnxruntime", "onnxruntime-int8", "tensorrt"]
 DATASET_HELP = "layout and label set of --data; intents: train/dev.tsv of label<TAB>text, labels from --intents"
+OWN_LABELS_HELP = (
+    "layout of --data, scored on the labels the checkpoint was trained on (intents: a split of label<TAB>text "
+    "over its own set); a set it was not trained on: dfmq eval --tsv with --intents"
+)
 SENTENCE_ENCODER_HELP = (
     "a sentence-transformers model folder that embeds the descriptions, examples and transcripts of a set "
     "the model was not trained on, in place of the bundled all-MiniLM-L6-v2 (the set needs 8+ examples or a "
@@ -99,7 +103,7 @@ def _add_eval(sub: Any) -> None:
         "diagram (<json>.reliability.png); with --tsv, per-sentence predictions (<json>.predictions.tsv).",
     )
     p.add_argument("--ckpt", required=True, help="checkpoint folder written by `dfmq train`, or 'default'")
-    p.add_argument("--dataset", choices=["mintrec", "meld-da", "intents"], help=DATASET_HELP)
+    p.add_argument("--dataset", choices=["mintrec", "meld-da", "intents"], help=OWN_LABELS_HELP)
     p.add_argument("--data", type=Path, help="dataset folder (with --dataset)")
     p.add_argument("--split", default="dev", choices=["train", "dev", "test"], help="split to score (default dev)")
     p.add_argument(
@@ -163,7 +167,7 @@ def _add_calibrate(sub: Any) -> None:
         "(15 bins) and NLL before and after. `dfmq train` already does this on dev at its end.",
     )
     p.add_argument("--ckpt", required=True, type=Path, help="checkpoint folder written by `dfmq train` (rewritten)")
-    p.add_argument("--dataset", required=True, choices=["mintrec", "meld-da", "intents"], help=DATASET_HELP)
+    p.add_argument("--dataset", required=True, choices=["mintrec", "meld-da", "intents"], help=OWN_LABELS_HELP)
     p.add_argument("--data", required=True, type=Path, help="dataset folder")
     p.add_argument(
         "--split", default="dev", choices=["train", "dev", "test"], help="held-out split to fit on (default dev)"
@@ -654,7 +658,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 raise ConfigError(flag, "only with --dataset (--tsv scores transcripts with the torch model)", value)
         return _eval_intent_tsv(args)
     if not (args.dataset and args.data):
-        raise ConfigError("--dataset/--data", "both, or --tsv with --intents", args.dataset or args.data)
+        given = "only --dataset" if args.dataset else "only --data" if args.data else "neither"
+        raise ConfigError("--dataset/--data", "both, or --tsv with --intents", given)
     tsv_only = {
         "--intents": None if args.intents is None else str(args.intents),
         "--descriptions-only": args.descriptions_only or None,
@@ -664,7 +669,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     }
     for flag, value in tsv_only.items():
         if value is not None:
-            raise ConfigError(flag, "only with --tsv (a dataset split is scored on its own labels)", value)
+            raise ConfigError(
+                flag, "only with --tsv (a dataset split is scored on the labels the checkpoint was trained on)", value
+            )
     forward = None
     if args.engine != "torch":
         from engines.forward import forward_for

@@ -28,7 +28,9 @@ keyed by stream id, so one server could serve several streams of a process.
 
 from __future__ import annotations
 
+import errno
 import logging
+import socket
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -151,6 +153,10 @@ class MetricsServer:
         try:
             self._server, _ = start_http_server(self.port, addr=self.options.host, registry=self.registry)
         except OSError as exc:
+            if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:  # the host, not the port
+                raise ConfigError(
+                    "--metrics-host", f"a name or address of this machine ({exc.strerror})", self.options.host
+                ) from None
             raise ConfigError(
                 "--metrics-port", f"a port free to bind on {self.options.host} ({exc.strerror})", self.port
             ) from None

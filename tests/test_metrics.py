@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from model.errors import ConfigError
 from stream.broker import free_port
 from stream.cli import main
 from stream.metrics import MetricsServer
@@ -178,3 +179,12 @@ def test_a_port_in_use_exits_2_with_one_line(
     err = capsys.readouterr().err
     assert err.startswith("dfmq run: error: option '--metrics-port' expected a port free to bind on 127.0.0.1")
     assert err.endswith(f"got {port}\n") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("host", ["notahost.invalid", "192.0.2.1"])  # no such name; an address not of this machine
+def test_a_host_that_cannot_be_bound_is_named_not_the_port(host: str) -> None:
+    port = free_port()
+    with pytest.raises(
+        ConfigError, match=rf"option '--metrics-host' expected a name or address of this machine .*'{host}'"
+    ):
+        MetricsServer(MetricsOptions(port=port, host=host)).start()
