@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from model.errors import ConfigError, DataError
 from stream.record import RECORD_SCHEMA, record_parts
 
@@ -167,8 +169,9 @@ def decision(event: dict[str, Any]) -> str:
 
 
 def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    """Interpolated between ranks, as the stage medians beside it are (an even count's p50 is the
+    mean of the middle two)."""
+    return float(np.percentile(values, q * 100))
 
 
 def draw(session: Session) -> bytes:
@@ -307,7 +310,7 @@ def _draw_counts(ax: Any, events: list[dict[str, Any]], names: list[str], colour
     reasons = Counter(
         REASON_LABELS.get(str(e.get("reason")), str(e.get("reason"))) for e in events if not e.get("recognized")
     )
-    labels = [*names, *(f"{NOT_RECOGNIZED}: {r}" for r in sorted(reasons))]
+    labels = [*names, *(f"{NOT_RECOGNIZED}:\n{r}" for r in sorted(reasons))]  # two lines: clear of the panel beside
     values = [counts[n] for n in names] + [reasons[r] for r in sorted(reasons)]
     bar_colours = [colours[n] for n in names] + ["0.7"] * len(reasons)
     ax.barh(range(len(labels)), values, color=bar_colours, edgecolor="black")

@@ -102,8 +102,8 @@ class _StreamsChecker(NodeChecker):
         }
         if "input" in values and ("audio" in values or "video" in values):
             raise self.fail(node, key, "both input and audio/video", "either input, or audio and/or video")
-        if not values:
-            raise self.fail(node, key, "no source", "input: FILE|URL, or audio: and/or video:")
+        if not values or all(value == "none" for value in values.values()):
+            raise self.fail(node, key, "no source", "input: FILE|URL, or audio: and/or video: other than none")
         return StreamSpec(id=stream_id, **values, file=self.path, line=node.start_mark.line + 1, key=key)
 
     def source(self, node: Node, key: str) -> str:

@@ -50,6 +50,7 @@ def test_the_streams_file_as_users_write_it(tmp_path: Path) -> None:
         ),
         ("streams:\n  - id: a\n    input: a.mp4\n    audio: default\n", r":2: streams\[0\]: both input and audio"),
         ("streams:\n  - id: a\n", r"streams\.yaml:2: streams\[0\]: no source"),
+        ("streams:\n  - id: a\n    audio: none\n    video: none\n", r"streams\.yaml:2: streams\[0\]: no source"),
         ("streams:\n  - id: a\n    input: [a, b]\n", r"streams\.yaml:3: streams\[0\]\.input: not a source"),
         (
             "streams:\n  - id: a\n    input: a.mp4\n  - id: a\n    input: b.mp4\n",
