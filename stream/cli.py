@@ -1116,6 +1116,12 @@ def _cmd_capture(args: argparse.Namespace) -> int:
         f"gave up on {stats.given_up}, dropped {stats.duplicates} duplicate results, {stats.dropped_utterances} "
         f"utterances, {stats.dropped_items} capture items; served by: {served}"
     )
+    if stats.utterances and not stats.served_by:
+        print(
+            "dfmq capture: warning: no worker decided any utterance (every one went out as recognized false, "
+            "worker_timeout or worker_error): start `dfmq worker` with the same --ckpt on this broker",
+            file=sys.stderr,
+        )
     return 0
 
 

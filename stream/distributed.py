@@ -276,6 +276,7 @@ class _Pending:
     deadline_mono: float = 0.0
     event: IntentEvent | None = None
     unsent: bool = False  # the broker did not take the last send: sent again once it is connected
+    worker_error: str | None = None  # what a worker answered instead of a decision, on the last attempt
 
 
 class CaptureNode(CaptureFront):
@@ -387,13 +388,19 @@ class CaptureNode(CaptureFront):
                     continue
                 if item.attempt < self.scale.max_attempts:
                     self.stats.resent += 1
+                    why = (
+                        f"no result within {self.scale.work_timeout_s:g} s"
+                        if pending.worker_error is None
+                        else "a worker could not decide it"
+                    )
                     log.warning(
-                        "utterance %d: no result within %g s (attempt %d of %d); sending it again",
+                        "utterance %d: %s (attempt %d of %d); sending it again",
                         item.utterance_id,
-                        self.scale.work_timeout_s,
+                        why,
                         item.attempt,
                         self.scale.max_attempts,
                     )
+                    pending.worker_error = None
                     await self._send(pending)
                 else:
                     log.error(
@@ -461,6 +468,7 @@ class CaptureNode(CaptureFront):
         if result.attempt != item.attempt:
             return  # a later attempt is on its way already
         if item.attempt < self.scale.max_attempts:
+            pending.worker_error = result.error
             pending.deadline_mono = 0.0  # the watcher sends it again now, maybe to another worker
             self._changed.set()
         else:

@@ -22,6 +22,7 @@ import pytest
 
 from engines.batcher import BatcherOptions, MicroBatcher
 from model.errors import ConfigError
+from stream.cli import main
 from stream.distributed import CaptureStats, MqttLink, Worker, WorkerModels, load_worker_models, run_capture
 from stream.options import BrokerOptions, PipelineOptions, ScaleOutOptions, SegmenterOptions
 from stream.render import render_scene, write_clip
@@ -315,6 +316,21 @@ def test_without_workers_each_utterance_is_published_once_as_worker_timeout(clip
         assert event["recognized"] is False and event["reason"] == "worker_timeout" and event["intent"] is None
         assert event["top_k"] == [] and event["engine"] == "none" and event["quality"]["video"] > 0.5
     assert time.monotonic() - began < 30  # two sends of 1 s each, all in flight together
+
+
+@pytest.mark.broker
+def test_dfmq_capture_without_workers_says_so_at_the_end(
+    clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broker = Mosquitto(tmp_path).start()
+    try:
+        argv = ["capture", "--input", str(clip), "--pace", "fast", "--broker", f"mqtt://127.0.0.1:{broker.port}"]
+        assert main([*argv, "--work-timeout-s", "1", "--max-attempts", "1", "--stream-id", "alone"]) == 0
+    finally:
+        broker.stop()
+    out, err = capsys.readouterr()
+    assert f"gave up on {len(SENTENCES)}" in out and "served by: none" in out
+    assert "dfmq capture: warning: no worker decided any utterance" in err
 
 
 def test_a_work_item_round_trips_with_its_arrays_and_bad_payloads_are_named() -> None:
