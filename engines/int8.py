@@ -20,6 +20,7 @@ when the cached export cleared it.
 
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 from collections import defaultdict
@@ -187,6 +188,17 @@ def smooth(fp32_path: Path, out_path: Path, calibration: WindowBatch, alpha: flo
     return len(readers)
 
 
+def _quantize_level(quantization: Any, smoothed: Path, out_path: Path, keep: str) -> None:
+    quantization.quantize_dynamic(
+        str(smoothed),
+        str(out_path),
+        weight_type=quantization.QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul", "Gemm"],
+        nodes_to_exclude=_nodes(smoothed, keep),
+    )
+
+
 def _nodes(path: Path, pattern: str) -> list[str]:
     import onnx
 
@@ -241,6 +253,15 @@ def _toposort(graph: Any) -> None:
     graph.node.extend(ordered)
 
 
+class _NoPreprocessAdvice(logging.Filter):
+    """onnxruntime's quantiser advises its shape-inference pre-processing on the root logger at
+    every call; the graph here is smoothed and checked against fp32 instead (the gate), so the
+    advice is noise in a user's terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Please consider to run pre-processing before quantization")
+
+
 def quantize_int8(fp32_path: Path, out_path: Path, model: DFMQMC, tokenizer: Any) -> dict[str, Any]:
     """Smooth and quantise the fp32 export, one level of `LEVELS` after the other until one clears the
     gate (the last level is kept when none does); returns what the sidecar records."""
@@ -254,15 +275,13 @@ def quantize_int8(fp32_path: Path, out_path: Path, model: DFMQMC, tokenizer: Any
     with tempfile.TemporaryDirectory() as tmp:
         smoothed = Path(tmp) / "smoothed.onnx"
         count = smooth(Path(fp32_path), smoothed, text_windows(model, tokenizer, calibration), SMOOTH_ALPHA)
+        quiet = _NoPreprocessAdvice()
         for level, keep in LEVELS.items():
-            quantization.quantize_dynamic(
-                str(smoothed),
-                str(out_path),
-                weight_type=quantization.QuantType.QInt8,
-                per_channel=True,
-                op_types_to_quantize=["MatMul", "Gemm"],
-                nodes_to_exclude=_nodes(smoothed, keep),
-            )
+            logging.getLogger().addFilter(quiet)
+            try:
+                _quantize_level(quantization, smoothed, out_path, keep)
+            finally:
+                logging.getLogger().removeFilter(quiet)
             check = parity(reference, OnnxRuntimeEngine(out_path).infer(windows))
             tried.append({"level": level, "kept_fp32": keep, **check.to_dict()})
             if check.passed:
