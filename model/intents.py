@@ -84,8 +84,10 @@ class IntentSet:
 
 
 def topic_name(intent: str) -> str:
-    """An intent's name as one MQTT topic level: "Check in" -> "CheckIn" (Hermes' convention)."""
-    return intent.title().replace(" ", "")
+    """An intent's name as one MQTT topic level: "Check in" -> "CheckIn" (Hermes' convention). Each
+    word's first letter only is raised: "Turn on TV" -> "TurnOnTV", "thank-you note" -> "Thank-youNote"
+    (str.title would give "Tv" and "Thank-YouNote")."""
+    return "".join(word[:1].upper() + word[1:] for word in intent.split())
 
 
 def load_intent_set(path: Path | str) -> IntentSet:

@@ -11,7 +11,7 @@ import pytest
 
 from model.config import MINTREC_LABELS
 from model.errors import DataError
-from model.intents import Intent, IntentSet, load_intent_set
+from model.intents import Intent, IntentSet, load_intent_set, topic_name
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs" / "intents"
@@ -416,3 +416,16 @@ def test_threshold_bounds_and_yaml_spellings(tmp_path: Path) -> None:
         path = _write(tmp_path, f"reject_below: {written}\nintents:\n  - name: A\n    description: a.\n" + GOOD_TAIL)
         with pytest.raises(DataError, match=r"set\.yaml:1: reject_below"):
             load_intent_set(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "topic"),
+    [
+        ("Check in", "CheckIn"),
+        ("Ask for help", "AskForHelp"),
+        ("Turn on TV", "TurnOnTV"),
+        ("thank-you note", "Thank-youNote"),
+    ],
+)
+def test_an_intent_name_as_one_topic_level_raises_only_each_words_first_letter(name: str, topic: str) -> None:
+    assert topic_name(name) == topic

@@ -25,6 +25,7 @@ from model.checkpoint import new_model, save_checkpoint
 from model.config import MINTREC_LABELS, DFMQConfig
 from model.errors import BackendUnavailableError, ConfigError
 from model.features import FeatureOptions
+from model.intents import topic_name
 from stream.broker import free_port
 from stream.media import MediaError
 from stream.options import BrokerOptions, PipelineOptions, SegmenterOptions
@@ -231,7 +232,7 @@ def test_one_event_per_utterance_with_quality_following_the_channels(
         assert message["sessionId"] == f"test-{event['utterance_id']}"
         if event["recognized"]:
             assert topic == "hermes/intent/" + message["intent"]["intentName"]
-            assert message["intent"]["intentName"] == str(event["intent"]).title().replace(" ", "")
+            assert message["intent"]["intentName"] == topic_name(str(event["intent"]))
             assert message["intent"]["confidenceScore"] == event["confidence"]
         else:
             assert topic == "hermes/nlu/intentNotRecognized"

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from model.intents import topic_name
 from stream.cli import main
 from stream.messages import IntentEvent, QualityReport, RunStarted
 from stream.options import BrokerOptions, PipelineOptions
@@ -131,7 +132,7 @@ def test_hermes_publishes_text_captured_then_the_intent_with_rhasspy_hermes_keys
         if event["recognized"]:
             assert set(message) == NLU_INTENT_KEYS and set(message["intent"]) == INTENT_KEYS
             assert topic == f"hermes/intent/{message['intent']['intentName']}"
-            assert message["intent"]["intentName"] == str(event["intent"]).title().replace(" ", "")
+            assert message["intent"]["intentName"] == topic_name(str(event["intent"]))
             assert message["intent"]["confidenceScore"] == event["confidence"]
             assert message["asrConfidence"] == event["transcript_confidence"]
             assert message["slots"] == [] and message["rawInput"] == event["text"]
