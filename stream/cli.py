@@ -797,6 +797,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from engines.export import export_onnx
     from model.checkpoint import load_checkpoint, resolve_ckpt
 
+    if args.format == "tensorrt" and args.precision == "int8":
+        raise ConfigError("--precision", "fp32 or fp16 with --format tensorrt (int8 is an ONNX Runtime graph)", "int8")
     out = Path(args.out)
     _output_file("--out", out, (".onnx",) if args.format == "onnx" else (".plan",))
     sidecar = out.with_suffix(".json")
@@ -822,8 +824,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
         path = export_onnx(model, args.out, args.precision, tokenizer=tokenizer)
         print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB) and {path.with_suffix('.json')}; ONNX checker: ok")
         return 0
-    if args.precision == "int8":
-        raise ConfigError("--precision", "fp32 or fp16 with --format tensorrt (int8 is an ONNX Runtime graph)", "int8")
     from engines.select import ensure_plan
 
     plan, key, _ = ensure_plan(model, args.precision, plan_path=args.out)
