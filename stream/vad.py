@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,9 @@ from stream.options import SegmenterOptions
 WINDOW = 512  # samples per VAD step at 16 kHz (32 ms), as the model expects
 SECOND_LOOK_LEAD_WINDOWS = 4  # 128 ms: one Whisper call on the utterance so far, on a 2-core CPU
 CONTEXT = 64
+# Chunks whose read times are kept (32-100 ms each: 2-6 s); a speech end is decided a hang-over
+# (400 ms) after it, a forced split at its own end.
+CHUNK_WALLS_KEPT = 64
 
 
 class SileroVad:
@@ -109,6 +113,22 @@ class Segmenter:
         self._next_id = 0
         self._last_wall = 0.0
         self._last_chunk_end_s = 0.0
+        # (end on the stream clock, unix time it was read) of the recent chunks: when a sample was read.
+        self._chunk_walls: deque[tuple[float, float]] = deque(maxlen=CHUNK_WALLS_KEPT)
+
+    def _wall_at(self, stream_s: float) -> float:
+        """Unix time at which the sample at `stream_s` was captured or read: its chunk's wall time
+        less the rest of that chunk, never before the chunk ahead of it was read. In real time that
+        is the chunk's wall less the stream time after the sample; a file read faster than real
+        time runs its stream clock ahead of the wall clock, where that alone went back in time
+        from one utterance to the next."""
+        earlier_wall = None
+        for end_s, wall in self._chunk_walls:
+            if end_s >= stream_s:
+                estimate = wall - (end_s - stream_s)
+                return estimate if earlier_wall is None else max(earlier_wall, estimate)
+            earlier_wall = wall
+        return self._last_wall - max(0.0, self._last_chunk_end_s - stream_s)
 
     def _window_s(self) -> float:
         return WINDOW / 16000
@@ -127,6 +147,7 @@ class Segmenter:
         self._pending = np.concatenate([self._pending, chunk.samples])
         self._last_wall = chunk.wall_s or time.time()
         self._last_chunk_end_s = chunk.end_s
+        self._chunk_walls.append((chunk.end_s, self._last_wall))
         out: list[Utterance] = []
         while len(self._pending) >= WINDOW:
             window, self._pending = self._pending[:WINDOW], self._pending[WINDOW:]
@@ -195,7 +216,7 @@ class Segmenter:
         end_s = self._speech_start_s + len(samples) / 16000
         trailing = min(self._silence_run - drop, len(kept)) if self._silence_run else 0
         speech_end_s = end_s - trailing * self._window_s()
-        speech_end_wall = self._last_wall - max(0.0, self._last_chunk_end_s - speech_end_s)
+        speech_end_wall = self._wall_at(speech_end_s)
         return Utterance(self._next_id, self._speech_start_s, end_s, samples, speech_end_wall)
 
     def take_snapshots(self) -> list[Snapshot]:
@@ -266,10 +287,9 @@ class Segmenter:
         if speech_ms < self.options.min_speech_ms:
             return None
         end_s = start_s + len(samples) / 16000
-        # The trailing pad is silence: speech ended that much before the end of the samples. The
-        # newest chunk ends at _last_chunk_end_s (stream time), captured at _last_wall (unix time).
+        # The trailing pad is silence: speech ended that much before the end of the samples.
         speech_end_s = end_s if forced else end_s - min(self.options.speech_pad_ms / 1000, end_s - start_s)
-        speech_end_wall = self._last_wall - max(0.0, self._last_chunk_end_s - speech_end_s)
+        speech_end_wall = self._wall_at(speech_end_s)
         utterance = Utterance(self._next_id, start_s, end_s, samples, speech_end_wall, forced)
         utterance.endpoint_windows = endpoint_windows
         self._next_id += 1

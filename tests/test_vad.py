@@ -63,6 +63,28 @@ def test_one_utterance_per_sentence_with_the_capture_time_of_its_end(
         assert not utterance.forced_split
 
 
+def test_a_file_read_faster_than_real_time_gives_speech_ends_in_read_order(
+    two_sentences: tuple[np.ndarray, list[tuple[float, float]]],
+) -> None:
+    """`--pace fast`: chunks of 100 ms read every 5 ms. A speech end's unix time lies within the
+    reading of its chunk, so later ends are never earlier (wall less stream time went back 0.4 s)."""
+    audio, spans = two_sentences
+    segmenter, size = Segmenter(SegmenterOptions()), RATE // 10
+    utterances: list[Utterance] = []
+    read_at: list[tuple[float, float]] = []  # (chunk end on the stream clock, when it was read)
+    for i, start in enumerate(range(0, len(audio), size)):
+        samples = audio[start : start + size]
+        chunk = AudioChunk(samples, start / RATE, RATE, CAPTURED_AT + 0.005 * (i + 1))
+        read_at.append((chunk.end_s, chunk.wall_s))
+        utterances += segmenter.process(chunk)
+    assert len(utterances) == 2
+    walls = [u.speech_end_wall for u in utterances]
+    assert walls == sorted(walls)
+    for utterance, (_, end_s) in zip(utterances, spans, strict=True):
+        chunk = next(i for i, (chunk_end_s, _) in enumerate(read_at) if chunk_end_s >= end_s)
+        assert read_at[chunk - 1][1] <= utterance.speech_end_wall <= read_at[chunk][1]
+
+
 def test_long_speech_is_split_at_the_maximum_length() -> None:
     require_binary("espeak-ng", "espeak-ng")
     words = "we keep on talking and talking and never stop for a pause " * 3
