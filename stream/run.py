@@ -246,6 +246,8 @@ async def _run_streams(
                 SourceOptions(pace=req.pace, **blocks),
             )
         except MediaError as exc:
+            if spec.file is None:  # --input/--audio/--video: the error names the flag's value already
+                raise
             raise spec.located(exc.source, exc) from exc
         streams.append(_Stream(spec, sources, not files, [], _stream_options(pipe_opts, spec.id, len(specs))))
     embedded = None

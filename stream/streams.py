@@ -41,10 +41,8 @@ class StreamSpec:
     line: int | None = field(default=None, compare=False)
     key: str | None = field(default=None, compare=False)
 
-    def located(self, source: str, problem: DfmqError) -> DfmqError:
-        """`problem` with this stream's file, line and key, when a streams file gave the stream."""
-        if self.file is None:
-            return problem
+    def located(self, source: str, problem: DfmqError) -> DataError:
+        """`problem` with the streams file's name, line and key for this stream."""
         name = next((n for n in ("input", "audio", "video") if getattr(self, n) == source), None)
         key = f"{self.key}.{name}" if name else self.key
         return DataError(f"{key}: {problem}", path=self.file, line=self.line)
