@@ -221,4 +221,9 @@ class DFMQConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(unknown[0], f"one of {sorted(known)}", unknown[0], source)
-        return cls(**data)
+        try:
+            return cls(**data)
+        except ConfigError as exc:
+            if exc.source is not None:
+                raise
+            raise ConfigError(exc.key, exc.expected, exc.got, source) from None

@@ -564,6 +564,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from stream.options import from_mapping, load_yaml
 
     raw = load_yaml(args.config)
+    for name in ("model", "train"):
+        if not isinstance(raw.get(name) or {}, dict):
+            raise ConfigError(name, "a mapping of options (key: value lines under it)", raw[name], str(args.config))
     model_section = dict(raw.get("model") or {})
     train_section = dict(raw.get("train") or {})
     intent_set = load_intent_set(args.intents) if args.intents is not None else None

@@ -29,7 +29,9 @@ def load_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError("--config", "an existing YAML file", str(path))
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError("--config", f"a UTF-8 text file (byte {exc.start} is not UTF-8)", str(path)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
@@ -44,6 +46,9 @@ def from_mapping(cls: type[T], data: dict[str, Any] | None, source: str) -> T:
     """Build dataclass `cls` from a mapping, rejecting unknown keys and values of the wrong type.
 
     Fields with a rule (`_option`) are checked by the class itself; an error it raises gets `source`."""
+    if data is not None and not isinstance(data, dict):
+        section = source.rsplit("[", 1)[-1].rstrip("]") if source.endswith("]") else "section"
+        raise ConfigError(section, "a mapping of options (key: value lines under it)", data, source)
     data = dict(data or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     for key, value in data.items():

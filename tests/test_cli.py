@@ -192,6 +192,29 @@ def test_ablation_switches_reach_the_saved_config(tmp_path: Path, tiny_mintrec: 
             "option 'epochz' expected one of",
         ),
         (["run", "--config", "{tmp}/broken.yaml", "--input", "{tmp}/e.tsv"], "valid YAML (line 2, column 4: expected"),
+        (
+            ["run", "--config", "{tmp}/flat.yaml", "--input", "{tmp}/e.tsv"],
+            "flat.yaml [asr]: option 'asr' expected a mapping of options",
+        ),
+        (["run", "--config", "{tmp}/binary.yaml", "--input", "{tmp}/e.tsv"], "expected a UTF-8 text file"),
+        (
+            [
+                "train",
+                "--dataset",
+                "mintrec",
+                "--data",
+                "{tmp}",
+                "--out",
+                "{tmp}/o",
+                "--config",
+                "{tmp}/flat_model.yaml",
+            ],
+            "option 'model' expected a mapping of options",
+        ),
+        (
+            ["train", "--dataset", "mintrec", "--data", "{tmp}", "--out", "{tmp}/o", "--config", "{tmp}/drop.yaml"],
+            "drop.yaml [model]: option 'dropout' expected a value in [0, 1), got 1.7",
+        ),
         (["run", "--video", "7", "--audio", "none", "--broker", "mqtt://127.0.0.1:1"], "option '--video' expected a"),
         (
             ["train", "--dataset", "mintrec", "--data", "{tmp}", "--out", "{tmp}/o", "--epochs", "-1"],
@@ -242,6 +265,10 @@ def test_bad_inputs_exit_2_with_a_clear_message(
 ) -> None:
     (tmp_path / "bad.yaml").write_text("train:\n  epochz: 3\n")
     (tmp_path / "broken.yaml").write_text("asr: [1, 2\nfoo: {\n")
+    (tmp_path / "flat.yaml").write_text("asr: 5\n")
+    (tmp_path / "flat_model.yaml").write_text("model: 3\n")
+    (tmp_path / "binary.yaml").write_bytes(bytes(range(256)))
+    (tmp_path / "drop.yaml").write_text("model:\n  dropout: 1.7\n")
     (tmp_path / "e.tsv").write_text("label\ttext\nPay\tcard please\n")
     (tmp_path / "e.json").write_text('{"my": "results"}')  # a user's file where an export's sidecar would go
     try:
