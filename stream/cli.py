@@ -179,8 +179,8 @@ def _add_demo(sub: Any) -> None:
     p = sub.add_parser(
         "demo",
         help="the sample clip through the whole pipeline on the embedded broker, events printed live",
-        description="Runs data/demo/demo.mp4 (sentences with a face; noisy and dark from half-way) through "
-        "dfmq run on the embedded broker; a subscriber prints one line per intent event and a summary.",
+        description="Runs data/demo/demo.mp4 (sentences with a face; loud after a third, dark too after two "
+        "thirds) through dfmq run on the embedded broker; a subscriber prints one line per intent event and a summary.",
     )
     p.add_argument("--clip", type=Path, help="another clip to run instead of the sample")
     p.add_argument("--pace", default="realtime", choices=["realtime", "fast"], help="replay speed (default realtime)")

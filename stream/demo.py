@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from model.errors import ConfigError
 from model.paths import demo_file
 from stream.broker import free_port
 from stream.options import BrokerOptions, PipelineOptions, SegmenterOptions
@@ -92,12 +93,20 @@ async def _demo(clip: Path, pace: str, ckpt: str, record: Path) -> list[dict[str
 
 def run_demo(clip: Path = DEMO_CLIP, pace: str = "realtime", ckpt: str = "default", out: Path | None = None) -> int:
     out = (out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ConfigError("--out", "a folder for the demo's record and report (new or existing)", str(out))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError("--out", f"a folder that can be made ({exc.strerror or exc})", str(out)) from None
     record = out / "session.jsonl"
-    print(
-        f"[demo] {clip.name}: spoken sentences with a face; after a third the room gets loud, "
-        "after two thirds the camera goes dark too"
-    )
+    if clip.resolve() == DEMO_CLIP.resolve():
+        print(
+            f"[demo] {clip.name}: spoken sentences with a face; after a third the room gets loud, "
+            "after two thirds the camera goes dark too"
+        )
+    else:
+        print(f"[demo] {clip}")
     events = asyncio.run(_demo(clip, pace, ckpt, record))
     if not events:
         print("[demo] no events arrived")

@@ -197,6 +197,7 @@ def test_ablation_switches_reach_the_saved_config(tmp_path: Path, tiny_mintrec: 
             "flat.yaml [asr]: option 'asr' expected a mapping of options",
         ),
         (["run", "--config", "{tmp}/binary.yaml", "--input", "{tmp}/e.tsv"], "expected a UTF-8 text file"),
+        (["demo", "--out", "{tmp}/e.tsv"], "option '--out' expected a folder for the demo's record and report"),
         (
             [
                 "train",
