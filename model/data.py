@@ -185,7 +185,8 @@ def load_features(path: Path, expected_dim: int, what: str) -> dict[str, np.ndar
             raise DataError(
                 f"{what} features of sample {key!r} have the wrong shape",
                 path=path,
-                expected=f"(T, {expected_dim})",
+                expected=f"(T, {expected_dim}) as the config's model.{what}_dim says; folders written by "
+                "`dfmq extract` train with --config configs/starter.yaml (their widths)",
                 got=str(tuple(arr.shape)),
             )
         out[str(key)] = arr

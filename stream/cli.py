@@ -100,7 +100,8 @@ def _add_eval(sub: Any) -> None:
         help="evaluate a checkpoint on a split",
         description="Write metrics (percent; ece: expected calibration error of the model's calibrated "
         "confidence, 15 bins) as JSON, with a confusion-matrix PNG beside it, and with --dataset a reliability "
-        "diagram (<json>.reliability.png); with --tsv, per-sentence predictions (<json>.predictions.tsv).",
+        "diagram (OUT.reliability.png for --json OUT.json); with --tsv, per-sentence predictions "
+        "(OUT.predictions.tsv).",
     )
     p.add_argument("--ckpt", required=True, help="checkpoint folder written by `dfmq train`, or 'default'")
     p.add_argument("--dataset", choices=["mintrec", "meld-da", "intents"], help=OWN_LABELS_HELP)
@@ -724,6 +725,9 @@ def _cmd_classify(args: argparse.Namespace) -> int:
     from model.checkpoint import resolve_ckpt
     from model.openset import classify_texts, load_intent_scoring
 
+    for text in args.text:
+        if not text.strip():
+            raise ConfigError("text", "a sentence to classify (not an empty string)", text)
     model, tokenizer, _, anchors = load_intent_scoring(
         resolve_ckpt(args.ckpt),
         args.intents,

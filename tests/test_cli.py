@@ -198,6 +198,7 @@ def test_ablation_switches_reach_the_saved_config(tmp_path: Path, tiny_mintrec: 
         ),
         (["run", "--config", "{tmp}/binary.yaml", "--input", "{tmp}/e.tsv"], "expected a UTF-8 text file"),
         (["demo", "--out", "{tmp}/e.tsv"], "option '--out' expected a folder for the demo's record and report"),
+        (["classify", "hello", " "], "option 'text' expected a sentence to classify (not an empty string), got ' '"),
         (
             [
                 "train",

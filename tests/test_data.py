@@ -102,7 +102,8 @@ def test_wrong_feature_dimension_is_explained(tiny_mintrec: Path) -> None:
     with pytest.raises(
         DataError,
         match=r"audio features of sample 'S01_E00_0' have the wrong shape "
-        r"\(expected \(T, 16\), got \(10, 12\)\)",
+        r"\(expected \(T, 16\) as the config's model.audio_dim says; folders written by `dfmq extract` train "
+        r"with --config configs/starter.yaml \(their widths\), got \(10, 12\)\)",
     ):
         FeatureStore(tiny_mintrec, audio_dim=16, video_dim=8)
 
