@@ -39,7 +39,24 @@ def load_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError("--config", f"valid YAML ({where}{problem})", str(path)) from exc
     if not isinstance(data, dict):
         raise ConfigError("--config", "a mapping of sections at the top level", type(data).__name__, str(path))
+    _refuse_repeated_keys(yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader), path)
     return data
+
+
+def _refuse_repeated_keys(node: yaml.Node | None, path: Path) -> None:
+    """A key given twice in one mapping: YAML keeps the last silently, the first edit is then lost."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode):
+                if key.value in seen:
+                    expected = f"each key once in its section (first on line {seen[key.value]})"
+                    raise ConfigError(key.value, expected, f"again on line {key.start_mark.line + 1}", str(path))
+                seen[key.value] = key.start_mark.line + 1
+            _refuse_repeated_keys(value, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_repeated_keys(item, path)
 
 
 def from_mapping(cls: type[T], data: dict[str, Any] | None, source: str) -> T:

@@ -197,6 +197,10 @@ def test_ablation_switches_reach_the_saved_config(tmp_path: Path, tiny_mintrec: 
             "flat.yaml [asr]: option 'asr' expected a mapping of options",
         ),
         (["run", "--config", "{tmp}/binary.yaml", "--input", "{tmp}/e.tsv"], "expected a UTF-8 text file"),
+        (
+            ["run", "--config", "{tmp}/twice.yaml", "--input", "{tmp}/e.tsv"],
+            "option 'beam_size' expected each key once in its section (first on line 2), got 'again on line 3'",
+        ),
         (["demo", "--out", "{tmp}/e.tsv"], "option '--out' expected a folder for the demo's record and report"),
         (["classify", "hello", " "], "option 'text' expected a sentence to classify (not an empty string), got ' '"),
         (
@@ -269,6 +273,7 @@ def test_bad_inputs_exit_2_with_a_clear_message(
     (tmp_path / "broken.yaml").write_text("asr: [1, 2\nfoo: {\n")
     (tmp_path / "flat.yaml").write_text("asr: 5\n")
     (tmp_path / "flat_model.yaml").write_text("model: 3\n")
+    (tmp_path / "twice.yaml").write_text("asr:\n  beam_size: 2\n  beam_size: 3\n")
     (tmp_path / "binary.yaml").write_bytes(bytes(range(256)))
     (tmp_path / "drop.yaml").write_text("model:\n  dropout: 1.7\n")
     (tmp_path / "e.tsv").write_text("label\ttext\nPay\tcard please\n")
