@@ -224,6 +224,4 @@ class DFMQConfig:
         try:
             return cls(**data)
         except ConfigError as exc:
-            if exc.source is not None:
-                raise
-            raise ConfigError(exc.key, exc.expected, exc.got, source) from None
+            raise exc.sourced(source) from None

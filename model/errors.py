@@ -52,6 +52,10 @@ class ConfigError(DfmqError):
         prefix = f"{source}: " if source else ""
         super().__init__(f"{prefix}option '{key}' expected {expected}, got {got!r}")
 
+    def sourced(self, source: str) -> ConfigError:
+        """This error naming the file (and section) its value came from, unless it names one already."""
+        return self if self.source is not None else ConfigError(self.key, self.expected, self.got, source)
+
 
 class CheckpointError(DfmqError):
     """A checkpoint folder is missing, incomplete or from an incompatible version."""

@@ -83,9 +83,7 @@ def from_mapping(cls: type[T], data: dict[str, Any] | None, source: str) -> T:
     try:
         return cls(**data)
     except ConfigError as exc:
-        if exc.source is not None:
-            raise
-        raise ConfigError(exc.key, exc.expected, exc.got, source) from None
+        raise exc.sourced(source) from None
 
 
 # --- rules: what an option accepts, in words (for the error) and as a test --------------------------
