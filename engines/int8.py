@@ -276,16 +276,16 @@ def quantize_int8(fp32_path: Path, out_path: Path, model: DFMQMC, tokenizer: Any
         smoothed = Path(tmp) / "smoothed.onnx"
         count = smooth(Path(fp32_path), smoothed, text_windows(model, tokenizer, calibration), SMOOTH_ALPHA)
         quiet = _NoPreprocessAdvice()
-        for level, keep in LEVELS.items():
-            logging.getLogger().addFilter(quiet)
-            try:
+        logging.getLogger().addFilter(quiet)
+        try:
+            for level, keep in LEVELS.items():
                 _quantize_level(quantization, smoothed, out_path, keep)
-            finally:
-                logging.getLogger().removeFilter(quiet)
-            check = parity(reference, OnnxRuntimeEngine(out_path).infer(windows))
-            tried.append({"level": level, "kept_fp32": keep, **check.to_dict()})
-            if check.passed:
-                break
+                check = parity(reference, OnnxRuntimeEngine(out_path).infer(windows))
+                tried.append({"level": level, "kept_fp32": keep, **check.to_dict()})
+                if check.passed:
+                    break
+        finally:
+            logging.getLogger().removeFilter(quiet)
     return {
         "quantization": {
             "method": "dynamic",

@@ -248,6 +248,19 @@ def _output_file(flag: str, path: Path, suffixes: Sequence[str] = ()) -> None:
         raise ConfigError(flag, f"a file that can be written ({exc.strerror or exc})", str(path)) from exc
 
 
+def _output_folder(flag: str, path: Path, holds: str) -> bool:
+    """A folder the command will write into, made now if missing (checked before any work);
+    returns whether it was made here."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(flag, f"a folder for {holds}, not an existing file", str(path))
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(flag, f"a folder that can be made ({exc.strerror or exc})", str(path)) from exc
+    return created
+
+
 def _add_export(sub: Any) -> None:
     p = sub.add_parser(
         "export",
@@ -608,13 +621,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             "--augment-rows", "rows drawn per epoch > 0 with --augment (or train.augment_rows_per_epoch)", 0
         )
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError("--out", "a folder for the checkpoint, not an existing file", str(out))
-    created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError("--out", f"a folder that can be made ({exc.strerror or exc})", str(out)) from exc
+    created = _output_folder("--out", out, "the checkpoint")
     try:
         train(args.dataset, args.data, args.out, config, opts, args.device, args.augment, intent_set)
     except BaseException:
@@ -632,18 +639,13 @@ def _check_json_out(out: Path, inputs: Sequence[Path | None]) -> None:
     """`--json OUT`: a file that can be written, whose companions are other files, none of them an input."""
     written = [out, *(out.with_suffix(suffix) for suffix in EVAL_OUTPUTS)]
     resolved = [path.resolve() for path in written]
-    if out.is_dir():
-        raise ConfigError("--json", "a file to write, not a folder", str(out))
+    _output_file("--json", out)
     if len(set(resolved)) < len(resolved):
         expected = f"a path whose {', '.join(EVAL_OUTPUTS)} beside it are other files (for example out.json)"
         raise ConfigError("--json", expected, str(out))
     for given in inputs:
         if given is not None and given.resolve() in resolved:
             raise ConfigError("--json", f"a new file, not an input it would overwrite ({given})", str(out))
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError("--json", f"a path in a folder that can be made ({exc.strerror})", str(out)) from exc
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -782,9 +784,11 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from stream.demo import DEMO_CLIP, run_demo
+    from stream.demo import DEMO_CLIP, default_out, run_demo
 
-    return run_demo(args.clip or DEMO_CLIP, args.pace, args.ckpt, args.out)
+    out = (args.out or default_out()).resolve()
+    _output_folder("--out", out, "the demo's record and report (new or existing)")
+    return run_demo(args.clip or DEMO_CLIP, args.pace, args.ckpt, out)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

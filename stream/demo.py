@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from model.errors import ConfigError
 from model.paths import demo_file
 from stream.broker import free_port
 from stream.options import BrokerOptions, PipelineOptions, SegmenterOptions
@@ -91,14 +90,14 @@ async def _demo(clip: Path, pace: str, ckpt: str, record: Path) -> list[dict[str
     return events
 
 
+def default_out() -> Path:
+    return Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")
+
+
 def run_demo(clip: Path = DEMO_CLIP, pace: str = "realtime", ckpt: str = "default", out: Path | None = None) -> int:
-    out = (out or Path("runs") / time.strftime("demo-%Y%m%d-%H%M%S")).resolve()
-    if out.exists() and not out.is_dir():
-        raise ConfigError("--out", "a folder for the demo's record and report (new or existing)", str(out))
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError("--out", f"a folder that can be made ({exc.strerror or exc})", str(out)) from None
+    """`out`: the folder for the record and report (made if missing; `dfmq demo` checks it first)."""
+    out = (out or default_out()).resolve()
+    out.mkdir(parents=True, exist_ok=True)
     record = out / "session.jsonl"
     if clip.resolve() == DEMO_CLIP.resolve():
         print(

@@ -29,7 +29,10 @@ def load_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError("--config", "an existing YAML file", str(path))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        _refuse_repeated_keys(node, path)
+        data = (yaml.SafeLoader(text).construct_document(node) if node is not None else None) or {}
     except UnicodeDecodeError as exc:
         raise ConfigError("--config", f"a UTF-8 text file (byte {exc.start} is not UTF-8)", str(path)) from None
     except yaml.YAMLError as exc:
@@ -39,7 +42,6 @@ def load_yaml(path: Path) -> dict[str, Any]:
         raise ConfigError("--config", f"valid YAML ({where}{problem})", str(path)) from exc
     if not isinstance(data, dict):
         raise ConfigError("--config", "a mapping of sections at the top level", type(data).__name__, str(path))
-    _refuse_repeated_keys(yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader), path)
     return data
 
 
